@@ -1,0 +1,12 @@
+"""Plain-PyTorch oracle: readable, float64-capable, no Triton import."""
+from dmd_fast.reference.attention import cross_modal_attention, visible_mask, offset_causal_mask
+from dmd_fast.reference.graph_distill import graph_distill, edge_pairs, edge_names
+
+__all__ = [
+    "cross_modal_attention",
+    "visible_mask",
+    "offset_causal_mask",
+    "graph_distill",
+    "edge_pairs",
+    "edge_names",
+]
