@@ -1,0 +1,116 @@
+"""MulT/DMD-compatible multi-head attention whose core runs the fused kernel or the reference.
+
+Parameter names match upstream (``in_proj_weight`` (3E, E), ``in_proj_bias`` (3E,),
+``out_proj``), so upstream checkpoints load strictly.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn import Parameter
+
+from dmd_fast.ops.backend import check_backend_name
+
+
+class MultiheadAttention(nn.Module):
+    """Sequence-first (T, B, E) multi-head attention, as upstream MulT/DMD.
+
+    Args:
+        embed_dim: E. num_heads: H (E must be divisible by H).
+        attn_dropout: dropout on the attention weights.
+        backend: "auto" | "triton" | "reference" for the attention core.
+    forward(query (Tq, B, E), key (Tk, B, E), value (Tk, B, E), attn_mask=None, *,
+            offset_causal=False, key_lengths=None, need_weights=False)
+        attn_mask: optional additive float mask (Tq, Tk) as upstream passes; a dense mask always
+            runs the reference core. ``offset_causal=True`` expresses DMD's mask without a
+            tensor and runs the kernel.
+        Returns (out (Tq, B, E), weights (B, Tq, Tk) head-averaged or None).
+    """
+
+    def __init__(self, embed_dim, num_heads, attn_dropout=0.0, bias=True, backend="auto"):
+        super().__init__()
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim: must be divisible by num_heads={num_heads}, got {embed_dim}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.attn_dropout = attn_dropout
+        self.head_dim = embed_dim // num_heads
+        self.scaling = self.head_dim ** -0.5
+        self.backend = check_backend_name(backend)
+        self.in_proj_weight = Parameter(torch.empty(3 * embed_dim, embed_dim))
+        if bias:
+            self.in_proj_bias = Parameter(torch.empty(3 * embed_dim))
+        else:
+            self.register_parameter("in_proj_bias", None)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        if self.in_proj_bias is not None:
+            nn.init.constant_(self.in_proj_bias, 0.0)
+            nn.init.constant_(self.out_proj.bias, 0.0)
+
+    def _in_proj(self, x, start, end):
+        bias = None if self.in_proj_bias is None else self.in_proj_bias[start:end]
+        return F.linear(x, self.in_proj_weight[start:end], bias)
+
+    def project(self, query, key, value):
+        """Upstream projections: one fused GEMM when q, k, v are one tensor, else three."""
+        E = self.embed_dim
+        if query.data_ptr() == key.data_ptr() == value.data_ptr() and query.shape == key.shape:
+            q, k, v = self._in_proj(query, 0, None).chunk(3, dim=-1)
+        else:
+            q = self._in_proj(query, 0, E)
+            k = self._in_proj(key, E, 2 * E)
+            v = self._in_proj(value, 2 * E, None)
+        return q * self.scaling, k, v
+
+    def _heads(self, x):
+        """(T, B, E) → (B, H, T, D) view without a copy."""
+        T, B, _ = x.shape
+        return x.reshape(T, B, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
+
+    def forward(self, query, key, value, attn_mask=None, *, offset_causal=False, key_lengths=None,
+                need_weights=False):
+        from dmd_fast.reference.attention import cross_modal_attention as reference_attention
+
+        if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
+            raise ValueError(f"query/key/value: expected (T, B, E) tensors, got {tuple(query.shape)}, "
+                             f"{tuple(key.shape)}, {tuple(value.shape)}")
+        if query.shape[2] != self.embed_dim:
+            raise ValueError(f"query: expected last dim embed_dim={self.embed_dim}, got {query.shape[2]}")
+        if key.shape != value.shape:
+            raise ValueError(f"key/value: expected equal shapes, got {tuple(key.shape)} and {tuple(value.shape)}")
+        Tq, B, E = query.shape
+        q, k, v = self.project(query, key, value)
+        qh, kh, vh = self._heads(q), self._heads(k), self._heads(v)
+        p = self.attn_dropout if self.training else 0.0
+        if attn_mask is not None:
+            o = _dense_mask_attention(qh, kh, vh, attn_mask, p)
+        elif self.backend == "reference":
+            o = reference_attention(qh, kh, vh, key_lengths=key_lengths, offset_causal=offset_causal,
+                                    dropout_p=p, scale=1.0)
+        else:
+            from dmd_fast.ops.attention import cross_modal_attention
+            o = cross_modal_attention(qh, kh, vh, key_lengths=key_lengths, offset_causal=offset_causal,
+                                      dropout_p=p, scale=1.0, backend=self.backend)
+        out = self.out_proj(o.permute(2, 0, 1, 3).reshape(Tq, B, E))
+        weights = None
+        if need_weights:
+            with torch.no_grad():
+                probs = reference_attention(qh, kh, vh, key_lengths=key_lengths,
+                                            offset_causal=offset_causal, scale=1.0,
+                                            return_weights=True)[1]
+            weights = probs.mean(dim=1)
+        return out, weights
+
+
+def _dense_mask_attention(q, k, v, attn_mask, dropout_p):
+    """Upstream math with an additive (Lq, Lk) mask: bmm, + mask, softmax(float), dropout, bmm."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) + attn_mask.to(q.dtype)
+    probs = F.softmax(scores.float(), dim=-1).type_as(scores)
+    probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0)
+    return torch.matmul(probs, v)

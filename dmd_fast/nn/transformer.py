@@ -1,0 +1,98 @@
+"""MulT/DMD transformer encoder (pre-LN), upstream-compatible names and buffers.
+
+Self-attention: ``TransformerEncoder(x)``; cross-modal: ``TransformerEncoder(x, x_k, x_v)``
+where the query stream x is updated per layer and the embedded source x_k, x_v is fixed and
+re-normalised by each layer's own LN0 (the same LayerNorm as the query).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dmd_fast.nn.attention import MultiheadAttention
+from dmd_fast.nn.positional import SinusoidalPositionalEmbedding
+
+
+def xavier_linear(in_features, out_features, bias=True) -> nn.Linear:
+    """Linear with xavier-uniform weight and zero bias (upstream's ``Linear``)."""
+    m = nn.Linear(in_features, out_features, bias)
+    nn.init.xavier_uniform_(m.weight)
+    if bias:
+        nn.init.constant_(m.bias, 0.0)
+    return m
+
+
+class TransformerEncoderLayer(nn.Module):
+    """x (Tq, B, E) [, x_k, x_v (Tk, B, E)] → (Tq, B, E): pre-LN MHA block then pre-LN FFN (4E)."""
+
+    def __init__(self, embed_dim, num_heads=4, attn_dropout=0.1, relu_dropout=0.1, res_dropout=0.1,
+                 attn_mask=False, backend="auto"):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.self_attn = MultiheadAttention(embed_dim, num_heads, attn_dropout=attn_dropout, backend=backend)
+        self.attn_mask = attn_mask
+        self.relu_dropout = relu_dropout
+        self.res_dropout = res_dropout
+        self.fc1 = xavier_linear(embed_dim, 4 * embed_dim)
+        self.fc2 = xavier_linear(4 * embed_dim, embed_dim)
+        self.layer_norms = nn.ModuleList([nn.LayerNorm(embed_dim) for _ in range(2)])
+
+    def forward(self, x, x_k=None, x_v=None, key_lengths=None):
+        residual = x
+        x = self.layer_norms[0](x)
+        if x_k is None and x_v is None:
+            x, _ = self.self_attn(x, x, x, offset_causal=self.attn_mask, key_lengths=key_lengths)
+        else:
+            x_k = self.layer_norms[0](x_k)
+            x_v = self.layer_norms[0](x_v)
+            x, _ = self.self_attn(x, x_k, x_v, offset_causal=self.attn_mask, key_lengths=key_lengths)
+        x = residual + F.dropout(x, p=self.res_dropout, training=self.training)
+        residual = x
+        x = F.relu(self.fc1(self.layer_norms[1](x)))
+        x = F.dropout(x, p=self.relu_dropout, training=self.training)
+        x = F.dropout(self.fc2(x), p=self.res_dropout, training=self.training)
+        return residual + x
+
+
+class TransformerEncoder(nn.Module):
+    """Embedding prologue (√E·x + PE, dropout), ``layers`` pre-LN layers, final LayerNorm.
+
+    Inputs are sequence-first (T, B, E). Carries upstream's ``version`` and
+    ``embed_positions._float_tensor`` buffers so upstream checkpoints load strictly.
+    """
+
+    def __init__(self, embed_dim, num_heads, layers, attn_dropout=0.0, relu_dropout=0.0,
+                 res_dropout=0.0, embed_dropout=0.0, attn_mask=False, backend="auto"):
+        super().__init__()
+        self.dropout = embed_dropout
+        self.attn_dropout = attn_dropout
+        self.embed_dim = embed_dim
+        self.embed_scale = math.sqrt(embed_dim)
+        self.embed_positions = SinusoidalPositionalEmbedding(embed_dim)
+        self.attn_mask = attn_mask
+        self.layers = nn.ModuleList([
+            TransformerEncoderLayer(embed_dim, num_heads=num_heads, attn_dropout=attn_dropout,
+                                    relu_dropout=relu_dropout, res_dropout=res_dropout,
+                                    attn_mask=attn_mask, backend=backend)
+            for _ in range(layers)
+        ])
+        self.register_buffer("version", torch.tensor([2.0]))
+        self.layer_norm = nn.LayerNorm(embed_dim)
+
+    def embed(self, x_in):
+        """√E·x + PE(x), then embedding dropout. (T, B, E) → (T, B, E)."""
+        x = self.embed_scale * x_in + self.embed_positions(x_in)
+        return F.dropout(x, p=self.dropout, training=self.training)
+
+    def forward(self, x_in, x_in_k=None, x_in_v=None, key_lengths=None):
+        x = self.embed(x_in)
+        cross = x_in_k is not None and x_in_v is not None
+        if cross:
+            x_k, x_v = self.embed(x_in_k), self.embed(x_in_v)
+        for layer in self.layers:
+            x = layer(x, x_k, x_v, key_lengths=key_lengths) if cross else layer(x, key_lengths=key_lengths)
+        return self.layer_norm(x)
