@@ -110,6 +110,16 @@ class DMD(nn.Module):
             if x.device != text.device:
                 raise ValueError(f"{name}: on {x.device}, expected the same device as text ({text.device})")
 
+    @staticmethod
+    def flatten_channel_major(x):
+        """(B, d, T') → (B, d·T'), channel-major (upstream's c_sim input)."""
+        return x.reshape(x.shape[0], -1)
+
+    @staticmethod
+    def flatten_time_major(x):
+        """(T', B, d) → (B, T'·d), time-major (upstream's homo-head and proj_cosine input)."""
+        return x.transpose(0, 1).reshape(x.shape[1], -1)
+
     def forward(self, text, audio, vision):
         self.check_inputs(text, audio, vision)
         c = self.config
@@ -121,7 +131,7 @@ class DMD(nn.Module):
         origin = {"l": self.proj_l(x_l), "v": self.proj_v(x_v), "a": self.proj_a(x_a)}  # (B, d, T')
         s = {m: getattr(self, f"encoder_s_{m}")(origin[m]) for m in MODALITIES}
         c_feat = {m: self.encoder_c(origin[m]) for m in MODALITIES}
-        c_sim = {m: getattr(self, f"align_c_{m}")(c_feat[m].reshape(B, -1)) for m in MODALITIES}
+        c_sim = {m: getattr(self, f"align_c_{m}")(self.flatten_channel_major(c_feat[m])) for m in MODALITIES}
         recon = {m: getattr(self, f"decoder_{m}")(torch.cat([s[m], c_feat[m]], dim=1)) for m in MODALITIES}
         s_r = {m: getattr(self, f"encoder_s_{m}")(recon[m]) for m in MODALITIES}
         s_seq = {m: s[m].permute(2, 0, 1) for m in MODALITIES}       # (T', B, d)
@@ -129,12 +139,12 @@ class DMD(nn.Module):
 
         out = {}
         for m in MODALITIES:  # homogeneous heads on time-major flattened c
-            h_low = c_seq[m].transpose(0, 1).reshape(B, -1)
+            h_low = self.flatten_time_major(c_seq[m])
             repr_low = F.relu(getattr(self, f"proj1_{m}_low")(h_low))
             h_proj = getattr(self, f"proj2_{m}_low")(F.dropout(repr_low, p=c.output_dropout, training=self.training))
             out[f"logits_{m}_homo"] = getattr(self, f"out_layer_{m}_low")(h_proj + h_low)
             out[f"repr_{m}_homo"] = repr_low
-        proj_s = {m: getattr(self, f"proj_cosine_{m}")(s_seq[m].transpose(0, 1).reshape(B, -1)) for m in MODALITIES}
+        proj_s = {m: getattr(self, f"proj_cosine_{m}")(self.flatten_time_major(s_seq[m])) for m in MODALITIES}
 
         c_att = [getattr(self, f"self_attentions_c_{m}")(c_seq[m])[-1] for m in MODALITIES]
         c_fusion = torch.cat(c_att, dim=1)

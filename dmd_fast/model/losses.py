@@ -1,0 +1,103 @@
+"""Every DMD loss term with upstream weights (``trains/singleTask/DMD.py``, dmd-spec.md §4).
+
+No host synchronisation and no Python loop over samples: the margin loss is vectorised
+(equal to ``dmd_fast.reference.margin.margin_loss_loop``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dmd_fast.reference.margin import pairwise_cosine
+
+ORT_SEMANTICS = ("torch19", "per_sample")
+_COS_EPS = 1e-12
+
+
+def margin_loss(ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """ids (N, 1), feats (N, d) → 0-d HingeLoss value, all anchors at once."""
+    N = feats.shape[0]
+    cos = pairwise_cosine(feats)                                   # (N, N)
+    y = ids.reshape(N)
+    eye = torch.eye(N, dtype=torch.bool, device=feats.device)
+    pos = (y.unsqueeze(1) == y.unsqueeze(0)) & ~eye                # (N, N)
+    neg = (y.unsqueeze(1) != y.unsqueeze(0))
+    margin = 0.15 * (y.unsqueeze(1) - y.unsqueeze(0)).abs()        # (N, N)
+    # hinge[p, a, b] for positive a and negative b of anchor p
+    hinge = torch.clamp_min(margin.unsqueeze(1) - cos.unsqueeze(2) + cos.unsqueeze(1), 0.0)
+    pair = (pos.unsqueeze(2) & neg.unsqueeze(1)).to(feats.dtype)
+    n_pos, n_neg = pos.sum(1), neg.sum(1)
+    valid = (n_pos > 0) & (n_neg > 0)
+    per_anchor = (hinge * pair).sum((1, 2)) / (n_pos * n_neg).clamp_min(1).to(feats.dtype)
+    return (per_anchor * valid).sum() / valid.sum().clamp_min(1).to(feats.dtype)
+
+
+def orthogonality_loss(s: torch.Tensor, c: torch.Tensor, semantics: str = "torch19") -> torch.Tensor:
+    """s, c (T', B, d) → mean of clamp(cos, 0) (CosineEmbeddingLoss with target −1).
+
+    'torch19' (upstream, what produced the paper's numbers): cosine over the batch axis, one per
+    (t, k). 'per_sample': one cosine per sample over its flattened (T'·d) features.
+    """
+    if semantics == "torch19":
+        prod = (s * c).sum(1)
+        denom = ((s * s).sum(1) + _COS_EPS) * ((c * c).sum(1) + _COS_EPS)
+    elif semantics == "per_sample":
+        sb = s.permute(1, 0, 2).reshape(s.shape[1], -1)
+        cb = c.permute(1, 0, 2).reshape(c.shape[1], -1)
+        prod = (sb * cb).sum(1)
+        denom = ((sb * sb).sum(1) + _COS_EPS) * ((cb * cb).sum(1) + _COS_EPS)
+    else:
+        raise ValueError(f"ort_semantics: expected one of {ORT_SEMANTICS}, got {semantics!r}")
+    return (prod / denom.sqrt()).clamp_min(0.0).mean()
+
+
+def hinge_inputs(outputs: dict, labels: torch.Tensor):
+    """Per-sample interleaved [c_l_sim, c_v_sim, c_a_sim] rows (3B, d) and labels (3B, 1)."""
+    feats = torch.stack([outputs["c_l_sim"], outputs["c_v_sim"], outputs["c_a_sim"]], dim=1)
+    B = feats.shape[0]
+    return labels.reshape(B, 1, 1).expand(B, 3, 1).reshape(3 * B, 1), feats.reshape(3 * B, -1)
+
+
+def gd_inputs(outputs: dict, kind: str):
+    """Stacked GD inputs in modality order [l, v, a]: logits (3, B, 1), reprs (3, B, h)."""
+    logits = torch.stack([outputs[f"logits_{m}_{kind}"] for m in "lva"])
+    reprs = torch.stack([outputs[f"repr_{m}_{kind}"] for m in "lva"])
+    return logits, reprs
+
+
+TASK_TERMS = ("all", "l_homo", "v_homo", "a_homo", "l_hetero", "v_hetero", "a_hetero", "c")
+_TASK_KEYS = {"all": "output_logit", "c": "logits_c"}
+
+
+def dmd_losses(outputs: dict, labels: torch.Tensor, gd_homo, gd_hetero, ort_semantics="torch19") -> dict:
+    """All loss terms under upstream's trainer variable names, plus ``total``.
+
+    gd_homo / gd_hetero: callables (logits (3,B,1), reprs (3,B,h)) → GraphDistillResult.
+    total = task + 0.05·(logit+reg)_homo + 0.05·(logit+repr+reg)_hetero
+            + 0.1·(cycle + recon + 0.1·(margin + ort)).
+    """
+    labels = labels.reshape(-1, 1)
+    L = {}
+    for t in TASK_TERMS:
+        L[f"loss_task_{t}"] = F.l1_loss(outputs[_TASK_KEYS.get(t, f"logits_{t}")], labels)
+    L["loss_task"] = sum(L[f"loss_task_{t}"] for t in TASK_TERMS)
+    for m in "lva":
+        L[f"loss_recon_{m}"] = F.mse_loss(outputs[f"recon_{m}"], outputs[f"origin_{m}"])
+    L["loss_recon"] = L["loss_recon_l"] + L["loss_recon_v"] + L["loss_recon_a"]
+    for m, name in (("l", "loss_sl_slr"), ("v", "loss_sv_slv"), ("a", "loss_sa_sla")):
+        L[name] = F.mse_loss(outputs[f"s_{m}"].permute(1, 2, 0), outputs[f"s_{m}_r"])
+    L["loss_s_sr"] = L["loss_sl_slr"] + L["loss_sv_slv"] + L["loss_sa_sla"]
+    for m in "lva":
+        L[f"loss_ort_{m}"] = orthogonality_loss(outputs[f"s_{m}"], outputs[f"c_{m}"], ort_semantics)
+    L["loss_ort"] = L["loss_ort_l"] + L["loss_ort_v"] + L["loss_ort_a"]
+    L["loss_sim"] = margin_loss(*hinge_inputs(outputs, labels))
+    homo = gd_homo(*gd_inputs(outputs, "homo"))
+    hetero = gd_hetero(*gd_inputs(outputs, "hetero"))
+    L["loss_reg_homo"], L["loss_logit_homo"], L["loss_repr_homo"] = homo.loss_reg, homo.loss_logit, homo.loss_repr
+    L["graph_distill_loss_homo"] = 0.05 * (homo.loss_logit + homo.loss_reg)
+    L["loss_reg_hetero"], L["loss_logit_hetero"], L["loss_repr_hetero"] = hetero.loss_reg, hetero.loss_logit, hetero.loss_repr
+    L["graph_distill_loss_hetero"] = 0.05 * (hetero.loss_logit + hetero.loss_repr + hetero.loss_reg)
+    L["total"] = (L["loss_task"] + L["graph_distill_loss_homo"] + L["graph_distill_loss_hetero"]
+                  + (L["loss_s_sr"] + L["loss_recon"] + (L["loss_sim"] + L["loss_ort"]) * 0.1) * 0.1)
+    L["edges_homo"], L["edges_hetero"] = homo.edges, hetero.edges
+    return L
