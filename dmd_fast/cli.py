@@ -1,0 +1,110 @@
+"""``dmd-fast`` command line: train, parity, bench."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _train(args) -> int:
+    import torch
+
+    from dmd_fast.data.mmsa import load_mmsa, make_loaders
+    from dmd_fast.data.synthetic import synthetic_datasets
+    from dmd_fast.model.config import get_preset
+    from dmd_fast.model.system import DMDSystem
+    from dmd_fast.train.trainer import Trainer, TrainOptions
+
+    cfg = get_preset(args.preset)
+    overrides = {}
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    if args.lr:
+        overrides["learning_rate"] = args.lr
+    if args.ort == "per_sample":
+        overrides["ort_semantics"] = "per_sample"
+    cfg = cfg.replace(**overrides) if overrides else cfg
+    torch.manual_seed(args.seed)
+    if args.data == "synthetic":
+        n_train, n_valid, n_test = args.synthetic_sizes
+        datasets = synthetic_datasets(cfg, n_train, n_valid, n_test, seed=args.seed)
+        source = f"synthetic ({n_train}/{n_valid}/{n_test} samples, preset {cfg.name})"
+    else:
+        datasets = load_mmsa(args.data, expected=cfg)
+        source = args.data
+    loaders = make_loaders(datasets, batch_size=cfg.batch_size, seed=args.seed)
+    system = DMDSystem(cfg, backend=args.backend)
+    opts = TrainOptions(max_epochs=args.epochs, out_dir=args.out, device=args.device, backend=args.backend,
+                        seed=args.seed, resume=args.resume)
+    trainer = Trainer(system, loaders, opts)
+    print(f"dmd-fast train: preset {cfg.name}, data {source}, device {trainer.device}, backend {args.backend}",
+          flush=True)
+    result = trainer.fit()
+    print(f"best epoch {result.best_epoch}: valid L1 {result.best_valid_loss:.4f}; test "
+          + ", ".join(f"{k} {result.test[k]:.4f}" for k in ("Loss", "Non0_acc_2", "Non0_F1_score", "Acc_7", "MAE", "Corr")))
+    print(f"checkpoints and log.jsonl in {args.out}")
+    return 0
+
+
+def _parity(args) -> int:
+    from dmd_fast.parity import FixtureError, run_parity
+
+    try:
+        report = run_parity(args.fixture, backend=args.backend, tol=args.tol, device=args.device)
+    except FixtureError as exc:
+        print(f"dmd-fast parity: {exc}", file=sys.stderr)
+        return 2
+    print(report.table())
+    return 0 if report.passed else 1
+
+
+def _sizes(text: str):
+    try:
+        parts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected TRAIN,VALID,TEST positive counts, got {text!r}")
+    return parts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dmd-fast", description="Fast DMD: train, check parity, benchmark")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train DMD with upstream's procedure")
+    t.add_argument("--preset", default="tiny", help="tiny | mosi-aligned | mosi-unaligned | mosei-aligned | mosei-unaligned")
+    t.add_argument("--data", default="synthetic", help="'synthetic' (default) or a path to an MMSA pickle")
+    t.add_argument("--synthetic-sizes", type=_sizes, default=(480, 96, 96), metavar="TRAIN,VALID,TEST")
+    t.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: tiny preset 12, else until early stop)")
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"))
+    t.add_argument("--device", default="auto")
+    t.add_argument("--seed", type=int, default=1111)
+    t.add_argument("--ort", default="torch19", choices=("torch19", "per_sample"), help="orthogonality-loss semantics")
+    t.add_argument("--out", default="runs/dmd")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    t.set_defaults(func=_train)
+
+    q = sub.add_parser("parity", help="compare against an upstream fixture")
+    q.add_argument("--fixture", required=True)
+    q.add_argument("--backend", default="reference", choices=("auto", "triton", "reference"))
+    q.add_argument("--tol", type=float, default=None, help="max relative error (default 1e-5 reference, 1e-4 triton)")
+    q.add_argument("--device", default="cpu")
+    q.set_defaults(func=_parity)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "train" and args.epochs is None and args.preset == "tiny":
+        args.epochs = 12
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as exc:
+        print(f"dmd-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""DMD with its two graph-distillation units and the full upstream loss.
+
+Upstream keeps three modules (DMD, HomoGD, HeteroGD) in one Adam optimizer; this wraps them so a
+trainer, a checkpoint and the parity check see one module. ``dmd``'s state_dict is exactly
+upstream's; ``gd_homo`` / ``gd_hetero`` hold upstream's GD kernels' parameters.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from dmd_fast.model.config import DMDConfig
+from dmd_fast.model.dmd import DMD
+from dmd_fast.model.losses import dmd_losses
+from dmd_fast.nn.gd_unit import GDUnit
+
+
+def prior_softmax(logits, temperature=0.25) -> list[float]:
+    """Upstream ``misc.softmax(w, t)``: softmax(w / t) in float64."""
+    w = np.asarray(logits, dtype=np.float64) / temperature
+    e = np.exp(w - w.max())
+    return (e / e.sum()).tolist()
+
+
+HOMO_PRIOR_LOGITS = (0, 0, 1, 0, 1, 0)      # favours L→V, L→A
+HETERO_PRIOR_LOGITS = (0, 0, 1, 0, 1, 1)    # favours L→V, L→A, V→A
+
+
+class DMDSystem(nn.Module):
+    """forward(text, audio, vision, labels=None) → (outputs dict, losses dict or None)."""
+
+    def __init__(self, config: DMDConfig, backend: str = "auto", homo_prior=None, hetero_prior=None):
+        super().__init__()
+        self.config = config
+        self.dmd = DMD(config, backend=backend)
+        d = config.d_model
+        common = dict(n_classes=1, to_idx=[0, 1, 2], from_idx=[0, 1, 2], gd_reg=config.gd_reg,
+                      w_losses=list(config.gd_w_losses), metric="l1", alpha=config.gd_alpha, backend=backend)
+        self.gd_homo = GDUnit(hidden_size=d, gd_size=config.gd_size_homo,
+                              gd_prior=homo_prior or prior_softmax(HOMO_PRIOR_LOGITS),
+                              repr_metric="l1", **common)
+        self.gd_hetero = GDUnit(hidden_size=2 * d, gd_size=config.gd_size_hetero,
+                                gd_prior=hetero_prior or prior_softmax(HETERO_PRIOR_LOGITS),
+                                repr_metric="cosine", **common)
+
+    def forward(self, text, audio, vision, labels=None):
+        outputs = self.dmd(text, audio, vision)
+        if labels is None:
+            return outputs, None
+        losses = dmd_losses(outputs, labels, self.gd_homo, self.gd_hetero,
+                            ort_semantics=self.config.ort_semantics)
+        return outputs, losses

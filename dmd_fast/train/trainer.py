@@ -1,0 +1,182 @@
+"""DMD training with upstream's procedure (``trains/singleTask/DMD.py``, dmd-spec.md §6).
+
+Adam(lr) over DMD + both GD units; gradients summed over windows of ``update_epochs``
+mini-batches (a trailing partial window is discarded, as upstream); ``clip_grad_value_`` after
+every backward; ReduceLROnPlateau(min, 0.5, patience) on the validation L1 loss; the best model by
+validation loss (1e-6 tolerance); early stop after ``early_stop`` epochs without improvement.
+Per step nothing is read back to the host: losses and predictions accumulate on the device.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from dmd_fast.model.system import DMDSystem
+from dmd_fast.train.checkpoint import load_checkpoint, save_checkpoint
+from dmd_fast.train.metrics import format_metrics_table, regression_metrics
+from dmd_fast.train.progress import Progress
+
+
+@dataclass
+class TrainOptions:
+    max_epochs: int | None = None       # upstream: unbounded (early stop only)
+    out_dir: str = "runs/dmd"
+    device: str = "auto"
+    backend: str = "auto"
+    seed: int = 1111
+    progress: bool | None = None         # None: only on a terminal
+    log_every_epoch: bool = True
+    resume: bool = False
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_valid_loss: float
+    test: dict
+    history: list = field(default_factory=list)
+    edges: dict = field(default_factory=dict)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device: {name!r} requested but CUDA is not available")
+    return dev
+
+
+def _to(batch, device):
+    return (batch["text"].to(device, non_blocking=True), batch["audio"].to(device, non_blocking=True),
+            batch["vision"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True).view(-1, 1))
+
+
+@torch.no_grad()
+def evaluate(system: DMDSystem, loader, device) -> dict:
+    """Eval-mode forward over a split → metrics dict with the L1 'Loss' (upstream's KeyEval)."""
+    system.eval()
+    preds, truths = [], []
+    for batch in loader:
+        text, audio, vision, labels = _to(batch, device)
+        out, _ = system(text, audio, vision)
+        preds.append(out["output_logit"].view(-1))
+        truths.append(labels.view(-1))
+    pred, truth = torch.cat(preds), torch.cat(truths)
+    loss = F.l1_loss(pred, truth).item()
+    metrics = regression_metrics(pred.cpu().numpy(), truth.cpu().numpy())
+    metrics["Loss"] = loss
+    return metrics
+
+
+class Trainer:
+    """Upstream DMD training loop over ``loaders`` = {'train', 'valid', 'test'} DataLoaders."""
+
+    def __init__(self, system: DMDSystem, loaders: dict, options: TrainOptions):
+        self.system = system
+        self.loaders = loaders
+        self.opt = options
+        self.device = pick_device(options.device)
+        self.system.to(self.device)
+        cfg = system.config
+        self.cfg = cfg
+        self.optimizer = torch.optim.Adam(system.parameters(), lr=cfg.learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=0.5,
+                                                                    patience=cfg.patience)
+        self.out_dir = pathlib.Path(options.out_dir)
+        self.epoch = 0
+        self.best_valid = float("inf")
+        self.best_epoch = 0
+        self.history: list = []
+
+    # --- one epoch -------------------------------------------------------------------------
+    def train_epoch(self) -> dict:
+        system, cfg = self.system, self.cfg
+        system.train()
+        params = list(system.parameters())
+        left = cfg.update_epochs
+        loss_sum = torch.zeros((), device=self.device)
+        edge_sum = {"homo": 0, "hetero": 0}
+        preds, truths, n_batches = [], [], 0
+        bar = Progress(self.loaders["train"], desc=f"epoch {self.epoch:3d}", enabled=self.opt.progress)
+        t0 = time.perf_counter()
+        n_samples = 0
+        for batch in bar:
+            if left == cfg.update_epochs:
+                self.optimizer.zero_grad(set_to_none=False)
+            left -= 1
+            text, audio, vision, labels = _to(batch, self.device)
+            out, losses = system(text, audio, vision, labels)
+            losses["total"].backward()
+            if cfg.grad_clip != -1.0:
+                torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
+            loss_sum += losses["total"].detach()
+            edge_sum["homo"] = edge_sum["homo"] + losses["edges_homo"].detach().mean(1)
+            edge_sum["hetero"] = edge_sum["hetero"] + losses["edges_hetero"].detach().mean(1)
+            preds.append(out["output_logit"].detach().view(-1))
+            truths.append(labels.view(-1))
+            n_batches += 1
+            n_samples += labels.shape[0]
+            if left == 0:
+                self.optimizer.step()
+                left = cfg.update_epochs
+        seconds = time.perf_counter() - t0
+        metrics = regression_metrics(torch.cat(preds).cpu().numpy(), torch.cat(truths).cpu().numpy())
+        metrics["Loss"] = (loss_sum / max(n_batches, 1)).item()
+        metrics["samples_per_s"] = n_samples / seconds if seconds > 0 else 0.0
+        edges = {k: (v / max(n_batches, 1)).cpu().tolist() if torch.is_tensor(v) else [] for k, v in edge_sum.items()}
+        return {"metrics": metrics, "edges": edges}
+
+    # --- whole run ---------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "best_valid": self.best_valid, "best_epoch": self.best_epoch,
+                "history": self.history}
+
+    def fit(self) -> TrainResult:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        last = self.out_dir / "last.pt"
+        if self.opt.resume and last.exists():
+            load_checkpoint(last, self)
+        log_path = self.out_dir / "log.jsonl"
+        since_best = self.epoch - self.best_epoch
+        header = ("epoch", "split", "Loss", "Non0_acc_2", "Non0_F1_score", "Acc_7", "MAE", "Corr")
+        while self.opt.max_epochs is None or self.epoch < self.opt.max_epochs:
+            self.epoch += 1
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+            train = self.train_epoch()
+            valid = evaluate(self.system, self.loaders["valid"], self.device)
+            test = evaluate(self.system, self.loaders["test"], self.device)
+            self.scheduler.step(valid["Loss"])
+            improved = valid["Loss"] <= self.best_valid - 1e-6
+            if improved:
+                self.best_valid, self.best_epoch = valid["Loss"], self.epoch
+                save_checkpoint(self.out_dir / "best.pt", self, weights_only=True)
+            record = {"epoch": self.epoch, "train": train["metrics"], "valid": valid, "test": test,
+                      "edges": train["edges"], "lr": self.optimizer.param_groups[0]["lr"],
+                      "peak_mem_bytes": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None}
+            self.history.append(record)
+            with open(log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            if self.opt.log_every_epoch:
+                rows = [dict(epoch=self.epoch, split=s, **{k: m.get(k) for k in header[2:]})
+                        for s, m in (("train", train["metrics"]), ("valid", valid), ("test", test))]
+                print(format_metrics_table(rows, list(header)), flush=True)
+                print(f"  samples/s {train['metrics']['samples_per_s']:.1f}  lr {record['lr']:.2e}"
+                      f"  best epoch {self.best_epoch} (valid L1 {self.best_valid:.4f})", flush=True)
+            save_checkpoint(last, self)
+            since_best = self.epoch - self.best_epoch
+            if since_best >= self.cfg.early_stop:
+                break
+        best = self.out_dir / "best.pt"
+        if best.exists():
+            load_checkpoint(best, self, weights_only=True)
+        test = evaluate(self.system, self.loaders["test"], self.device)
+        edges = self.history[-1]["edges"] if self.history else {}
+        return TrainResult(self.best_epoch, self.best_valid, test, self.history, edges)
