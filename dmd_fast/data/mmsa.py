@@ -130,7 +130,7 @@ def _as_float32(split: str, key: str, value: Any) -> np.ndarray:
         arr = np.asarray(value)
         if arr.dtype.kind not in "biuf":
             raise TypeError
-        return arr.astype(np.float32)
+        return arr.astype(np.float32, copy=False)  # no copy when already float32
     except (TypeError, ValueError):
         raise DataError(
             f"split {split!r} key {key!r}: expected a numeric array castable to float32; "
@@ -191,7 +191,11 @@ def validate_splits(data: Any, expected: Any = None, source: str = "data") -> di
                     f"split {split!r} key {key!r}: expected rank 3 (N, T, d); received shape {arr.shape}"
                 )
             if key == "audio":
-                arr[arr == -np.inf] = 0.0
+                neg_inf = arr == -np.inf
+                if neg_inf.any():
+                    if np.shares_memory(arr, np.asarray(raw[key])):
+                        arr = arr.copy()  # never modify the caller's array
+                    arr[neg_inf] = 0.0
                 _check_finite(split, key, arr, " after replacing -inf by 0")
             else:
                 _check_finite(split, key, arr)
@@ -235,8 +239,9 @@ def validate_splits(data: Any, expected: Any = None, source: str = "data") -> di
         for key, val in clean.items():
             got = len(val)
             if got != n:
+                disk_key = "regression_labels" if key == "label" else key
                 raise DataError(
-                    f"split {split!r} key {key!r}: has {got} samples; expected N={n} (from 'text')"
+                    f"split {split!r} key {disk_key!r}: has {got} samples; expected N={n} (from 'text')"
                 )
         if n == 0:
             raise DataError(f"split {split!r}: has 0 samples; expected N >= 1")

@@ -2,10 +2,10 @@
 
 Generative model (per sample, modality m in L/A/V, latent size k_m = min(8, d_m)):
 
-* latent z_m ~ N(0, I_{k_m}); label signal s_m = w_m . z_m (unit variance);
+* latent z_m ~ N(0, I_{k_m}); label signal s_m = w_m . z_m with |w_m| = 1 (unit variance);
 * valid frames: x_m[t] = z_m A_m / sqrt(k_m) + frame_noise * eps_t  (A_m fixed (k_m, d_m)),
   frames at t >= length are exactly 0 (right padding);
-* label = round_to_0.2(clip(s_l + s_a + s_v + label_noise * eps, -3, 3)).
+* label = round_to_0.2(clip(c (s_l + s_a + s_v) + label_noise * eps, -3, 3)), c = 1.5/sqrt(3).
 
 The label therefore needs all three modalities: a linear fit on the time-averaged valid frames
 of one modality explains about a third of the label variance, all three together nearly all.
@@ -29,6 +29,7 @@ from .mmsa import SPLITS, MMSADataset, datasets_from_splits, resolve_shapes
 __all__ = ["make_synthetic", "synthetic_datasets"]
 
 _LATENT = 8
+_SIGNAL_SCALE = 1.5 / math.sqrt(3.0)  # label std ~1.5 before clipping: ~4% at +-3, ~5% exact 0
 
 
 def _shapes(preset: Any) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -81,7 +82,8 @@ def make_synthetic(preset_name_or_dims: Any = "mosi_aligned", n_train: int = 256
     proj = {}
     for m, d in dims.items():
         k = min(_LATENT, d)
-        proj[m] = (world.standard_normal((k, d)) / math.sqrt(k), world.standard_normal(k) / math.sqrt(k))
+        w = world.standard_normal(k)
+        proj[m] = (world.standard_normal((k, d)) / math.sqrt(k), w / np.linalg.norm(w))
 
     out: dict[str, dict[str, Any]] = {}
     for si, split in enumerate(SPLITS):
@@ -103,7 +105,7 @@ def make_synthetic(preset_name_or_dims: Any = "mosi_aligned", n_train: int = 256
             valid = np.arange(lens[m])[None, :] < L[m][:, None]  # (n, T)
             x *= valid[:, :, None]
             feats[m] = x
-        y = signal + label_noise * rng.standard_normal(n)
+        y = _SIGNAL_SCALE * signal + label_noise * rng.standard_normal(n)
         y = np.round(np.clip(y, -3.0, 3.0) * 5.0) / 5.0 + 0.0  # +0.0 turns -0.0 into 0.0
         if audio_inf_frac > 0:
             hit = (rng.random(feats["audio"].shape) < audio_inf_frac) & (feats["audio"] != 0)
