@@ -24,6 +24,9 @@ def _train(args) -> int:
         overrides["ort_semantics"] = "per_sample"
     cfg = cfg.replace(**overrides) if overrides else cfg
     torch.manual_seed(args.seed)
+    threads = args.threads if args.threads is not None else (1 if cfg.name == "tiny" else None)
+    if threads:
+        torch.set_num_threads(threads)  # a tiny model runs fastest single-threaded on the CPU
     if args.data == "synthetic":
         n_train, n_valid, n_test = args.synthetic_sizes
         datasets = synthetic_datasets(cfg, n_train, n_valid, n_test, seed=args.seed)
@@ -81,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"))
     t.add_argument("--device", default="auto")
     t.add_argument("--seed", type=int, default=1111)
+    t.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: 1 for the tiny preset)")
     t.add_argument("--ort", default="torch19", choices=("torch19", "per_sample"), help="orthogonality-loss semantics")
     t.add_argument("--out", default="runs/dmd")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
