@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tol", type=float, default=None, help="max relative error (default 1e-5 reference, 1e-4 triton)")
     q.add_argument("--device", default="cpu")
     q.set_defaults(func=_parity)
+
+    from dmd_fast.bench.cli import add_bench_parser
+    add_bench_parser(sub)
     return p
 
 
