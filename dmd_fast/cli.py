@@ -35,6 +35,13 @@ def _train(args) -> int:
         datasets = load_mmsa(args.data, expected=cfg)
         source = args.data
     loaders = make_loaders(datasets, batch_size=cfg.batch_size, seed=args.seed)
+    from dmd_fast.train import distributed as ddp
+    from dmd_fast.train.trainer import pick_device
+    info = ddp.init_from_env(pick_device(args.device).type)
+    if info.enabled:  # under torchrun: each rank trains on its share of every epoch
+        loaders["train"] = ddp.distributed_train_loader(datasets["train"], cfg.batch_size, args.seed, info)
+        if pick_device(args.device).type == "cuda":
+            args.device = f"cuda:{info.local_rank}"
     system = DMDSystem(cfg, backend=args.backend)
     opts = TrainOptions(max_epochs=args.epochs, out_dir=args.out, device=args.device, backend=args.backend,
                         seed=args.seed, resume=args.resume)

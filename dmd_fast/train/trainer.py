@@ -9,7 +9,6 @@ Per step nothing is read back to the host: losses and predictions accumulate on 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from dmd_fast.model.system import DMDSystem
+from dmd_fast.train import distributed as ddp
 from dmd_fast.train.checkpoint import load_checkpoint, save_checkpoint
 from dmd_fast.train.metrics import format_metrics_table, regression_metrics
 from dmd_fast.train.progress import Progress
@@ -84,6 +84,13 @@ class Trainer:
         self.opt = options
         self.device = pick_device(options.device)
         self.system.to(self.device)
+        self.dist = ddp.current()
+        self.model = self.system
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # proj_cosine_* feed no loss (as upstream), hence find_unused_parameters
+            self.model = DistributedDataParallel(system, device_ids=ids, find_unused_parameters=True)
         cfg = system.config
         self.cfg = cfg
         self.optimizer = torch.optim.Adam(system.parameters(), lr=cfg.learning_rate)
@@ -99,6 +106,9 @@ class Trainer:
     def train_epoch(self) -> dict:
         system, cfg = self.system, self.cfg
         system.train()
+        sampler = getattr(self.loaders["train"], "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
         params = list(system.parameters())
         left = cfg.update_epochs
         loss_sum = torch.zeros((), device=self.device)
@@ -112,7 +122,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=False)
             left -= 1
             text, audio, vision, labels = _to(batch, self.device)
-            out, losses = system(text, audio, vision, labels)
+            out, losses = self.model(text, audio, vision, labels)
             losses["total"].backward()
             if cfg.grad_clip != -1.0:
                 torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
@@ -127,9 +137,10 @@ class Trainer:
                 self.optimizer.step()
                 left = cfg.update_epochs
         seconds = time.perf_counter() - t0
-        metrics = regression_metrics(torch.cat(preds).cpu().numpy(), torch.cat(truths).cpu().numpy())
-        metrics["Loss"] = (loss_sum / max(n_batches, 1)).item()
-        metrics["samples_per_s"] = n_samples / seconds if seconds > 0 else 0.0
+        pred, truth = ddp.all_gather_cat(torch.cat(preds)), ddp.all_gather_cat(torch.cat(truths))
+        metrics = regression_metrics(pred.cpu().numpy(), truth.cpu().numpy())
+        metrics["Loss"] = ddp.all_reduce_mean(loss_sum / max(n_batches, 1)).item()
+        metrics["samples_per_s"] = self.dist.world_size * n_samples / seconds if seconds > 0 else 0.0
         edges = {k: (v / max(n_batches, 1)).cpu().tolist() if torch.is_tensor(v) else [] for k, v in edge_sum.items()}
         return {"metrics": metrics, "edges": edges}
 
@@ -144,7 +155,6 @@ class Trainer:
         if self.opt.resume and last.exists():
             load_checkpoint(last, self)
         log_path = self.out_dir / "log.jsonl"
-        since_best = self.epoch - self.best_epoch
         header = ("epoch", "split", "Loss", "Non0_acc_2", "Non0_F1_score", "Acc_7", "MAE", "Corr")
         while self.opt.max_epochs is None or self.epoch < self.opt.max_epochs:
             self.epoch += 1
@@ -157,22 +167,26 @@ class Trainer:
             improved = valid["Loss"] <= self.best_valid - 1e-6
             if improved:
                 self.best_valid, self.best_epoch = valid["Loss"], self.epoch
-                save_checkpoint(self.out_dir / "best.pt", self, weights_only=True)
+                if self.dist.is_main:
+                    save_checkpoint(self.out_dir / "best.pt", self, weights_only=True)
             record = {"epoch": self.epoch, "train": train["metrics"], "valid": valid, "test": test,
                       "edges": train["edges"], "lr": self.optimizer.param_groups[0]["lr"],
                       "peak_mem_bytes": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None}
             self.history.append(record)
-            with open(log_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            if self.opt.log_every_epoch:
+            if self.dist.is_main:
+                with open(log_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+            if self.opt.log_every_epoch and self.dist.is_main:
                 rows = [dict(epoch=self.epoch, split=s, **{k: m.get(k) for k in header[2:]})
                         for s, m in (("train", train["metrics"]), ("valid", valid), ("test", test))]
                 print(format_metrics_table(rows, list(header)), flush=True)
                 print(f"  samples/s {train['metrics']['samples_per_s']:.1f}  lr {record['lr']:.2e}"
                       f"  best epoch {self.best_epoch} (valid L1 {self.best_valid:.4f})", flush=True)
-            save_checkpoint(last, self)
-            since_best = self.epoch - self.best_epoch
-            if since_best >= self.cfg.early_stop:
+            if self.dist.is_main:
+                save_checkpoint(last, self)
+            if self.dist.enabled:
+                torch.distributed.barrier()
+            if self.epoch - self.best_epoch >= self.cfg.early_stop:
                 break
         best = self.out_dir / "best.pt"
         if best.exists():
