@@ -6,13 +6,17 @@ import sys
 
 
 def _train(args) -> int:
+    import pathlib
+
     import torch
 
     from dmd_fast.data.mmsa import load_mmsa, make_loaders
     from dmd_fast.data.synthetic import synthetic_datasets
     from dmd_fast.model.config import get_preset
     from dmd_fast.model.system import DMDSystem
-    from dmd_fast.train.trainer import Trainer, TrainOptions
+    from dmd_fast.train import distributed as ddp
+    from dmd_fast.train.seeds import summarize_seeds
+    from dmd_fast.train.trainer import Trainer, TrainOptions, pick_device
 
     cfg = get_preset(args.preset)
     overrides = {}
@@ -23,36 +27,88 @@ def _train(args) -> int:
     if args.ort == "per_sample":
         overrides["ort_semantics"] = "per_sample"
     cfg = cfg.replace(**overrides) if overrides else cfg
-    torch.manual_seed(args.seed)
     threads = args.threads if args.threads is not None else (1 if cfg.name == "tiny" else None)
     if threads:
         torch.set_num_threads(threads)  # a tiny model runs fastest single-threaded on the CPU
+    seeds = args.seeds or [args.seed]
+    info = ddp.init_from_env(pick_device(args.device).type)
+    device = f"cuda:{info.local_rank}" if info.enabled and pick_device(args.device).type == "cuda" else args.device
+    results = []
+    for seed in seeds:
+        out_dir = args.out if len(seeds) == 1 else str(pathlib.Path(args.out) / f"seed-{seed}")
+        torch.manual_seed(seed)
+        if args.data == "synthetic":
+            n_train, n_valid, n_test = args.synthetic_sizes
+            datasets = synthetic_datasets(cfg, n_train, n_valid, n_test, seed=args.data_seed)
+            source = f"synthetic ({n_train}/{n_valid}/{n_test} samples, preset {cfg.name})"
+        else:
+            datasets = load_mmsa(args.data, expected=cfg)
+            source = args.data
+        loaders = make_loaders(datasets, batch_size=cfg.batch_size, seed=seed)
+        if info.enabled:  # under torchrun: each rank trains on its share of every epoch
+            loaders["train"] = ddp.distributed_train_loader(datasets["train"], cfg.batch_size, seed, info)
+        system = DMDSystem(cfg, backend=args.backend)
+        opts = TrainOptions(max_epochs=args.epochs, out_dir=out_dir, device=device, backend=args.backend,
+                            seed=seed, resume=args.resume, log_every_epoch=info.is_main)
+        trainer = Trainer(system, loaders, opts)
+        if info.is_main:
+            print(f"dmd-fast train: preset {cfg.name}, data {source}, seed {seed}, device {trainer.device}, "
+                  f"backend {args.backend}, ranks {info.world_size}", flush=True)
+        result = trainer.fit()
+        results.append(result)
+        if info.is_main:
+            print(f"seed {seed}: best epoch {result.best_epoch}, valid L1 {result.best_valid_loss:.4f}; test "
+                  + ", ".join(f"{k} {result.test[k]:.4f}" for k in ("Loss", "Non0_acc_2", "Non0_F1_score", "Acc_7",
+                                                                   "MAE", "Corr")), flush=True)
+    if info.is_main:
+        if len(seeds) > 1:
+            summary = summarize_seeds(seeds, results)
+            path = pathlib.Path(args.out) / "seeds.md"
+            path.write_text(summary, encoding="utf-8")
+            print(summary)
+            print(f"summary written to {path}")
+        print(f"checkpoints and log.jsonl in {args.out}")
+    return 0
+
+
+def _attention_map(args) -> int:
+    import torch
+
+    from dmd_fast.data.mmsa import load_mmsa
+    from dmd_fast.data.synthetic import synthetic_datasets
+    from dmd_fast.model.attention_maps import cross_modal_maps, save_map_pngs
+    from dmd_fast.model.config import DMDConfig
+    from dmd_fast.model.system import DMDSystem
+    from dmd_fast.train.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(args.checkpoint)
+    cfg = DMDConfig.from_dict(ckpt["config"])
+    system = DMDSystem(cfg, backend="reference")
+    system.load_state_dict(ckpt["model"], strict=True)
     if args.data == "synthetic":
-        n_train, n_valid, n_test = args.synthetic_sizes
-        datasets = synthetic_datasets(cfg, n_train, n_valid, n_test, seed=args.seed)
-        source = f"synthetic ({n_train}/{n_valid}/{n_test} samples, preset {cfg.name})"
+        datasets = synthetic_datasets(cfg, 1, 1, max(args.sample + 1, 1), seed=args.data_seed)
     else:
         datasets = load_mmsa(args.data, expected=cfg)
-        source = args.data
-    loaders = make_loaders(datasets, batch_size=cfg.batch_size, seed=args.seed)
-    from dmd_fast.train import distributed as ddp
-    from dmd_fast.train.trainer import pick_device
-    info = ddp.init_from_env(pick_device(args.device).type)
-    if info.enabled:  # under torchrun: each rank trains on its share of every epoch
-        loaders["train"] = ddp.distributed_train_loader(datasets["train"], cfg.batch_size, args.seed, info)
-        if pick_device(args.device).type == "cuda":
-            args.device = f"cuda:{info.local_rank}"
-    system = DMDSystem(cfg, backend=args.backend)
-    opts = TrainOptions(max_epochs=args.epochs, out_dir=args.out, device=args.device, backend=args.backend,
-                        seed=args.seed, resume=args.resume)
-    trainer = Trainer(system, loaders, opts)
-    print(f"dmd-fast train: preset {cfg.name}, data {source}, device {trainer.device}, backend {args.backend}",
-          flush=True)
-    result = trainer.fit()
-    print(f"best epoch {result.best_epoch}: valid L1 {result.best_valid_loss:.4f}; test "
-          + ", ".join(f"{k} {result.test[k]:.4f}" for k in ("Loss", "Non0_acc_2", "Non0_F1_score", "Acc_7", "MAE", "Corr")))
-    print(f"checkpoints and log.jsonl in {args.out}")
+    split = datasets[args.split]
+    if not 0 <= args.sample < len(split):
+        raise ValueError(f"--sample: expected 0 <= sample < {len(split)} for split {args.split!r}, got {args.sample}")
+    item = split[args.sample]
+    maps = cross_modal_maps(system.dmd, item["text"][None], item["audio"][None], item["vision"][None],
+                            layer=args.layer)
+    paths = save_map_pngs(maps, args.out, prefix=f"{args.split}{args.sample}_layer{args.layer}")
+    for p in paths:
+        print(p)
     return 0
+
+
+def _seed_list(text: str):
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integer seeds, got {text!r}")
+    return seeds
 
 
 def _parity(args) -> int:
@@ -91,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"))
     t.add_argument("--device", default="auto")
     t.add_argument("--seed", type=int, default=1111)
+    t.add_argument("--seeds", type=_seed_list, default=None, metavar="S1,S2,...",
+                   help="run one training per seed and write OUT/seeds.md (metrics and edges, mean ± STD)")
+    t.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data set")
     t.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: 1 for the tiny preset)")
     t.add_argument("--ort", default="torch19", choices=("torch19", "per_sample"), help="orthogonality-loss semantics")
     t.add_argument("--out", default="runs/dmd")
@@ -103,6 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tol", type=float, default=None, help="max relative error (default 1e-5 reference, 1e-4 triton)")
     q.add_argument("--device", default="cpu")
     q.set_defaults(func=_parity)
+
+    m = sub.add_parser("attention-map", help="export cross-modal attention maps of a trained model as PNG")
+    m.add_argument("--checkpoint", required=True, help="a dmd-fast checkpoint (OUT/best.pt or OUT/last.pt)")
+    m.add_argument("--data", default="synthetic", help="'synthetic' or an MMSA pickle")
+    m.add_argument("--data-seed", type=int, default=0)
+    m.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    m.add_argument("--sample", type=int, default=0)
+    m.add_argument("--layer", type=int, default=-1, help="encoder layer (default: last)")
+    m.add_argument("--out", default="attention_maps")
+    m.set_defaults(func=_attention_map)
 
     from dmd_fast.bench.cli import add_bench_parser
     add_bench_parser(sub)

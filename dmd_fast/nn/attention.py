@@ -38,6 +38,8 @@ class MultiheadAttention(nn.Module):
         self.head_dim = embed_dim // num_heads
         self.scaling = self.head_dim ** -0.5
         self.backend = check_backend_name(backend)
+        self.record_weights = False   # when True, keep head-averaged weights in ``last_weights``
+        self.last_weights = None
         self.in_proj_weight = Parameter(torch.empty(3 * embed_dim, embed_dim))
         if bias:
             self.in_proj_bias = Parameter(torch.empty(3 * embed_dim))
@@ -99,12 +101,14 @@ class MultiheadAttention(nn.Module):
                                       dropout_p=p, scale=1.0, backend=self.backend)
         out = self.out_proj(o.permute(2, 0, 1, 3).reshape(Tq, B, E))
         weights = None
-        if need_weights:
+        if need_weights or self.record_weights:
             with torch.no_grad():
                 probs = reference_attention(qh, kh, vh, key_lengths=key_lengths,
                                             offset_causal=offset_causal, scale=1.0,
                                             return_weights=True)[1]
             weights = probs.mean(dim=1)
+            if self.record_weights:
+                self.last_weights = weights
         return out, weights
 
 
