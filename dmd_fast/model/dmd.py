@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmd_fast.model.config import DMDConfig
+from dmd_fast.nn.grouped import run_encoders_grouped
 from dmd_fast.nn.transformer import TransformerEncoder
 from dmd_fast.ops.backend import check_backend_name
 
@@ -25,10 +26,13 @@ class DMD(nn.Module):
     """forward(text (B, T_l, 768) | (B, 3, T_l) with BERT, audio (B, T_a, d_a), vision (B, T_v, d_v))
     → dict of every upstream output (see dmd-spec.md §2.5)."""
 
-    def __init__(self, config: DMDConfig, backend: str = "auto"):
+    def __init__(self, config: DMDConfig, backend: str = "auto", grouped: bool | None = None):
         super().__init__()
         self.config = c = config
         self.backend = check_backend_name(backend)
+        # grouped launches: the 3 self-attention, 6 cross-modal and 3 memory encoders each share
+        # one attention launch per layer (per dropout value); default on unless backend="reference"
+        self.grouped = backend != "reference" if grouped is None else bool(grouped)
         if c.use_bert:
             from dmd_fast.model.text_encoder import BertTextEncoder
             self.text_model = BertTextEncoder(c.bert_config)
@@ -110,6 +114,12 @@ class DMD(nn.Module):
             if x.device != text.device:
                 raise ValueError(f"{name}: on {x.device}, expected the same device as text ({text.device})")
 
+    def _run(self, encoders, streams):
+        """Independent encoders: grouped launches, or one after another (as upstream)."""
+        if self.grouped:
+            return run_encoders_grouped(encoders, streams)
+        return [enc(*stream) if stream[1] is not None else enc(stream[0]) for enc, stream in zip(encoders, streams)]
+
     @staticmethod
     def flatten_channel_major(x):
         """(B, d, T') → (B, d·T'), channel-major (upstream's c_sim input)."""
@@ -146,16 +156,18 @@ class DMD(nn.Module):
             out[f"repr_{m}_homo"] = repr_low
         proj_s = {m: getattr(self, f"proj_cosine_{m}")(self.flatten_time_major(s_seq[m])) for m in MODALITIES}
 
-        c_att = [getattr(self, f"self_attentions_c_{m}")(c_seq[m])[-1] for m in MODALITIES]
+        c_att = [h[-1] for h in self._run([getattr(self, f"self_attentions_c_{m}") for m in MODALITIES],
+                                          [(c_seq[m], None, None) for m in MODALITIES])]
         c_fusion = torch.cat(c_att, dim=1)
         c_proj = self.proj2_c(F.dropout(F.relu(self.proj1_c(c_fusion)), p=c.output_dropout, training=self.training))
         logits_c = self.out_layer_c(c_proj + c_fusion)
 
-        h = {}
-        for tgt, (src1, src2) in (("l", ("a", "v")), ("a", ("l", "v")), ("v", ("l", "a"))):
-            h1 = getattr(self, f"trans_{tgt}_with_{src1}")(s_seq[tgt], s_seq[src1], s_seq[src1])
-            h2 = getattr(self, f"trans_{tgt}_with_{src2}")(s_seq[tgt], s_seq[src2], s_seq[src2])
-            h[tgt] = getattr(self, f"trans_{tgt}_mem")(torch.cat([h1, h2], dim=2))
+        pairs = [(tgt, src) for tgt, srcs in (("l", "av"), ("a", "lv"), ("v", "la")) for src in srcs]
+        cross = self._run([getattr(self, f"trans_{t}_with_{s}") for t, s in pairs],
+                          [(s_seq[t], s_seq[s], s_seq[s]) for t, s in pairs])
+        mem_in = [torch.cat([cross[2 * i], cross[2 * i + 1]], dim=2) for i in range(3)]  # l, a, v
+        mem = self._run([self.trans_l_mem, self.trans_a_mem, self.trans_v_mem], [(x, None, None) for x in mem_in])
+        h = dict(zip("lav", mem))
         last_h = {m: h[m][-1] for m in MODALITIES}
         for m in MODALITIES:  # heterogeneous heads
             hp = getattr(self, f"proj2_{m}_high")(

@@ -75,10 +75,24 @@ class MultiheadAttention(nn.Module):
         T, B, _ = x.shape
         return x.reshape(T, B, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
 
+    def attend(self, qh, kh, vh, *, offset_causal=False, key_lengths=None):
+        """Attention core on (B, H, L, D) heads (q pre-scaled), with this module's dropout and backend."""
+        p = self.attn_dropout if self.training else 0.0
+        if self.backend == "reference":
+            from dmd_fast.reference.attention import cross_modal_attention as reference_attention
+            return reference_attention(qh, kh, vh, key_lengths=key_lengths, offset_causal=offset_causal,
+                                       dropout_p=p, scale=1.0)
+        from dmd_fast.ops.attention import cross_modal_attention
+        return cross_modal_attention(qh, kh, vh, key_lengths=key_lengths, offset_causal=offset_causal,
+                                     dropout_p=p, scale=1.0, backend=self.backend)
+
+    def merge(self, o):
+        """(B, H, Tq, D) heads → out_proj of (Tq, B, E)."""
+        B, H, Tq, D = o.shape
+        return self.out_proj(o.permute(2, 0, 1, 3).reshape(Tq, B, H * D))
+
     def forward(self, query, key, value, attn_mask=None, *, offset_causal=False, key_lengths=None,
                 need_weights=False):
-        from dmd_fast.reference.attention import cross_modal_attention as reference_attention
-
         if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
             raise ValueError(f"query/key/value: expected (T, B, E) tensors, got {tuple(query.shape)}, "
                              f"{tuple(key.shape)}, {tuple(value.shape)}")
@@ -86,30 +100,29 @@ class MultiheadAttention(nn.Module):
             raise ValueError(f"query: expected last dim embed_dim={self.embed_dim}, got {query.shape[2]}")
         if key.shape != value.shape:
             raise ValueError(f"key/value: expected equal shapes, got {tuple(key.shape)} and {tuple(value.shape)}")
-        Tq, B, E = query.shape
         q, k, v = self.project(query, key, value)
         qh, kh, vh = self._heads(q), self._heads(k), self._heads(v)
-        p = self.attn_dropout if self.training else 0.0
         if attn_mask is not None:
+            p = self.attn_dropout if self.training else 0.0
             o = _dense_mask_attention(qh, kh, vh, attn_mask, p)
-        elif self.backend == "reference":
-            o = reference_attention(qh, kh, vh, key_lengths=key_lengths, offset_causal=offset_causal,
-                                    dropout_p=p, scale=1.0)
         else:
-            from dmd_fast.ops.attention import cross_modal_attention
-            o = cross_modal_attention(qh, kh, vh, key_lengths=key_lengths, offset_causal=offset_causal,
-                                      dropout_p=p, scale=1.0, backend=self.backend)
-        out = self.out_proj(o.permute(2, 0, 1, 3).reshape(Tq, B, E))
+            o = self.attend(qh, kh, vh, offset_causal=offset_causal, key_lengths=key_lengths)
         weights = None
         if need_weights or self.record_weights:
-            with torch.no_grad():
-                probs = reference_attention(qh, kh, vh, key_lengths=key_lengths,
-                                            offset_causal=offset_causal, scale=1.0,
-                                            return_weights=True)[1]
-            weights = probs.mean(dim=1)
-            if self.record_weights:
-                self.last_weights = weights
-        return out, weights
+            weights = self.head_averaged_weights(qh, kh, vh, offset_causal=offset_causal, key_lengths=key_lengths)
+        return self.merge(o), weights
+
+    @torch.no_grad()
+    def head_averaged_weights(self, qh, kh, vh, *, offset_causal=False, key_lengths=None):
+        """Visualisation path: softmax weights (B, Tq, Tk) averaged over heads, without dropout, by the
+        reference (the fast path never materialises them); kept in ``last_weights`` when recording."""
+        from dmd_fast.reference.attention import cross_modal_attention as reference_attention
+        probs = reference_attention(qh, kh, vh, key_lengths=key_lengths, offset_causal=offset_causal,
+                                    scale=1.0, return_weights=True)[1]
+        weights = probs.mean(dim=1)
+        if self.record_weights:
+            self.last_weights = weights
+        return weights
 
 
 def _dense_mask_attention(q, k, v, attn_mask, dropout_p):

@@ -41,21 +41,29 @@ class TransformerEncoderLayer(nn.Module):
         self.fc2 = xavier_linear(4 * embed_dim, embed_dim)
         self.layer_norms = nn.ModuleList([nn.LayerNorm(embed_dim) for _ in range(2)])
 
-    def forward(self, x, x_k=None, x_v=None, key_lengths=None):
-        residual = x
-        x = self.layer_norms[0](x)
+    def heads(self, x, x_k=None, x_v=None):
+        """LN0 then the attention projections: (q, k, v) as (B, H, L, D) views, q pre-scaled."""
+        mha = self.self_attn
+        h = self.layer_norms[0](x)
         if x_k is None and x_v is None:
-            x, _ = self.self_attn(x, x, x, offset_causal=self.attn_mask, key_lengths=key_lengths)
+            q, k, v = mha.project(h, h, h)
         else:
-            x_k = self.layer_norms[0](x_k)
-            x_v = self.layer_norms[0](x_v)
-            x, _ = self.self_attn(x, x_k, x_v, offset_causal=self.attn_mask, key_lengths=key_lengths)
-        x = residual + F.dropout(x, p=self.res_dropout, training=self.training)
-        residual = x
-        x = F.relu(self.fc1(self.layer_norms[1](x)))
-        x = F.dropout(x, p=self.relu_dropout, training=self.training)
-        x = F.dropout(self.fc2(x), p=self.res_dropout, training=self.training)
-        return residual + x
+            q, k, v = mha.project(h, self.layer_norms[0](x_k), self.layer_norms[0](x_v))
+        return mha._heads(q), mha._heads(k), mha._heads(v)
+
+    def finish(self, x, o):
+        """Residual MHA output (heads o (B, H, Tq, D)) then the residual pre-LN FFN."""
+        x = x + F.dropout(self.self_attn.merge(o), p=self.res_dropout, training=self.training)
+        h = F.relu(self.fc1(self.layer_norms[1](x)))
+        h = F.dropout(h, p=self.relu_dropout, training=self.training)
+        return x + F.dropout(self.fc2(h), p=self.res_dropout, training=self.training)
+
+    def forward(self, x, x_k=None, x_v=None, key_lengths=None):
+        qh, kh, vh = self.heads(x, x_k, x_v)
+        o = self.self_attn.attend(qh, kh, vh, offset_causal=self.attn_mask, key_lengths=key_lengths)
+        if self.self_attn.record_weights:
+            self.self_attn.head_averaged_weights(qh, kh, vh, offset_causal=self.attn_mask, key_lengths=key_lengths)
+        return self.finish(x, o)
 
 
 class TransformerEncoder(nn.Module):

@@ -1,0 +1,60 @@
+"""Run several independent transformer encoders layer by layer with grouped attention launches.
+
+DMD's six cross-modal encoders (and its three self-attention and three memory encoders) are
+independent; each layer's attention problems go to ``cross_modal_attention_grouped`` together
+(one launch per distinct dropout probability) instead of one launch per encoder. Everything
+else (LayerNorms, projections, FFN) runs per encoder, as in ``TransformerEncoder.forward``,
+so the result equals running the encoders one by one.
+"""
+from __future__ import annotations
+
+from dmd_fast.nn.transformer import TransformerEncoder
+
+
+def _check_groupable(encoders):
+    first = encoders[0]
+    for i, enc in enumerate(encoders):
+        if not isinstance(enc, TransformerEncoder):
+            raise TypeError(f"encoders[{i}]: expected a TransformerEncoder, got {type(enc).__name__}")
+        mha, mha0 = enc.layers[0].self_attn, first.layers[0].self_attn
+        if (len(enc.layers), mha.num_heads, mha.head_dim, enc.attn_mask, mha.backend) != \
+                (len(first.layers), mha0.num_heads, mha0.head_dim, first.attn_mask, mha0.backend):
+            raise ValueError(f"encoders[{i}]: layers/heads/head_dim/attn_mask/backend differ from encoders[0]; "
+                             "only encoders of one shape can share launches")
+
+
+def run_encoders_grouped(encoders, streams):
+    """encoders: G TransformerEncoders of one shape; streams: G tuples (x_in, x_in_k, x_in_v), the
+    last two None for self-attention, all sequence-first (T, B, E). Returns G outputs (Tq, B, E)."""
+    from dmd_fast.ops.attention import cross_modal_attention_grouped
+    from dmd_fast.reference.attention import cross_modal_attention as reference_attention
+
+    if len(encoders) != len(streams) or not encoders:
+        raise ValueError(f"streams: expected one stream per encoder ({len(encoders)}), got {len(streams)}")
+    _check_groupable(encoders)
+    xs, sources = [], []
+    for enc, (x_in, k_in, v_in) in zip(encoders, streams):
+        xs.append(enc.embed(x_in))
+        sources.append(None if k_in is None else (enc.embed(k_in), enc.embed(v_in)))
+    backend = encoders[0].layers[0].self_attn.backend
+    offset_causal = encoders[0].attn_mask
+    for i in range(len(encoders[0].layers)):
+        layers = [enc.layers[i] for enc in encoders]
+        problems = [layer.heads(x) if src is None else layer.heads(x, *src)
+                    for layer, x, src in zip(layers, xs, sources)]
+        by_p: dict[float, list[int]] = {}
+        for g, layer in enumerate(layers):
+            p = layer.self_attn.attn_dropout if layer.training else 0.0
+            by_p.setdefault(p, []).append(g)
+        outs = [None] * len(layers)
+        for p, members in by_p.items():
+            if backend == "reference":
+                res = [reference_attention(*problems[g], offset_causal=offset_causal, dropout_p=p, scale=1.0)
+                       for g in members]
+            else:
+                res = cross_modal_attention_grouped([problems[g] for g in members], offset_causal=offset_causal,
+                                                    dropout_p=p, scale=1.0, backend=backend)
+            for g, o in zip(members, res):
+                outs[g] = o
+        xs = [layer.finish(x, o) for layer, x, o in zip(layers, xs, outs)]
+    return [enc.layer_norm(x) for enc, x in zip(encoders, xs)]
