@@ -109,6 +109,8 @@ def build_system(fx: dict, backend: str, model_factory=None) -> DMDSystem:
 def run_parity(path, backend: str = "reference", tol: float | None = None, model_factory=None,
                device: str = "cpu") -> ParityReport:
     """Compare dmd_fast against an upstream fixture; see the module docstring."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available")
     fx = load_fixture(path)
     tol = DEFAULT_TOL.get(backend, 1e-4) if tol is None else tol
     report = ParityReport(backend, tol, [], [])
