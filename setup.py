@@ -9,6 +9,7 @@ PACKAGES = [
     "dmd_fast.model",
     "dmd_fast.data",
     "dmd_fast.train",
+    "dmd_fast.bench",
     "dmd_fast.kernels",
 ]
 

@@ -1,0 +1,92 @@
+"""Benchmark configuration: without CUDA, run the Triton kernels on the CPU through the interpreter.
+
+TRITON_INTERPRET must be set before any kernel module is imported (as in tests/conftest.py).
+
+``pytest tests benchmarks`` loads both conftest files under the module name ``conftest``, and the
+one loaded last is what ``from conftest import ...`` in tests/ finds. So this file also offers
+every public name of tests/conftest.py (its pytest hooks excepted, pytest already runs them).
+"""
+import importlib.util
+import os
+import pathlib
+
+import pytest
+
+try:
+    import torch
+    HAS_CUDA = torch.cuda.is_available()
+except Exception:  # pragma: no cover
+    HAS_CUDA = False
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+_TESTS_CONFTEST = pathlib.Path(__file__).resolve().parents[1] / "tests" / "conftest.py"
+
+
+def _reexport_tests_conftest():
+    if not _TESTS_CONFTEST.exists():
+        return
+    spec = importlib.util.spec_from_file_location("_dmd_fast_tests_conftest", _TESTS_CONFTEST)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    g = globals()
+    for name, value in vars(mod).items():
+        if name.startswith("__") or name.startswith("pytest_") or name in g:
+            continue
+        if hasattr(value, "_pytestfixturefunction") or type(value).__name__ == "FixtureFunctionDefinition":
+            continue  # fixtures stay with tests/
+        g[name] = value
+
+
+_reexport_tests_conftest()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs CUDA (GPU tier)")
+
+
+@pytest.fixture(autouse=True)
+def _one_cpu_thread():
+    """CPU tier: one intra-op thread while a benchmark runs (spinning OpenMP threads on a shared
+    2-core machine turn milliseconds into seconds); restored afterwards."""
+    if HAS_CUDA:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def bench_device():
+    """'cuda' when a GPU is present, else 'cpu' (kernels then run in the Triton interpreter)."""
+    return "cuda" if HAS_CUDA else "cpu"
+
+
+def _timed(fn, device):
+    """Wrap ``fn`` so that each call waits for the device (what the benchmark fixture times)."""
+    if device == "cuda":
+        def call(*a):
+            out = fn(*a)
+            torch.cuda.synchronize()
+            return out
+        return call
+    return fn
+
+
+def _rounds(device) -> dict:
+    """pedantic() settings: enough rounds for a median on GPU, few on the CPU tier."""
+    if device == "cuda":
+        return dict(rounds=30, iterations=1, warmup_rounds=3)
+    return dict(rounds=2, iterations=1, warmup_rounds=1)
+
+
+@pytest.fixture
+def bench(benchmark, bench_device):
+    """``bench(fn, *args)``: time ``fn(*args)`` with pytest-benchmark (device-synchronised on CUDA)."""
+    def run(fn, *args):
+        return benchmark.pedantic(_timed(fn, bench_device), args=args, **_rounds(bench_device))
+    return run

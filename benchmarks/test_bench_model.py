@@ -1,0 +1,30 @@
+"""pytest-benchmark: one DMD training step and one hetero-branch forward+backward.
+
+GPU: MOSI unaligned preset, B=16, every dropout of the preset; backend 'reference' against
+'triton'. CPU tier: the tiny preset with backend='reference' only (a model step with every kernel
+in the Triton interpreter takes tens of seconds; the op-level benchmarks cover the kernels there).
+"""
+import pytest
+import torch
+
+from dmd_fast.bench import suites as st
+
+CUDA = torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("what", ["hetero", "step"])
+def test_model(bench, benchmark, bench_device, what, backend):
+    if backend == "triton" and not CUDA:
+        pytest.skip("model-level Triton runs on GPU only (the interpreter takes tens of seconds per step)")
+    build = st._build_model_step if what == "step" else st._build_hetero_step
+    try:
+        fn, sets, samples, note = build("ours" if backend == "triton" else "eager", torch.device(bench_device),
+                                        quick=not CUDA)
+    except st.bl.Unsupported as exc:
+        pytest.skip(str(exc))
+    benchmark.group = f"model {what}"
+    benchmark.extra_info.update(backend=backend, samples_per_call=samples, note=note)
+    out = bench(fn, *sets[0])
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    assert all(torch.isfinite(t).all() for t in outs if t is not None)

@@ -1,0 +1,157 @@
+"""``dmd-fast bench``: run the benchmark suites and write JSON, markdown and plots.
+
+Wiring into the main CLI (``dmd_fast/cli.py``, in ``build_parser`` after ``sub`` exists)::
+
+    from dmd_fast.bench.cli import add_bench_parser; add_bench_parser(sub)
+
+It also runs on its own: ``python -m dmd_fast.bench.cli --suite op --quick``.
+Exit codes: 0 ran (individual rows may still record skips or errors), 2 bad arguments or a
+configuration that cannot run here, 1 an unexpected failure (message, no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import sys
+
+SUITE_CHOICES = ("op", "gd", "model", "all")
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--suite", default="all", choices=SUITE_CHOICES,
+                   help="op: attention core (+ zero-recompile check); gd: graph distillation; "
+                        "model: DMD train step and hetero branch; all (default)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default: $OUT if set, else benchmarks/results/<date>-<card>)")
+    p.add_argument("--quick", action="store_true", help="tiny shapes and few repetitions (runs on a CPU)")
+    p.add_argument("--backend-list", default=None, metavar="LIST",
+                   help="comma-separated providers to run (default: each suite's own); 'list' prints them")
+    p.add_argument("--device", default="auto", help="auto (default), cuda, cuda:N or cpu")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop starting new measurements after this long (what is left is recorded as skipped)")
+    p.add_argument("--rep-ms", type=float, default=None, metavar="MS",
+                   help="timed repetitions per measurement, in ms of run time (default 60; quick 20)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    return p
+
+
+def add_bench_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``bench`` subcommand to the main CLI's subparsers; it dispatches to :func:`run_bench`."""
+    p = subparsers.add_parser("bench", help="benchmark the kernels and the model against baselines",
+                              description=__doc__.split("\n\n")[0])
+    add_bench_arguments(p)
+    p.set_defaults(func=run_bench)
+    return p
+
+
+def _err(msg: str) -> int:
+    print(f"dmd-fast bench: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _providers(text: str | None):
+    from dmd_fast.bench.suites import ALL_PROVIDERS
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ValueError("--backend-list: expected a comma-separated list of providers, got an empty list")
+    unknown = [n for n in names if n not in ALL_PROVIDERS]
+    if unknown:
+        raise ValueError(f"--backend-list: unknown provider(s) {', '.join(map(repr, unknown))} "
+                         f"(choose from {', '.join(ALL_PROVIDERS)})")
+    return tuple(dict.fromkeys(names))
+
+
+def _default_out(device_name: str) -> str:
+    env = os.environ.get("OUT")
+    if env:
+        return env
+    from dmd_fast.bench.report import card_slug
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d")
+    return os.path.join("benchmarks", "results", f"{date}-{card_slug(device_name)}")
+
+
+def run_bench(args) -> int:
+    """Entry point of ``dmd-fast bench`` (``args`` from :func:`add_bench_arguments`)."""
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("dmd-fast bench: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the promise: a clear message, never a traceback
+        print(f"dmd-fast bench: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
+    if args.backend_list is not None and args.backend_list.strip() == "list":
+        from dmd_fast.bench.suites import PROVIDER_HELP
+        for name, text in PROVIDER_HELP.items():
+            print(f"{name:18s} {text}")
+        return 0
+    try:
+        providers = _providers(args.backend_list)
+    except ValueError as exc:
+        return _err(str(exc))
+    if args.time_budget is not None and args.time_budget <= 0:
+        return _err(f"--time-budget: expected a positive number of seconds, got {args.time_budget:g}")
+    if args.rep_ms is not None and args.rep_ms <= 0:
+        return _err(f"--rep-ms: expected a positive number, got {args.rep_ms:g}")
+
+    import torch
+
+    from dmd_fast.bench import suites as st
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(args.device)
+        except (RuntimeError, ValueError) as exc:
+            return _err(f"--device: {exc}")
+        if device.type not in ("cuda", "cpu"):
+            return _err(f"--device: expected auto, cpu or cuda[:N], got {args.device!r}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return _err("--device: CUDA requested but no CUDA device is available")
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    suites = ("op", "gd", "model") if args.suite == "all" else (args.suite,)
+    if device.type != "cuda" and not args.quick:
+        return _err(f"--suite {args.suite}: the full-size suites need a CUDA GPU and none is available here; "
+                    "use --quick for tiny shapes on the CPU")
+    if providers is not None:
+        known = {"op": st.bl.ATTENTION_PROVIDERS, "gd": st.bl.GD_PROVIDERS,
+                 "model": dict.fromkeys(st.MODEL_PROVIDERS)}
+        if not any(p in known[s] for s in suites for p in providers):
+            return _err(f"--backend-list: none of {', '.join(providers)} applies to --suite {args.suite}")
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    out_dir = args.out or _default_out(device_name)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        return _err(f"--out: cannot create {out_dir!r} ({exc})")
+    rep_ms = args.rep_ms if args.rep_ms is not None else (20.0 if args.quick else 60.0)
+    opts = st.SuiteOptions(suites=suites, quick=args.quick, device=str(device), providers=providers,
+                           time_budget_s=args.time_budget, out_dir=out_dir, rep_ms=rep_ms,
+                           warmup_ms=10.0 if args.quick else 25.0, n_sets=2 if args.quick else 3)
+    results = st.run_suites(opts)
+    from dmd_fast.bench.report import markdown, write_report
+    written = write_report(results, out_dir, plots=not args.no_plots)
+    print(markdown(results))
+    print(f"dmd-fast bench: wrote {', '.join(written)}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dmd-fast bench", description=__doc__.split("\n\n")[0])
+    return add_bench_arguments(p)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_bench(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
