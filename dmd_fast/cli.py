@@ -49,7 +49,8 @@ def _train(args) -> int:
             loaders["train"] = ddp.distributed_train_loader(datasets["train"], cfg.batch_size, seed, info)
         system = DMDSystem(cfg, backend=args.backend)
         opts = TrainOptions(max_epochs=args.epochs, out_dir=out_dir, device=device, backend=args.backend,
-                            seed=seed, resume=args.resume, log_every_epoch=info.is_main)
+                            seed=seed, resume=args.resume, log_every_epoch=info.is_main, amp=args.amp,
+                            compile=args.compile)
         trainer = Trainer(system, loaders, opts)
         if info.is_main:
             print(f"dmd-fast train: preset {cfg.name}, data {source}, seed {seed}, device {trainer.device}, "
@@ -153,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: 1 for the tiny preset)")
     t.add_argument("--ort", default="torch19", choices=("torch19", "per_sample"), help="orthogonality-loss semantics")
     t.add_argument("--out", default="runs/dmd")
+    t.add_argument("--amp", default="none", choices=("none", "bf16"), help="bf16 autocast (CUDA)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.set_defaults(func=_train)
 

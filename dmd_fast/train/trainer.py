@@ -23,6 +23,11 @@ from dmd_fast.train.metrics import format_metrics_table, regression_metrics
 from dmd_fast.train.progress import Progress
 
 
+# bf16 only: upstream clips the running gradient sum after every backward, which a loss scaler
+# (needed for fp16) cannot unscale more than once per optimizer step.
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}
+
+
 @dataclass
 class TrainOptions:
     max_epochs: int | None = None       # upstream: unbounded (early stop only)
@@ -33,6 +38,8 @@ class TrainOptions:
     progress: bool | None = None         # None: only on a terminal
     log_every_epoch: bool = True
     resume: bool = False
+    amp: str = "none"                    # "none" | "bf16" autocast on CUDA
+    compile: bool = False                # torch.compile the DMD model (static shapes per preset)
 
 
 @dataclass
@@ -93,7 +100,16 @@ class Trainer:
             self.model = DistributedDataParallel(system, device_ids=ids, find_unused_parameters=True)
         cfg = system.config
         self.cfg = cfg
-        self.optimizer = torch.optim.Adam(system.parameters(), lr=cfg.learning_rate)
+        if options.amp not in AMP_DTYPES:
+            raise ValueError(f"amp: expected one of {sorted(AMP_DTYPES)}, got {options.amp!r}")
+        if options.amp != "none" and self.device.type != "cuda":
+            raise ValueError(f"amp: {options.amp!r} autocast needs a CUDA device, got {self.device}")
+        self.autocast_dtype = AMP_DTYPES[options.amp]
+        if options.compile:
+            system.dmd.forward = torch.compile(system.dmd.forward)
+        # fused Adam on CUDA (one kernel for all parameters); the same update rule as upstream's Adam
+        self.optimizer = torch.optim.Adam(system.parameters(), lr=cfg.learning_rate,
+                                          fused=self.device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=0.5,
                                                                     patience=cfg.patience)
         self.out_dir = pathlib.Path(options.out_dir)
@@ -122,7 +138,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=False)
             left -= 1
             text, audio, vision, labels = _to(batch, self.device)
-            out, losses = self.model(text, audio, vision, labels)
+            with torch.autocast("cuda", dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                out, losses = self.model(text, audio, vision, labels)
             losses["total"].backward()
             if cfg.grad_clip != -1.0:
                 torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
