@@ -187,7 +187,7 @@ def main(argv=None) -> int:
         args.epochs = 12
     try:
         return args.func(args)
-    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, RuntimeError, FileNotFoundError, FloatingPointError) as exc:
         print(f"dmd-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

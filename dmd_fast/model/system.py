@@ -6,21 +6,12 @@ upstream's; ``gd_homo`` / ``gd_hetero`` hold upstream's GD kernels' parameters.
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
 from torch import nn
 
 from dmd_fast.model.config import DMDConfig
 from dmd_fast.model.dmd import DMD
 from dmd_fast.model.losses import dmd_losses
-from dmd_fast.nn.gd_unit import GDUnit
-
-
-def prior_softmax(logits, temperature=0.25) -> list[float]:
-    """Upstream ``misc.softmax(w, t)``: softmax(w / t) in float64."""
-    w = np.asarray(logits, dtype=np.float64) / temperature
-    e = np.exp(w - w.max())
-    return (e / e.sum()).tolist()
+from dmd_fast.nn.gd_unit import GDUnit, prior_from_logits
 
 
 HOMO_PRIOR_LOGITS = (0, 0, 1, 0, 1, 0)      # favours L→V, L→A
@@ -36,12 +27,13 @@ class DMDSystem(nn.Module):
         self.dmd = DMD(config, backend=backend)
         d = config.d_model
         common = dict(n_classes=1, to_idx=[0, 1, 2], from_idx=[0, 1, 2], gd_reg=config.gd_reg,
-                      w_losses=list(config.gd_w_losses), metric="l1", alpha=config.gd_alpha, backend=backend)
+                      w_losses=list(config.gd_w_losses), metric="l1", alpha=config.gd_alpha, backend=backend,
+                      check_finite=False)  # no per-step host sync; the trainer checks the loss per epoch
         self.gd_homo = GDUnit(hidden_size=d, gd_size=config.gd_size_homo,
-                              gd_prior=homo_prior or prior_softmax(HOMO_PRIOR_LOGITS),
+                              gd_prior=prior_from_logits(HOMO_PRIOR_LOGITS) if homo_prior is None else homo_prior,
                               repr_metric="l1", **common)
         self.gd_hetero = GDUnit(hidden_size=2 * d, gd_size=config.gd_size_hetero,
-                                gd_prior=hetero_prior or prior_softmax(HETERO_PRIOR_LOGITS),
+                                gd_prior=prior_from_logits(HETERO_PRIOR_LOGITS) if hetero_prior is None else hetero_prior,
                                 repr_metric="cosine", **common)
 
     def forward(self, text, audio, vision, labels=None):

@@ -9,6 +9,7 @@ Per step nothing is read back to the host: losses and predictions accumulate on 
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import time
 from dataclasses import dataclass, field
@@ -157,6 +158,9 @@ class Trainer:
         pred, truth = ddp.all_gather_cat(torch.cat(preds)), ddp.all_gather_cat(torch.cat(truths))
         metrics = regression_metrics(pred.cpu().numpy(), truth.cpu().numpy())
         metrics["Loss"] = ddp.all_reduce_mean(loss_sum / max(n_batches, 1)).item()
+        if not math.isfinite(metrics["Loss"]):
+            raise FloatingPointError(f"training diverged: the mean train loss of epoch {self.epoch} is "
+                                     f"{metrics['Loss']} (check the inputs for NaN/inf and the learning rate)")
         metrics["samples_per_s"] = self.dist.world_size * n_samples / seconds if seconds > 0 else 0.0
         edges = {k: (v / max(n_batches, 1)).cpu().tolist() if torch.is_tensor(v) else [] for k, v in edge_sum.items()}
         return {"metrics": metrics, "edges": edges}

@@ -1,0 +1,100 @@
+"""GD-unit module with upstream DMD's constructor and parameter names (``W_logit``, ``W_repr``, ``W_edge``).
+
+An upstream ``DistillationKernel`` state dict (6 keys) loads with ``strict=True``: the prior is a
+non-persistent buffer. ``forward`` runs ``dmd_fast.ops.graph_distill``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from dmd_fast.ops.graph_distill import graph_distill
+from dmd_fast.reference.graph_distill import GraphDistillResult, edge_names
+
+PRIOR_TEMPERATURE = 0.25
+
+
+def prior_from_logits(logits: Sequence[float], temperature: float = PRIOR_TEMPERATURE) -> torch.Tensor:
+    """Upstream ``misc.softmax(w, t)`` = softmax(w / t), computed in float64 and stored as float32."""
+    return torch.softmax(torch.tensor(logits, dtype=torch.float64) / temperature, 0).float()
+
+
+class GDUnit(nn.Module):
+    """Graph-distillation unit over M modalities (all M(M−1) directed edges).
+
+    Args (upstream order): n_classes (C), hidden_size (R), gd_size (g), to_idx, from_idx (both must be
+    range(M)), gd_prior (E,), gd_reg, w_losses (logit, repr), metric (logit distance 'l1'|'l2'),
+    alpha (softmax scale); keyword-only: repr_metric (default: ``metric``, as upstream's homo unit;
+    the hetero unit uses 'cosine'), softmax_scope ('joint' as DMD, or 'target'), backend,
+    check_finite (NaN/inf check of the inputs each forward, a host sync; set False for speed).
+    The prior is checked once here (sums to 1, or to 1 per target node for 'target').
+    Attributes: ``last_mean_edges`` (E,) detached batch mean of the last forward's edge weights,
+    without the prior (no host sync); ``edge_names`` in the same order.
+    """
+
+    def __init__(self, n_classes, hidden_size, gd_size, to_idx, from_idx, gd_prior, gd_reg, w_losses, metric,
+                 alpha=1 / 8, *, repr_metric=None, softmax_scope="joint", backend="auto", check_finite=True):
+        super().__init__()
+        to_idx, from_idx = list(to_idx), list(from_idx)
+        M = len(to_idx)
+        if to_idx != list(range(M)) or from_idx != list(range(M)):
+            raise ValueError(f"to_idx/from_idx: expected both to be range(M) = {list(range(M))}, got to_idx="
+                             f"{to_idx}, from_idx={from_idx} (only the full graph over M modalities is supported)")
+        prior = torch.as_tensor(gd_prior, dtype=torch.float32).flatten()
+        if prior.numel() != M * (M - 1):
+            raise ValueError(f"gd_prior: expected {M * (M - 1)} values (M(M-1) for M={M}), got {prior.numel()}")
+        sums = prior.double().sum(0, keepdim=True) if softmax_scope == "joint" else prior.double().view(M, -1).sum(1)
+        if (sums - 1).abs().max() > 1e-4:
+            raise ValueError(f"gd_prior: expected to sum to 1 (per target node for softmax_scope='target'), got "
+                             f"sums {sums.tolist()}")
+        self.W_logit = nn.Linear(n_classes, gd_size)
+        self.W_repr = nn.Linear(hidden_size, gd_size)
+        self.W_edge = nn.Linear(gd_size * 4, 1)
+        self.register_buffer("gd_prior", prior, persistent=False)
+        self.num_modalities = M
+        self.gd_size = gd_size
+        self.to_idx, self.from_idx = to_idx, from_idx
+        self.alpha = float(alpha)
+        self.gd_reg = float(gd_reg)
+        self.w_losses = tuple(float(w) for w in w_losses)
+        self.metric = metric
+        self.repr_metric = metric if repr_metric is None else repr_metric
+        self.softmax_scope = softmax_scope
+        self.backend = backend
+        self.check_finite = check_finite
+        self.last_mean_edges: torch.Tensor | None = None
+
+    @property
+    def edge_names(self) -> list[str]:
+        """'FROM→TO' per edge in upstream order (M=3: V→L, A→L, L→V, A→V, L→A, V→A)."""
+        return edge_names(self.num_modalities)
+
+    def forward(self, logits: torch.Tensor, reprs: torch.Tensor) -> GraphDistillResult:
+        """logits (M, B, C), reprs (M, B, R) -> GraphDistillResult (edges (E, B) without the prior)."""
+        if logits.dim() != 3 or logits.shape[0] != self.num_modalities:
+            raise ValueError(f"logits: expected shape ({self.num_modalities}, B, C), got {tuple(logits.shape)}")
+        res = graph_distill(logits, reprs, self.W_logit.weight, self.W_logit.bias, self.W_repr.weight,
+                            self.W_repr.bias, self.W_edge.weight, self.W_edge.bias, self.gd_prior,
+                            alpha=self.alpha, softmax_scope=self.softmax_scope, logit_metric=self.metric,
+                            repr_metric=self.repr_metric, w_losses=self.w_losses, reg=self.gd_reg,
+                            backend=self.backend, check_prior=False, check_finite=self.check_finite)
+        self.last_mean_edges = res.edges.detach().mean(1)
+        return res
+
+    def extra_repr(self) -> str:
+        return (f"M={self.num_modalities}, gd_size={self.gd_size}, alpha={self.alpha}, metric={self.metric!r}, "
+                f"repr_metric={self.repr_metric!r}, softmax_scope={self.softmax_scope!r}, backend={self.backend!r}")
+
+
+def homo_gd(hidden: int, backend: str = "auto") -> GDUnit:
+    """DMD's HomoGD: g=64, prior softmax([0,0,1,0,1,0]/0.25), l1 logits and reprs, w_losses (1, 10), reg 10."""
+    return GDUnit(1, hidden, 64, range(3), range(3), prior_from_logits([0, 0, 1, 0, 1, 0]), 10.0, (1.0, 10.0),
+                  "l1", 1 / 8, repr_metric="l1", backend=backend)
+
+
+def hetero_gd(hidden: int, backend: str = "auto") -> GDUnit:
+    """DMD's HeteroGD: g=32, prior softmax([0,0,1,0,1,1]/0.25), l1 logits, clamped-cosine reprs."""
+    return GDUnit(1, hidden, 32, range(3), range(3), prior_from_logits([0, 0, 1, 0, 1, 1]), 10.0, (1.0, 10.0),
+                  "l1", 1 / 8, repr_metric="cosine", backend=backend)
