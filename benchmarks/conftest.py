@@ -1,14 +1,8 @@
 """Benchmark configuration: without CUDA, run the Triton kernels on the CPU through the interpreter.
 
 TRITON_INTERPRET must be set before any kernel module is imported (as in tests/conftest.py).
-
-``pytest tests benchmarks`` loads both conftest files under the module name ``conftest``, and the
-one loaded last is what ``from conftest import ...`` in tests/ finds. So this file also offers
-every public name of tests/conftest.py (its pytest hooks excepted, pytest already runs them).
 """
-import importlib.util
 import os
-import pathlib
 
 import pytest
 
@@ -19,26 +13,6 @@ except Exception:  # pragma: no cover
     HAS_CUDA = False
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
-_TESTS_CONFTEST = pathlib.Path(__file__).resolve().parents[1] / "tests" / "conftest.py"
-
-
-def _reexport_tests_conftest():
-    if not _TESTS_CONFTEST.exists():
-        return
-    spec = importlib.util.spec_from_file_location("_dmd_fast_tests_conftest", _TESTS_CONFTEST)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    g = globals()
-    for name, value in vars(mod).items():
-        if name.startswith("__") or name.startswith("pytest_") or name in g:
-            continue
-        if hasattr(value, "_pytestfixturefunction") or type(value).__name__ == "FixtureFunctionDefinition":
-            continue  # fixtures stay with tests/
-        g[name] = value
-
-
-_reexport_tests_conftest()
 
 
 def pytest_configure(config):

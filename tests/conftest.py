@@ -3,26 +3,13 @@
 TRITON_INTERPRET must be set before any kernel module is imported.
 """
 import os
-import pathlib
 
 import pytest
 
-try:
-    import torch
-    _HAS_CUDA = torch.cuda.is_available()
-except Exception:  # pragma: no cover
-    _HAS_CUDA = False
-if not _HAS_CUDA:
+from tiers import FIXTURE_ENV, HAS_CUDA, fixture_path
+
+if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
-FIXTURE = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "upstream_dmd_mosei_aligned.pt"
-FIXTURE_ENV = "DMD_FAST_FIXTURE"
-
-
-def fixture_path():
-    """Path of the upstream parity fixture (env DMD_FAST_FIXTURE overrides ../shared/fixtures)."""
-    p = os.environ.get(FIXTURE_ENV)
-    return pathlib.Path(p) if p else FIXTURE
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +24,3 @@ def upstream_fixture():
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs CUDA (GPU tier)")
     config.addinivalue_line("markers", "slow: long CPU test")
-
-
-requires_cuda = pytest.mark.skipif(not _HAS_CUDA, reason="GPU tier: needs CUDA")

@@ -10,7 +10,7 @@ from dmd_fast.ops.graph_distill import graph_distill
 from dmd_fast.reference.graph_distill import edge_names
 from dmd_fast.reference.graph_distill import graph_distill as reference
 from dmd_fast.train.edges import aggregate_edges, edge_readout, format_edge_table
-from conftest import requires_cuda
+from tiers import requires_cuda
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU tier's small cases also run compiled on a GPU
 PARAMS = ("logits", "reprs", "w_logit", "b_logit", "w_repr", "b_repr", "w_edge", "b_edge")

@@ -10,7 +10,7 @@ from dmd_fast.model.dmd import DMD
 from dmd_fast.model.system import DMDSystem
 from dmd_fast.parity import FixtureError, run_parity
 
-from conftest import fixture_path
+from tiers import fixture_path
 
 
 def test_reference_parity_passes(capsys):
