@@ -153,6 +153,56 @@ def _(seed, batch, heads, len_q, len_k, dropout_p, group_index):
     return seed.new_empty((batch, heads, len_q, len_k), dtype=torch.bool)
 
 
+class _EagerAttention(torch.autograd.Function):
+    """The same launches as the custom ops, without torch.library's dispatch cost (eager mode only;
+    under torch.compile the registered custom op is used so the graph stays whole)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, key_lengths, seed, offset_causal, dropout_p, scale, precision):
+        from dmd_fast.kernels.attention import attention_fwd as launch
+        o, lse = launch(q, k, v, key_lengths=key_lengths, offset_causal=offset_causal, dropout_p=dropout_p,
+                        seed=seed, scale=scale, input_precision=precision)
+        ctx.save_for_backward(q, k, v, o, lse, key_lengths, seed)
+        ctx.options = (offset_causal, dropout_p, scale, precision)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        from dmd_fast.kernels.attention import attention_bwd as launch
+        q, k, v, o, lse, key_lengths, seed = ctx.saved_tensors
+        offset_causal, dropout_p, scale, precision = ctx.options
+        dq, dk, dv = launch(do, q, k, v, o, lse, key_lengths=key_lengths, offset_causal=offset_causal,
+                            dropout_p=dropout_p, seed=seed, scale=scale, input_precision=precision)
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+class _EagerAttentionGrouped(torch.autograd.Function):
+    """Eager twin of the grouped custom ops; tensors arrive flattened as (*qs, *ks, *vs, *key_lengths)."""
+
+    @staticmethod
+    def forward(ctx, G, has_kl, seed, offset_causal, dropout_p, scale, precision, *tensors):
+        from dmd_fast.kernels.attention import attention_fwd_grouped as launch
+        qs, ks, vs = (list(tensors[i * G:(i + 1) * G]) for i in range(3))
+        kls = list(tensors[3 * G:]) if has_kl else None
+        os_, lses = launch(qs, ks, vs, key_lengths=kls, offset_causal=offset_causal, dropout_p=dropout_p,
+                           seed=seed, scale=scale, input_precision=precision)
+        ctx.save_for_backward(*qs, *ks, *vs, *os_, *lses, *(kls or []), seed)
+        ctx.options = (G, has_kl, offset_causal, dropout_p, scale, precision)
+        return tuple(os_)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        from dmd_fast.kernels.attention import attention_bwd_grouped as launch
+        G, has_kl, offset_causal, dropout_p, scale, precision = ctx.options
+        saved = ctx.saved_tensors
+        qs, ks, vs, os_, lses = (list(saved[i * G:(i + 1) * G]) for i in range(5))
+        kls = list(saved[5 * G:6 * G]) if has_kl else None
+        dos = [torch.zeros_like(o) if g is None else g for g, o in zip(grads, os_)]
+        dqs, dks, dvs = launch(dos, qs, ks, vs, os_, lses, key_lengths=kls, offset_causal=offset_causal,
+                               dropout_p=dropout_p, seed=saved[-1], scale=scale, input_precision=precision)
+        return (None,) * 7 + (*dqs, *dks, *dvs) + (None,) * (G if has_kl else 0)
+
+
 # ----------------------------------------------------------------------------------------------
 # validation
 # ----------------------------------------------------------------------------------------------
@@ -264,7 +314,11 @@ def cross_modal_attention(q: Tensor, k: Tensor, v: Tensor, *, key_lengths: Optio
                                   dropout_p=dropout_p, scale=scale, keep_mask=keep, generator=generator)
     else:
         seed = _draw_seed(generator, q.device) if dropout_p > 0 else None
-        out, _ = attention_fwd(q, k, v, key_lengths, seed, bool(offset_causal), dropout_p, scale, input_precision)
+        if torch.compiler.is_compiling():
+            out, _ = attention_fwd(q, k, v, key_lengths, seed, bool(offset_causal), dropout_p, scale, input_precision)
+        else:
+            out = _EagerAttention.apply(q, k, v, key_lengths, seed, bool(offset_causal), dropout_p, scale,
+                                        input_precision)
         if return_keep_mask and dropout_p > 0:
             keep = attention_dropout_mask(seed, B, H, Lq, Lk, dropout_p, 0)
     if not return_keep_mask:
@@ -326,9 +380,14 @@ def cross_modal_attention_grouped(problems: Sequence[tuple[Tensor, Tensor, Tenso
             kls = [torch.full((B,), d[3], dtype=torch.int32, device=q0.device) if kl is None else kl
                    for kl, d in zip(kls, dims)]
         seed = _draw_seed(generator, q0.device) if dropout_p > 0 else None
-        res = attention_fwd_grouped([p[0] for p in problems], [p[1] for p in problems], [p[2] for p in problems],
-                                    kls, seed, bool(offset_causal), dropout_p, scale, input_precision)
-        outs = list(res[:G])
+        if torch.compiler.is_compiling():
+            res = attention_fwd_grouped([p[0] for p in problems], [p[1] for p in problems], [p[2] for p in problems],
+                                        kls, seed, bool(offset_causal), dropout_p, scale, input_precision)
+            outs = list(res[:G])
+        else:
+            outs = list(_EagerAttentionGrouped.apply(G, bool(kls), seed, bool(offset_causal), dropout_p, scale,
+                                                     input_precision, *[t for i in range(3) for t in
+                                                                        (p[i] for p in problems)], *kls))
         if return_keep_mask and dropout_p > 0:
             keeps = [attention_dropout_mask(seed, B, H, d[2], d[3], dropout_p, g) for g, d in enumerate(dims)]
     if not return_keep_mask:

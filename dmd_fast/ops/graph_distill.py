@@ -117,6 +117,23 @@ def _backward(ctx, g_loss, g_edges, g_scores, _):
 graph_distill_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _EagerGraphDistill(torch.autograd.Function):
+    """The same launch and backward as the custom op, without torch.library's dispatch cost (eager
+    mode only; under torch.compile the registered op keeps the graph whole)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        from dmd_fast.kernels.graph_distill import graph_distill_fwd as launch
+        names = ("alpha", "joint", "logit_metric", "repr_metric", "w_logit_loss", "w_repr_loss", "reg", "need_grad")
+        out = launch(*inputs[:9], **dict(zip(names, inputs[9:])))
+        _setup_context(ctx, inputs, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _backward(ctx, *grads)
+
+
 def _shape_error(arg, got, expected, hint=""):
     return ValueError(f"{arg}: expected shape {expected}, got {tuple(got)}{hint}")
 
@@ -214,9 +231,10 @@ def graph_distill(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edg
         return reference_graph_distill(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, **kw)
     inputs = (logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge)
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-    out = graph_distill_fwd(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior.detach(),
-                            float(alpha), softmax_scope == "joint", logit_metric, repr_metric,
-                            float(w_losses[0]), float(w_losses[1]), float(reg), need_grad)
+    args = (logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior.detach(), float(alpha),
+            softmax_scope == "joint", logit_metric, repr_metric, float(w_losses[0]), float(w_losses[1]), float(reg),
+            need_grad)
+    out = graph_distill_fwd(*args) if torch.compiler.is_compiling() else _EagerGraphDistill.apply(*args)
     loss, edges, scores = out[:3]
     dt = logits.dtype
     for t in inputs[1:]:
