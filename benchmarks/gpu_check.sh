@@ -41,7 +41,7 @@ say "install"
 INSTALL=ok
 if [ "${SKIP_INSTALL:-0}" = 1 ]; then
     INSTALL="skipped (SKIP_INSTALL=1)"
-elif ! $PY -m pip install --no-deps --no-build-isolation -e . >> "$LOG" 2>&1; then
+elif ! $PY -m pip install --no-index --no-deps --no-build-isolation -e . >> "$LOG" 2>&1; then
     INSTALL="pip failed; using a sitecustomize shim"
     SHIM=$(mktemp -d)
     cat > "$SHIM/sitecustomize.py" <<EOF
