@@ -23,4 +23,6 @@ def upstream_fixture():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs CUDA (GPU tier)")
+    # the Triton 3.6 interpreter's own numpy deprecation notices, thousands per kernel run
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:triton.runtime.interpreter")
     config.addinivalue_line("markers", "slow: long CPU test")
