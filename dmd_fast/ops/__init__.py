@@ -1,5 +1,5 @@
-"""Custom ops with autograd: Triton kernels or the reference, chosen per device (see ops.backend)."""
-from dmd_fast.ops.attention import attention_weights, cross_modal_attention, cross_modal_attention_grouped
-from dmd_fast.ops.graph_distill import graph_distill
+"""Custom ops with autograd: Triton kernels or the reference, chosen per device (see ops.backend).
 
-__all__ = ["cross_modal_attention", "cross_modal_attention_grouped", "attention_weights", "graph_distill"]
+Modules: ``attention`` (cross_modal_attention, cross_modal_attention_grouped, attention_weights) and
+``graph_distill`` (graph_distill). The functions are also exported at the top level of ``dmd_fast``.
+"""
