@@ -122,3 +122,16 @@ def test_positional_embedding_zero_frames_and_integer_positions():
     assert torch.equal(out_bf16[:, 0], table[1:301])
     # odd dims get a zero column
     assert (sinusoidal_table(5, 5)[:, -1] == 0).all()
+
+
+def test_encoder_under_torch_compile_with_dropout_and_dynamic_batch():
+    """Trainer(compile=True) path: train-mode dropout traces, also after a batch-size change."""
+    from dmd_fast.nn.transformer import TransformerEncoder
+    torch.manual_seed(0)
+    enc = TransformerEncoder(8, 2, 1, attn_dropout=0.3, attn_mask=True, backend="reference").train()
+    compiled = torch.compile(enc)
+    for B in (3, 5):
+        x, kv = torch.randn(6, B, 8), torch.randn(9, B, 8)
+        out = compiled(x, kv, kv)
+        assert out.shape == (6, B, 8) and torch.isfinite(out).all()
+        out.sum().backward()

@@ -62,7 +62,10 @@ def cross_modal_attention(q, k, v, *, key_lengths=None, offset_causal=False, dro
     probs = (torch.softmax(scores, dim=-1) * row_has_key).to(q.dtype)
     if dropout_p > 0.0:
         if keep_mask is None:
-            keep_mask = torch.rand(probs.shape, generator=generator, device=probs.device) >= dropout_p
+            if generator is None:  # rand_like also traces under torch.compile with dynamic shapes
+                keep_mask = torch.rand_like(probs, dtype=torch.float32) >= dropout_p
+            else:
+                keep_mask = torch.rand(probs.shape, generator=generator, device=probs.device) >= dropout_p
         probs = probs * keep_mask.to(probs.dtype) / (1.0 - dropout_p)
     out = torch.matmul(probs, v)
     return (out, probs) if return_weights else out
