@@ -44,12 +44,13 @@ def _train(args) -> int:
         else:
             datasets = load_mmsa(args.data, expected=cfg)
             source = args.data
-        loaders = make_loaders(datasets, batch_size=cfg.batch_size, seed=seed)
+        loaders = make_loaders(datasets, batch_size=cfg.batch_size, seed=seed,
+                               pin_memory=pick_device(device).type == "cuda")
         if info.enabled:  # under torchrun: each rank trains on its share of every epoch
             loaders["train"] = ddp.distributed_train_loader(datasets["train"], cfg.batch_size, seed, info)
         system = DMDSystem(cfg, backend=args.backend)
-        opts = TrainOptions(max_epochs=args.epochs, out_dir=out_dir, device=device, backend=args.backend,
-                            seed=seed, resume=args.resume, log_every_epoch=info.is_main, amp=args.amp,
+        opts = TrainOptions(max_epochs=args.epochs, out_dir=out_dir, device=device,
+                            resume=args.resume, log_every_epoch=info.is_main, amp=args.amp,
                             compile=args.compile)
         trainer = Trainer(system, loaders, opts)
         if info.is_main:

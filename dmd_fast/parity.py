@@ -133,9 +133,17 @@ def run_parity(path, backend: str = "reference", tol: float | None = None, model
         return report
     system.to(device)
     inp = {k: v.to(device) if torch.is_tensor(v) else v for k, v in fx["inputs"].items()}
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32
+    try:
+        _compare(fx, system, inp, report, tol)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    return report
 
+
+def _compare(fx, system, inp, report, tol):
+    """Forward outputs (eval), loss terms and gradients (train) against the fixture, into ``report``."""
     outputs = GroupResult("outputs")
     system.eval()
     with torch.no_grad():
@@ -180,4 +188,3 @@ def run_parity(path, backend: str = "reference", tol: float | None = None, model
                   rel_err(mine_stats[1:], ref[1:]))
         stats.add(key, err, tol)
     report.groups.append(stats)
-    return report

@@ -552,8 +552,8 @@ def _block_args(role, D, dtype, block_m, block_n):
     bm, bn, warps, stages = block_config(role, D, dtype)
     bm = block_m or bm
     bn = block_n or bn
-    assert bm >= 16 and bn >= 16 and not (bm & (bm - 1)) and not (bn & (bn - 1)), \
-        f"blocks must be powers of two >= 16, got BLOCK_M={bm}, BLOCK_N={bn}"
+    if bm < 16 or bn < 16 or bm & (bm - 1) or bn & (bn - 1):
+        raise ValueError(f"block_m/block_n: expected powers of two >= 16, got BLOCK_M={bm}, BLOCK_N={bn}")
     return bm, bn, dict(num_warps=warps, num_stages=stages)
 
 
@@ -623,24 +623,29 @@ def attention_bwd(do, q, k, v, o, lse, *, key_lengths=None, offset_causal=False,
 
 
 # Descriptor tables are pure functions of their rows: cache them so a steady state (and CUDA-graph
-# capture after a warm-up call) does no host-to-device copy.
-_DESC_CACHE: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+# capture after a warm-up call) does no host-to-device copy. An entry keeps its pinned host copy
+# alive (a captured copy reads it on replay), and nothing is evicted while a graph is captured.
+_DESC_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
 _DESC_CACHE_SIZE = 64
 
 
 def _descriptor(rows, device) -> torch.Tensor:
     key = (str(device), tuple(tuple(r) for r in rows))
-    t = _DESC_CACHE.get(key)
-    if t is None:
-        t = torch.tensor(rows, dtype=torch.int64)
-        if t.device != torch.device(device):
-            t = t.pin_memory().to(device, non_blocking=True)
-        _DESC_CACHE[key] = t
-        if len(_DESC_CACHE) > _DESC_CACHE_SIZE:
+    entry = _DESC_CACHE.get(key)
+    if entry is None:
+        host = torch.tensor(rows, dtype=torch.int64)
+        if torch.device(device).type == "cuda":
+            host = host.pin_memory()
+            entry = (host, host.to(device, non_blocking=True))
+        else:
+            entry = (host, host)
+        _DESC_CACHE[key] = entry
+        capturing = torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing()
+        if len(_DESC_CACHE) > _DESC_CACHE_SIZE and not capturing:
             _DESC_CACHE.popitem(last=False)
     else:
         _DESC_CACHE.move_to_end(key)
-    return t
+    return entry[1]
 
 
 def _desc_row(T_q, T_k, **tensors):

@@ -45,3 +45,17 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     bad.write_bytes(b"xx")
     assert main(["attention-map", "--checkpoint", str(bad)]) == 2
     assert "could not be read" in capsys.readouterr().err
+
+
+def test_cross_modal_maps_with_grouped_launches():
+    """The default (non-reference) backend runs grouped launches; maps must still be recorded."""
+    cfg = get_preset("tiny")
+    torch.manual_seed(0)
+    grouped = DMD(cfg, backend="auto", grouped=True)
+    plain = DMD(cfg, backend="reference")
+    plain.load_state_dict(grouped.state_dict())
+    (tl, ta, tv), (dl, da, dv) = cfg.seq_lens, cfg.feature_dims
+    x = (torch.randn(1, tl, dl), torch.randn(1, ta, da), torch.randn(1, tv, dv))
+    a, b = cross_modal_maps(grouped, *x), cross_modal_maps(plain, *x)
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)

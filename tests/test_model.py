@@ -135,3 +135,10 @@ def test_encoder_under_torch_compile_with_dropout_and_dynamic_batch():
         out = compiled(x, kv, kv)
         assert out.shape == (6, B, 8) and torch.isfinite(out).all()
         out.sum().backward()
+
+
+def test_mha_dense_mask_refuses_other_masks():
+    mha = MultiheadAttention(12, 3, backend="reference")
+    q = torch.randn(4, 2, 12)
+    with pytest.raises(ValueError, match="attn_mask"):
+        mha(q, q, q, attn_mask=torch.zeros(4, 4), offset_causal=True)

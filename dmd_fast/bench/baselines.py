@@ -303,14 +303,10 @@ class GDCase:
                 "repr_metric": self.repr_metric, "dtype": self.dtype}
 
 
-HOMO_PRIOR_LOGITS = (0, 0, 1, 0, 1, 0)
-HETERO_PRIOR_LOGITS = (0, 0, 1, 0, 1, 1)
-
-
 def gd_prior(kind: str, device=None) -> torch.Tensor:
     """DMD's fixed prior softmax(logits / 0.25) for the homo or hetero unit (fp32)."""
-    logits = HOMO_PRIOR_LOGITS if kind == "homo" else HETERO_PRIOR_LOGITS
-    return torch.softmax(torch.tensor(logits, dtype=torch.float64) / 0.25, 0).float().to(device)
+    from dmd_fast.nn.gd_unit import HETERO_PRIOR_LOGITS, HOMO_PRIOR_LOGITS, prior_from_logits
+    return prior_from_logits(HOMO_PRIOR_LOGITS if kind == "homo" else HETERO_PRIOR_LOGITS).to(device)
 
 
 def make_gd_inputs(case: GDCase, device, n_sets: int = 3, seed: int = 0) -> list[tuple]:

@@ -11,11 +11,8 @@ from torch import nn
 from dmd_fast.model.config import DMDConfig
 from dmd_fast.model.dmd import DMD
 from dmd_fast.model.losses import dmd_losses
-from dmd_fast.nn.gd_unit import GDUnit, prior_from_logits
+from dmd_fast.nn.gd_unit import HETERO_PRIOR_LOGITS, HOMO_PRIOR_LOGITS, GDUnit, prior_from_logits
 
-
-HOMO_PRIOR_LOGITS = (0, 0, 1, 0, 1, 0)      # favours L→V, L→A
-HETERO_PRIOR_LOGITS = (0, 0, 1, 0, 1, 1)    # favours L→V, L→A, V→A
 
 
 class DMDSystem(nn.Module):

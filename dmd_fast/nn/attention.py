@@ -78,10 +78,6 @@ class MultiheadAttention(nn.Module):
     def attend(self, qh, kh, vh, *, offset_causal=False, key_lengths=None):
         """Attention core on (B, H, L, D) heads (q pre-scaled), with this module's dropout and backend."""
         p = self.attn_dropout if self.training else 0.0
-        if self.backend == "reference":
-            from dmd_fast.reference.attention import cross_modal_attention as reference_attention
-            return reference_attention(qh, kh, vh, key_lengths=key_lengths, offset_causal=offset_causal,
-                                       dropout_p=p, scale=1.0)
         from dmd_fast.ops.attention import cross_modal_attention
         return cross_modal_attention(qh, kh, vh, key_lengths=key_lengths, offset_causal=offset_causal,
                                      dropout_p=p, scale=1.0, backend=self.backend)
@@ -102,6 +98,10 @@ class MultiheadAttention(nn.Module):
             raise ValueError(f"key/value: expected equal shapes, got {tuple(key.shape)} and {tuple(value.shape)}")
         q, k, v = self.project(query, key, value)
         qh, kh, vh = self._heads(q), self._heads(k), self._heads(v)
+        if attn_mask is not None and (offset_causal or key_lengths is not None or need_weights
+                                      or self.record_weights):
+            raise ValueError("attn_mask: a dense mask cannot be combined with offset_causal, key_lengths or "
+                             "attention-weight output; pass offset_causal/key_lengths instead of a dense mask")
         if attn_mask is not None:
             p = self.attn_dropout if self.training else 0.0
             o = _dense_mask_attention(qh, kh, vh, attn_mask, p)

@@ -14,6 +14,8 @@ from dmd_fast.ops.graph_distill import graph_distill
 from dmd_fast.reference.graph_distill import GraphDistillResult, edge_names
 
 PRIOR_TEMPERATURE = 0.25
+HOMO_PRIOR_LOGITS = (0, 0, 1, 0, 1, 0)      # run.py: favours L→V, L→A
+HETERO_PRIOR_LOGITS = (0, 0, 1, 0, 1, 1)    # run.py: favours L→V, L→A, V→A
 
 
 def prior_from_logits(logits: Sequence[float], temperature: float = PRIOR_TEMPERATURE) -> torch.Tensor:
@@ -90,11 +92,11 @@ class GDUnit(nn.Module):
 
 def homo_gd(hidden: int, backend: str = "auto") -> GDUnit:
     """DMD's HomoGD: g=64, prior softmax([0,0,1,0,1,0]/0.25), l1 logits and reprs, w_losses (1, 10), reg 10."""
-    return GDUnit(1, hidden, 64, range(3), range(3), prior_from_logits([0, 0, 1, 0, 1, 0]), 10.0, (1.0, 10.0),
+    return GDUnit(1, hidden, 64, range(3), range(3), prior_from_logits(HOMO_PRIOR_LOGITS), 10.0, (1.0, 10.0),
                   "l1", 1 / 8, repr_metric="l1", backend=backend)
 
 
 def hetero_gd(hidden: int, backend: str = "auto") -> GDUnit:
     """DMD's HeteroGD: g=32, prior softmax([0,0,1,0,1,1]/0.25), l1 logits, clamped-cosine reprs."""
-    return GDUnit(1, hidden, 32, range(3), range(3), prior_from_logits([0, 0, 1, 0, 1, 1]), 10.0, (1.0, 10.0),
+    return GDUnit(1, hidden, 32, range(3), range(3), prior_from_logits(HETERO_PRIOR_LOGITS), 10.0, (1.0, 10.0),
                   "l1", 1 / 8, repr_metric="cosine", backend=backend)

@@ -17,20 +17,23 @@ def _check_groupable(encoders):
         if not isinstance(enc, TransformerEncoder):
             raise TypeError(f"encoders[{i}]: expected a TransformerEncoder, got {type(enc).__name__}")
         mha, mha0 = enc.layers[0].self_attn, first.layers[0].self_attn
-        if (len(enc.layers), mha.num_heads, mha.head_dim, enc.attn_mask, mha.backend) != \
-                (len(first.layers), mha0.num_heads, mha0.head_dim, first.attn_mask, mha0.backend):
-            raise ValueError(f"encoders[{i}]: layers/heads/head_dim/attn_mask/backend differ from encoders[0]; "
-                             "only encoders of one shape can share launches")
+        fields = ("layers", "num_heads", "head_dim", "attn_mask", "backend")
+        mine = (len(enc.layers), mha.num_heads, mha.head_dim, enc.attn_mask, mha.backend)
+        ref = (len(first.layers), mha0.num_heads, mha0.head_dim, first.attn_mask, mha0.backend)
+        for f, a, b in zip(fields, mine, ref):
+            if a != b:
+                raise ValueError(f"encoders[{i}]: {f}={a!r} differs from encoders[0]'s {b!r}; only encoders of "
+                                 "one shape can share launches")
 
 
 def run_encoders_grouped(encoders, streams):
     """encoders: G TransformerEncoders of one shape; streams: G tuples (x_in, x_in_k, x_in_v), the
     last two None for self-attention, all sequence-first (T, B, E). Returns G outputs (Tq, B, E)."""
     from dmd_fast.ops.attention import cross_modal_attention_grouped
-    from dmd_fast.reference.attention import cross_modal_attention as reference_attention
 
-    if len(encoders) != len(streams) or not encoders:
-        raise ValueError(f"streams: expected one stream per encoder ({len(encoders)}), got {len(streams)}")
+    if not encoders or len(encoders) != len(streams):
+        raise ValueError(f"encoders/streams: expected a non-empty list of encoders and one stream each, got "
+                         f"{len(encoders)} encoders and {len(streams)} streams")
     _check_groupable(encoders)
     xs, sources = [], []
     for enc, (x_in, k_in, v_in) in zip(encoders, streams):
@@ -48,13 +51,12 @@ def run_encoders_grouped(encoders, streams):
             by_p.setdefault(p, []).append(g)
         outs = [None] * len(layers)
         for p, members in by_p.items():
-            if backend == "reference":
-                res = [reference_attention(*problems[g], offset_causal=offset_causal, dropout_p=p, scale=1.0)
-                       for g in members]
-            else:
-                res = cross_modal_attention_grouped([problems[g] for g in members], offset_causal=offset_causal,
-                                                    dropout_p=p, scale=1.0, backend=backend)
+            res = cross_modal_attention_grouped([problems[g] for g in members], offset_causal=offset_causal,
+                                                dropout_p=p, scale=1.0, backend=backend)
             for g, o in zip(members, res):
                 outs[g] = o
+        for layer, problem in zip(layers, problems):
+            if layer.self_attn.record_weights:  # visualisation path, as the ungrouped layer does
+                layer.self_attn.head_averaged_weights(*problem, offset_causal=offset_causal)
         xs = [layer.finish(x, o) for layer, x, o in zip(layers, xs, outs)]
     return [enc.layer_norm(x) for enc, x in zip(encoders, xs)]

@@ -34,8 +34,6 @@ class TrainOptions:
     max_epochs: int | None = None       # upstream: unbounded (early stop only)
     out_dir: str = "runs/dmd"
     device: str = "auto"
-    backend: str = "auto"
-    seed: int = 1111
     progress: bool | None = None         # None: only on a terminal
     log_every_epoch: bool = True
     resume: bool = False
@@ -78,6 +76,8 @@ def evaluate(system: DMDSystem, loader, device) -> dict:
         truths.append(labels.view(-1))
     pred, truth = torch.cat(preds), torch.cat(truths)
     loss = F.l1_loss(pred, truth).item()
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"evaluation: the model predicts NaN/inf (L1 {loss}); training has diverged")
     metrics = regression_metrics(pred.cpu().numpy(), truth.cpu().numpy())
     metrics["Loss"] = loss
     return metrics
@@ -154,13 +154,16 @@ class Trainer:
             if left == 0:
                 self.optimizer.step()
                 left = cfg.update_epochs
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # samples/s of finished work, not of queued work
         seconds = time.perf_counter() - t0
+        loss = ddp.all_reduce_mean(loss_sum / max(n_batches, 1)).item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training diverged: the mean train loss of epoch {self.epoch} is "
+                                     f"{loss} (check the inputs for NaN/inf and the learning rate)")
         pred, truth = ddp.all_gather_cat(torch.cat(preds)), ddp.all_gather_cat(torch.cat(truths))
         metrics = regression_metrics(pred.cpu().numpy(), truth.cpu().numpy())
-        metrics["Loss"] = ddp.all_reduce_mean(loss_sum / max(n_batches, 1)).item()
-        if not math.isfinite(metrics["Loss"]):
-            raise FloatingPointError(f"training diverged: the mean train loss of epoch {self.epoch} is "
-                                     f"{metrics['Loss']} (check the inputs for NaN/inf and the learning rate)")
+        metrics["Loss"] = loss
         metrics["samples_per_s"] = self.dist.world_size * n_samples / seconds if seconds > 0 else 0.0
         edges = {k: (v / max(n_batches, 1)).cpu().tolist() if torch.is_tensor(v) else [] for k, v in edge_sum.items()}
         return {"metrics": metrics, "edges": edges}
