@@ -40,12 +40,15 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 
-# Descriptor row of a grouped problem (int64): lengths, data addresses, then 4 strides per tensor.
-_DESC_SCALARS = ("T_q", "T_k", "q", "k", "v", "o", "lse", "key_len", "do", "dq", "dk", "dv")
+# Descriptor row of a grouped problem (int64): lengths, data addresses, the problem's dropout
+# (byte threshold and the fp32 bits of the 1/(1-p) hi/lo pair), then 4 strides per tensor.
+_DESC_SCALARS = ("T_q", "T_k", "q", "k", "v", "o", "lse", "key_len", "do", "dq", "dk", "dv", "thresh", "dr_hi",
+                 "dr_lo")
 _DESC_STRIDED = ("q", "k", "v", "o", "do", "dq", "dk", "dv")
-DESC_COLS = len(_DESC_SCALARS) + 4 * len(_DESC_STRIDED)  # 44
-_C_STRIDES = len(_DESC_SCALARS)  # first stride column (12)
-_DC, _CS = tl.constexpr(DESC_COLS), tl.constexpr(_C_STRIDES)  # for the kernels
+DESC_COLS = len(_DESC_SCALARS) + 4 * len(_DESC_STRIDED)  # 47
+_C_STRIDES = len(_DESC_SCALARS)  # first stride column (15)
+_C_DROP = _DESC_SCALARS.index("thresh")
+_DC, _CS, _CD = tl.constexpr(DESC_COLS), tl.constexpr(_C_STRIDES), tl.constexpr(_C_DROP)  # for the kernels
 
 _STRIDE_ARGS = [f"s_{t}{a}" for t in _DESC_STRIDED for a in "bht"]
 _DNS = ["H", "T_q", "T_k", "THRESH", "i_g"] + _STRIDE_ARGS  # never specialised: no recompiles per length
@@ -71,6 +74,15 @@ def _hilo(hi, lo, ACC: tl.constexpr):
 def _desc_ptr(desc, col, like):
     """Pointer of ``like``'s element type stored at ``desc[col]``."""
     return tl.load(desc + col).to(tl.pointer_type(like.dtype.element_ty))
+
+
+@triton.jit
+def _desc_dropout(desc):
+    """A grouped problem's own dropout: byte threshold and the 1/(1-p) (hi, lo) fp32 pair."""
+    c = desc + _CD
+    dr_hi = tl.load(c + 1).to(tl.int32).to(tl.float32, bitcast=True)
+    dr_lo = tl.load(c + 2).to(tl.int32).to(tl.float32, bitcast=True)
+    return tl.load(c).to(tl.int32), dr_hi, dr_lo
 
 
 @triton.jit
@@ -199,6 +211,8 @@ def attention_fwd_kernel(
         s_vb, s_vh, s_vt = _desc_strides(desc, 2)
         s_ob, s_oh, s_ot = _desc_strides(desc, 3)
         rng = rng + i_g
+        if DROPOUT:
+            THRESH, dr_hi, dr_lo = _desc_dropout(desc)
     m0 = i_m * BLOCK_M
     if m0 >= T_q:
         return
@@ -274,6 +288,8 @@ def attention_bwd_dq_kernel(
         s_dob, s_doh, s_dot = _desc_strides(desc, 4)
         s_dqb, s_dqh, s_dqt = _desc_strides(desc, 5)
         rng = rng + i_g
+        if DROPOUT:
+            THRESH, dr_hi, dr_lo = _desc_dropout(desc)
     m0 = i_m * BLOCK_M
     if m0 >= T_q:
         return
@@ -367,6 +383,8 @@ def attention_bwd_dkv_kernel(
         s_dkb, s_dkh, s_dkt = _desc_strides(desc, 6)
         s_dvb, s_dvh, s_dvt = _desc_strides(desc, 7)
         rng = rng + i_g
+        if DROPOUT:
+            THRESH, dr_hi, dr_lo = _desc_dropout(desc)
     n0 = i_n * BLOCK_N
     if n0 >= T_k:
         return
@@ -494,7 +512,7 @@ def d_pad(head_dim: int) -> int:
 _GPU_BLOCKS = {
     ("fwd", "fp32"): {16: (64, 64, 8, 2), 32: (32, 32, 4, 2), 64: (16, 32, 4, 1), 128: (16, 16, 4, 1)},
     ("fwd", "16"): {16: (64, 64, 4, 3), 32: (64, 64, 4, 3), 64: (64, 64, 8, 3), 128: (16, 16, 4, 1)},
-    ("dq", "fp32"): {16: (64, 64, 8, 3), 32: (64, 32, 8, 2), 64: (32, 32, 4, 2), 128: (32, 32, 8, 2)},
+    ("dq", "fp32"): {16: (64, 64, 8, 2), 32: (64, 32, 8, 2), 64: (32, 32, 4, 2), 128: (32, 32, 8, 2)},
     ("dq", "16"): {16: (64, 64, 4, 3), 32: (64, 64, 4, 3), 64: (64, 64, 8, 3), 128: (16, 32, 4, 2)},
     ("dkv", "fp32"): {16: (32, 32, 4, 3), 32: (32, 64, 8, 3), 64: (16, 32, 4, 1), 128: (16, 32, 4, 1)},
     ("dkv", "16"): {16: (64, 64, 4, 3), 32: (32, 64, 4, 3), 64: (16, 32, 4, 2), 128: (16, 16, 4, 1)},
@@ -648,8 +666,27 @@ def _descriptor(rows, device) -> torch.Tensor:
     return entry[1]
 
 
-def _desc_row(T_q, T_k, **tensors):
+def _f32_bits(x: float) -> int:
+    """The fp32 bit pattern of x as a signed 32-bit integer (what the kernel bit-casts back)."""
+    return int(torch.tensor([x], dtype=torch.float32).view(torch.int32).item())
+
+
+def _drop_cols(dropout_p: float) -> list:
+    _, _, dr, thresh = _scalars(1.0, dropout_p)
+    return [thresh, _f32_bits(dr[0]), _f32_bits(dr[1])]
+
+
+def _group_dropout(dropout_p, G) -> list:
+    """One dropout probability per problem from a float or a sequence of G floats."""
+    ps = [float(dropout_p)] * G if isinstance(dropout_p, (int, float)) else [float(p) for p in dropout_p]
+    if len(ps) != G:
+        raise ValueError(f"dropout_p: expected a float or {G} values (one per problem), got {len(ps)}")
+    return ps
+
+
+def _desc_row(T_q, T_k, dropout_p=0.0, **tensors):
     row = [T_q, T_k] + [0] * (DESC_COLS - 2)
+    row[_C_DROP:_C_DROP + 3] = _drop_cols(dropout_p)
     for name, t in tensors.items():
         if t is None:
             continue
@@ -683,8 +720,10 @@ def _group_stride_args(*roles):
 def attention_fwd_grouped(qs, ks, vs, *, key_lengths=None, offset_causal=False, dropout_p=0.0, seed=None,
                           scale=None, input_precision="ieee", block_m=None, block_n=None):
     """G problems in one launch (same B, H, D, dtype; own Lq, Lk, strides). key_lengths: None or a
-    list of G int32 (B,) tensors. Problem g draws dropout bits with offset + g. Returns lists o, lse."""
+    list of G int32 (B,) tensors. dropout_p: one float, or G floats (each problem its own p). Problem g
+    draws dropout bits with offset + g. Returns lists o, lse."""
     G = len(qs)
+    ps = _group_dropout(dropout_p, G)
     B, H, _, D = qs[0].shape
     scale = D ** -0.5 if scale is None else float(scale)
     qs, ks, vs = _unify_last_stride(qs), _unify_last_stride(ks), _unify_last_stride(vs)
@@ -693,19 +732,20 @@ def attention_fwd_grouped(qs, ks, vs, *, key_lengths=None, offset_causal=False, 
     if B * H == 0:
         return os_, lses
     kls = key_lengths or [None] * G
-    rows = [_desc_row(q.shape[2], k.shape[2], q=q, k=k, v=v, o=o, lse=lse, key_len=kl)
-            for q, k, v, o, lse, kl in zip(qs, ks, vs, os_, lses, kls)]
+    rows = [_desc_row(q.shape[2], k.shape[2], p, q=q, k=k, v=v, o=o, lse=lse, key_len=kl)
+            for q, k, v, o, lse, kl, p in zip(qs, ks, vs, os_, lses, kls, ps)]
     desc = _descriptor(rows, qs[0].device)
     bm, bn, launch = _block_args("fwd", D, qs[0].dtype, block_m, block_n)
     _check_tile_offsets(max(bm, bn), *qs, *ks, *vs, *os_)
-    (qk, _, dr, thresh) = _scalars(scale, dropout_p)
+    (qk, _, dr, thresh) = _scalars(scale, max(ps))  # dr, thresh: per problem from the descriptor
+    drop = max(ps) > 0
     grid = (max(triton.cdiv(q.shape[2], bm) for q in qs), B * H, G)
     if grid[0] == 0:
         return os_, lses
     attention_fwd_kernel[grid](
-        qs[0], ks[0], vs[0], os_[0], lses[0], kls[0], seed if dropout_p > 0 else None, desc,
+        qs[0], ks[0], vs[0], os_[0], lses[0], kls[0], seed if drop else None, desc,
         *_group_stride_args(qs, ks, vs, os_), H, 0, 0, qk[0], qk[1], dr[0], dr[1], thresh,
-        **_constexprs(D, qs[0].dtype, bm, bn, offset_causal, key_lengths is not None, dropout_p > 0, True,
+        **_constexprs(D, qs[0].dtype, bm, bn, offset_causal, key_lengths is not None, drop, True,
                       input_precision),
         **launch)
     return os_, lses
@@ -716,6 +756,7 @@ def attention_bwd_grouped(dos, qs, ks, vs, os_, lses, *, key_lengths=None, offse
                           block_n=None):
     """Backward of :func:`attention_fwd_grouped` in 2 launches. Returns lists dq, dk, dv."""
     G = len(qs)
+    ps = _group_dropout(dropout_p, G)
     B, H, _, D = qs[0].shape
     scale = D ** -0.5 if scale is None else float(scale)
     qs, ks, vs, dos = (_unify_last_stride(ts) for ts in (qs, ks, vs, dos))
@@ -725,15 +766,15 @@ def attention_bwd_grouped(dos, qs, ks, vs, os_, lses, *, key_lengths=None, offse
     if B * H == 0:
         return dqs, dks, dvs
     kls = key_lengths or [None] * G
-    rows = [_desc_row(q.shape[2], k.shape[2], q=q, k=k, v=v, o=o, lse=lse, key_len=kl, do=do, dq=dq, dk=dk,
+    rows = [_desc_row(q.shape[2], k.shape[2], p, q=q, k=k, v=v, o=o, lse=lse, key_len=kl, do=do, dq=dq, dk=dk,
                       dv=dv)
-            for q, k, v, o, lse, kl, do, dq, dk, dv in zip(qs, ks, vs, os_, lses, kls, dos, dqs, dks, dvs)]
+            for q, k, v, o, lse, kl, do, dq, dk, dv, p in zip(qs, ks, vs, os_, lses, kls, dos, dqs, dks, dvs, ps)]
     desc = _descriptor(rows, qs[0].device)
-    (qk, sm, dr, thresh) = _scalars(scale, dropout_p)
-    seed = seed if dropout_p > 0 else None
-    has_kl, drop = key_lengths is not None, dropout_p > 0
+    (qk, sm, dr, thresh) = _scalars(scale, max(ps))  # dr, thresh: per problem from the descriptor
+    has_kl, drop = key_lengths is not None, max(ps) > 0
+    seed = seed if drop else None
     bm, bn, launch = _block_args("dq", D, qs[0].dtype, block_m, block_n)
-    _check_tile_offsets(128, *qs, *ks, *vs, *os_, *dos, *dqs, *dks, *dvs)
+    _check_tile_offsets(128, *qs, *ks, *vs, *os_, *dos, *dqs, *dks, *dvs)  # covers both kernels' blocks
     grid = (max(triton.cdiv(q.shape[2], bm) for q in qs), B * H, G)
     if grid[0]:
         attention_bwd_dq_kernel[grid](

@@ -511,3 +511,29 @@ def test_gpu_torch_compile():
     out, grads = run(torch.compile(f, fullgraph=True), q, k, v, do)
     out_e, grads_e = run(f, q, k, v, do)
     assert torch.equal(out, out_e) and all(torch.equal(a, b) for a, b in zip(grads, grads_e))
+
+
+def test_grouped_per_problem_dropout():
+    """One launch, each problem its own p (p = 0 included): equals separate launches bitwise, and the
+    op equals the reference given each problem's keep-mask."""
+    pairs, ps = [(46, 71), (13, 7), (71, 46)], [0.3, 0.0, 0.1]
+    probs = [make_inputs(2, 2, a, b, 5, torch.float32, 50 + i, mask="both") for i, (a, b) in enumerate(pairs)]
+    qs, ks, vs, dos = ([p[i].detach() for p in probs] for i in range(4))
+    seed = torch.tensor([123, 2 ** 40 + 9], device=DEV)
+    opts = dict(offset_causal=True, scale=0.3)
+    os_, lses = ka.attention_fwd_grouped(qs, ks, vs, seed=seed, dropout_p=ps, **opts)
+    gq = ka.attention_bwd_grouped(dos, qs, ks, vs, os_, lses, seed=seed, dropout_p=ps, **opts)
+    for g, p in enumerate(ps):
+        sg = seed + torch.tensor([0, g], device=DEV)
+        o, lse = ka.attention_fwd(qs[g], ks[g], vs[g], seed=sg, dropout_p=p, **opts)
+        d = ka.attention_bwd(dos[g], qs[g], ks[g], vs[g], o, lse, seed=sg, dropout_p=p, **opts)
+        assert torch.equal(o, os_[g]) and torch.equal(lse, lses[g])
+        assert all(torch.equal(a, b[g]) for a, b in zip(d, gq))
+    outs, keeps = cross_modal_attention_grouped([p[:3] for p in probs], offset_causal=True, dropout_p=ps,
+                                                return_keep_mask=True, backend="triton")
+    assert keeps[1].all() and not keeps[0].all()
+    for p, out, keep, pg in zip(probs, outs, keeps, ps):
+        want = reference(*p[:3], offset_causal=True, dropout_p=pg, keep_mask=keep)
+        assert_rule("O", out, want, want.double(), ATOL[torch.float32])
+    with pytest.raises(ValueError, match="dropout_p"):
+        cross_modal_attention_grouped([p[:3] for p in probs], dropout_p=[0.1, 0.2], backend="triton")

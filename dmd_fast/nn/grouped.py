@@ -2,7 +2,7 @@
 
 DMD's six cross-modal encoders (and its three self-attention and three memory encoders) are
 independent; each layer's attention problems go to ``cross_modal_attention_grouped`` together
-(one launch per distinct dropout probability) instead of one launch per encoder. Everything
+(one launch, each problem with its own dropout probability) instead of one launch per encoder. Everything
 else (LayerNorms, projections, FFN) runs per encoder, as in ``TransformerEncoder.forward``,
 so the result equals running the encoders one by one.
 """
@@ -45,16 +45,9 @@ def run_encoders_grouped(encoders, streams):
         layers = [enc.layers[i] for enc in encoders]
         problems = [layer.heads(x) if src is None else layer.heads(x, *src)
                     for layer, x, src in zip(layers, xs, sources)]
-        by_p: dict[float, list[int]] = {}
-        for g, layer in enumerate(layers):
-            p = layer.self_attn.attn_dropout if layer.training else 0.0
-            by_p.setdefault(p, []).append(g)
-        outs = [None] * len(layers)
-        for p, members in by_p.items():
-            res = cross_modal_attention_grouped([problems[g] for g in members], offset_causal=offset_causal,
-                                                dropout_p=p, scale=1.0, backend=backend)
-            for g, o in zip(members, res):
-                outs[g] = o
+        ps = [layer.self_attn.attn_dropout if layer.training else 0.0 for layer in layers]
+        outs = cross_modal_attention_grouped(problems, offset_causal=offset_causal, dropout_p=ps, scale=1.0,
+                                             backend=backend)
         for layer, problem in zip(layers, problems):
             if layer.self_attn.record_weights:  # visualisation path, as the ungrouped layer does
                 layer.self_attn.head_averaged_weights(*problem, offset_causal=offset_causal)

@@ -89,7 +89,7 @@ attention_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup)
 @torch.library.custom_op("dmd_fast::attention_fwd_grouped", mutates_args=())
 def attention_fwd_grouped(qs: list[Tensor], ks: list[Tensor], vs: list[Tensor],
                           key_lengths: list[Tensor], seed: Optional[Tensor], offset_causal: bool,
-                          dropout_p: float, scale: float, input_precision: str) -> list[Tensor]:
+                          dropout_p: list[float], scale: float, input_precision: str) -> list[Tensor]:
     """G problems in one launch: [o_0 .. o_{G-1}, lse_0 .. lse_{G-1}]. key_lengths: [] or G int32 (B,)."""
     from dmd_fast.kernels.attention import attention_fwd_grouped as launch
     os_, lses = launch(qs, ks, vs, key_lengths=key_lengths or None, offset_causal=offset_causal, dropout_p=dropout_p,
@@ -105,7 +105,7 @@ def _(qs, ks, vs, key_lengths, seed, offset_causal, dropout_p, scale, input_prec
 @torch.library.custom_op("dmd_fast::attention_bwd_grouped", mutates_args=())
 def attention_bwd_grouped(dos: list[Tensor], qs: list[Tensor], ks: list[Tensor], vs: list[Tensor],
                           os_: list[Tensor], lses: list[Tensor], key_lengths: list[Tensor],
-                          seed: Optional[Tensor], offset_causal: bool, dropout_p: float, scale: float,
+                          seed: Optional[Tensor], offset_causal: bool, dropout_p: list[float], scale: float,
                           input_precision: str) -> list[Tensor]:
     """Backward of the grouped op in 2 launches: [dq_0 .., dk_0 .., dv_0 ..]."""
     from dmd_fast.kernels.attention import attention_bwd_grouped as launch
@@ -330,7 +330,7 @@ def cross_modal_attention(q: Tensor, k: Tensor, v: Tensor, *, key_lengths: Optio
 
 def cross_modal_attention_grouped(problems: Sequence[tuple[Tensor, Tensor, Tensor]], *,
                                   key_lengths: Optional[Sequence[Optional[Tensor]]] = None,
-                                  offset_causal: bool = False, dropout_p: float = 0.0,
+                                  offset_causal: bool = False, dropout_p: float | Sequence[float] = 0.0,
                                   scale: Optional[float] = None, generator: Optional[torch.Generator] = None,
                                   input_precision: str = "ieee", backend: str = "auto",
                                   return_keep_mask: bool = False):
@@ -339,6 +339,8 @@ def cross_modal_attention_grouped(problems: Sequence[tuple[Tensor, Tensor, Tenso
     Args:
         problems: G tuples (q (B, H, Lq_g, D), k, v (B, H, Lk_g, D)); B, H, D, dtype and device shared.
         key_lengths: None or G entries, each None or integer (B,) for that problem.
+        dropout_p: one probability for all problems, or G of them (DMD keys attention dropout by the
+            source modality), still one launch.
         Other arguments as :func:`cross_modal_attention`; one seed is drawn for the group and
             problem g hashes it with g, so its dropout mask differs from a separate call's.
     Returns:
@@ -359,19 +361,25 @@ def cross_modal_attention_grouped(problems: Sequence[tuple[Tensor, Tensor, Tenso
             _fail(ValueError, f"problems[{g}]: expected B={B}, H={H}, D={D}, dtype {q0.dtype} and device "
                               f"{q0.device} like problems[0], got B={d[0]}, H={d[1]}, D={d[4]}, "
                               f"{p[0].dtype} on {p[0].device}")
-    dropout_p, scale = _check_options(dropout_p, scale, input_precision, D)
+    if isinstance(dropout_p, Sequence) and not isinstance(dropout_p, str):
+        if len(dropout_p) != G:
+            _fail(ValueError, f"dropout_p: expected a float or {G} floats (one per problem), got {len(dropout_p)}")
+        ps = [_check_options(p, scale, input_precision, D)[0] for p in dropout_p]
+    else:
+        ps = [_check_options(dropout_p, scale, input_precision, D)[0]] * G
+    _, scale = _check_options(0.0, scale, input_precision, D)
     if key_lengths is not None and (not isinstance(key_lengths, Sequence) or len(key_lengths) != G):
         _fail(TypeError, f"key_lengths: expected None or a sequence of {G} entries (None or (B,) tensors)")
     kls = [_check_key_lengths(kl, B, d[3], q0.device, f"key_lengths[{g}]")
            for g, (kl, d) in enumerate(zip(key_lengths or [None] * G, dims))]
     if resolve_backend(backend, q0.device, OP) == "reference":
         outs, keeps = [], []
-        for (q, k, v), kl, d in zip(problems, kls, dims):
+        for (q, k, v), kl, d, p in zip(problems, kls, dims, ps):
             keep = None
-            if return_keep_mask and dropout_p > 0:
-                keep = torch.rand((B, H, d[2], d[3]), generator=generator, device=q.device) >= dropout_p
+            if return_keep_mask:
+                keep = torch.rand((B, H, d[2], d[3]), generator=generator, device=q.device) >= p
             outs.append(reference_attention(q, k, v, key_lengths=kl, offset_causal=offset_causal,
-                                            dropout_p=dropout_p, scale=scale, keep_mask=keep, generator=generator))
+                                            dropout_p=p, scale=scale, keep_mask=keep, generator=generator))
             keeps.append(keep)
     else:
         if all(kl is None for kl in kls):
@@ -379,22 +387,20 @@ def cross_modal_attention_grouped(problems: Sequence[tuple[Tensor, Tensor, Tenso
         else:
             kls = [torch.full((B,), d[3], dtype=torch.int32, device=q0.device) if kl is None else kl
                    for kl, d in zip(kls, dims)]
-        seed = _draw_seed(generator, q0.device) if dropout_p > 0 else None
+        seed = _draw_seed(generator, q0.device) if max(ps) > 0 else None
         if torch.compiler.is_compiling():
             res = attention_fwd_grouped([p[0] for p in problems], [p[1] for p in problems], [p[2] for p in problems],
-                                        kls, seed, bool(offset_causal), dropout_p, scale, input_precision)
+                                        kls, seed, bool(offset_causal), ps, scale, input_precision)
             outs = list(res[:G])
         else:
-            outs = list(_EagerAttentionGrouped.apply(G, bool(kls), seed, bool(offset_causal), dropout_p, scale,
+            outs = list(_EagerAttentionGrouped.apply(G, bool(kls), seed, bool(offset_causal), ps, scale,
                                                      input_precision, *[t for i in range(3) for t in
                                                                         (p[i] for p in problems)], *kls))
-        if return_keep_mask and dropout_p > 0:
-            keeps = [attention_dropout_mask(seed, B, H, d[2], d[3], dropout_p, g) for g, d in enumerate(dims)]
-    if not return_keep_mask:
-        return outs
-    if dropout_p == 0:
-        keeps = [torch.ones((B, H, d[2], d[3]), dtype=torch.bool, device=q0.device) for d in dims]
-    return outs, keeps
+        if return_keep_mask:
+            keeps = [attention_dropout_mask(seed, B, H, d[2], d[3], p, g) if p > 0 else
+                     torch.ones((B, H, d[2], d[3]), dtype=torch.bool, device=q0.device)
+                     for g, (d, p) in enumerate(zip(dims, ps))]
+    return (outs, keeps) if return_keep_mask else outs
 
 
 def attention_weights(q: Tensor, k: Tensor, v: Tensor, *, key_lengths: Optional[Tensor] = None,
