@@ -181,6 +181,16 @@ def _skip_row(rec: Recorder, base: dict, status: str, reason: str):
     rec.log(f"  {base.get('provider')}: {status}: {reason}")
 
 
+def _setup_failure_row(exc: Exception, rec: Recorder, base: dict, device):
+    """Row for a provider that could not be set up: unsupported here, out of memory, or an error."""
+    if isinstance(exc, bl.Unsupported):
+        return _skip_row(rec, base, "skipped", str(exc))
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        _cleanup(device)
+        return _skip_row(rec, base, "oom", short_reason(exc))
+    return _skip_row(rec, base, "error", short_reason(exc))
+
+
 # ------------------------------------------------------------------------------------------------
 # attention
 # ------------------------------------------------------------------------------------------------
@@ -223,13 +233,8 @@ def run_attention_item(rec: Recorder, opts: SuiteOptions, device, case: bl.AttnC
         built = spec.build(case, device, sets[0])
         if built.prepare is not None:
             sets = [built.prepare(*s) for s in sets]
-    except bl.Unsupported as exc:
-        return _skip_row(rec, base, "skipped", str(exc))
-    except torch.cuda.OutOfMemoryError as exc:
-        _cleanup(device)
-        return _skip_row(rec, base, "oom", short_reason(exc))
     except Exception as exc:
-        return _skip_row(rec, base, "error", short_reason(exc))
+        return _setup_failure_row(exc, rec, base, device)
     row = dict(base, equivalent=built.equivalent, note=built.note, extra=dict(built.extra), modes={}, memory={})
 
     def fwd(q, k, v, g):
@@ -381,10 +386,8 @@ def run_gd_item(rec: Recorder, opts: SuiteOptions, device, case: bl.GDCase, pnam
     try:
         sets = bl.make_gd_inputs(case, device, opts.n_sets)
         built = spec.build(case, device, sets[0])
-    except bl.Unsupported as exc:
-        return _skip_row(rec, base, "skipped", str(exc))
     except Exception as exc:
-        return _skip_row(rec, base, "error", short_reason(exc))
+        return _setup_failure_row(exc, rec, base, device)
     row = dict(base, note=built.note, extra={}, modes={}, memory={})
 
     def fwd(*inp):
@@ -538,13 +541,8 @@ def run_model_item(rec: Recorder, opts: SuiteOptions, device, what: str, pname: 
     try:
         builder = _build_model_step if what == "step" else _build_hetero_step
         fn, sets, samples, note = builder(pname, device, opts.quick)
-    except bl.Unsupported as exc:
-        return _skip_row(rec, base, "skipped", str(exc))
-    except torch.cuda.OutOfMemoryError as exc:
-        _cleanup(device)
-        return _skip_row(rec, base, "oom", short_reason(exc))
     except Exception as exc:
-        return _skip_row(rec, base, "error", short_reason(exc))
+        return _setup_failure_row(exc, rec, base, device)
     row = dict(base, note=note, modes={}, memory={}, extra={})
     graph = pname == "cudagraph"
     tkw = dict(device=device, warmup_ms=opts.warmup_ms * 4, rep_ms=opts.rep_ms * 5, min_reps=5 if cuda else 1)
