@@ -39,8 +39,7 @@ def _lse_dtype(q: Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
-@torch.library.custom_op("dmd_fast::attention_fwd", mutates_args=())
-def attention_fwd(q: Tensor, k: Tensor, v: Tensor, key_lengths: Optional[Tensor], seed: Optional[Tensor],
+def _fwd(q: Tensor, k: Tensor, v: Tensor, key_lengths: Optional[Tensor], seed: Optional[Tensor],
                   offset_causal: bool, dropout_p: float, scale: float, input_precision: str
                   ) -> tuple[Tensor, Tensor]:
     """(o (B, H, Lq, D), lse (B, H, Lq) base-2 log-sum-exp of the scaled scores)."""
@@ -49,19 +48,26 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, key_lengths: Optional[Tensor]
                   seed=seed, scale=scale, input_precision=input_precision)
 
 
+# The plain functions (_fwd, _bwd, ...) are the op bodies; the eager autograd.Functions below call
+# them directly, torch.compile sees the registered custom ops.
+attention_fwd = torch.library.custom_op("dmd_fast::attention_fwd", mutates_args=())(_fwd)
+
+
 @attention_fwd.register_fake
 def _(q, k, v, key_lengths, seed, offset_causal, dropout_p, scale, input_precision):
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=_lse_dtype(q))
 
 
-@torch.library.custom_op("dmd_fast::attention_bwd", mutates_args=())
-def attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
+def _bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
                   key_lengths: Optional[Tensor], seed: Optional[Tensor], offset_causal: bool,
                   dropout_p: float, scale: float, input_precision: str) -> tuple[Tensor, Tensor, Tensor]:
     """(dq, dk, dv) shaped like q, k, v."""
     from dmd_fast.kernels.attention import attention_bwd as launch
     return launch(do, q, k, v, o, lse, key_lengths=key_lengths, offset_causal=offset_causal,
                   dropout_p=dropout_p, seed=seed, scale=scale, input_precision=input_precision)
+
+
+attention_bwd = torch.library.custom_op("dmd_fast::attention_bwd", mutates_args=())(_bwd)
 
 
 @attention_bwd.register_fake
@@ -86,8 +92,7 @@ def _fwd_backward(ctx, do, _dlse):
 attention_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup)
 
 
-@torch.library.custom_op("dmd_fast::attention_fwd_grouped", mutates_args=())
-def attention_fwd_grouped(qs: list[Tensor], ks: list[Tensor], vs: list[Tensor],
+def _fwd_grouped(qs: list[Tensor], ks: list[Tensor], vs: list[Tensor],
                           key_lengths: list[Tensor], seed: Optional[Tensor], offset_causal: bool,
                           dropout_p: list[float], scale: float, input_precision: str) -> list[Tensor]:
     """G problems in one launch: [o_0 .. o_{G-1}, lse_0 .. lse_{G-1}]. key_lengths: [] or G int32 (B,)."""
@@ -97,13 +102,15 @@ def attention_fwd_grouped(qs: list[Tensor], ks: list[Tensor], vs: list[Tensor],
     return os_ + lses
 
 
+attention_fwd_grouped = torch.library.custom_op("dmd_fast::attention_fwd_grouped", mutates_args=())(_fwd_grouped)
+
+
 @attention_fwd_grouped.register_fake
 def _(qs, ks, vs, key_lengths, seed, offset_causal, dropout_p, scale, input_precision):
     return [torch.empty_like(q) for q in qs] + [q.new_empty(q.shape[:3], dtype=_lse_dtype(q)) for q in qs]
 
 
-@torch.library.custom_op("dmd_fast::attention_bwd_grouped", mutates_args=())
-def attention_bwd_grouped(dos: list[Tensor], qs: list[Tensor], ks: list[Tensor], vs: list[Tensor],
+def _bwd_grouped(dos: list[Tensor], qs: list[Tensor], ks: list[Tensor], vs: list[Tensor],
                           os_: list[Tensor], lses: list[Tensor], key_lengths: list[Tensor],
                           seed: Optional[Tensor], offset_causal: bool, dropout_p: list[float], scale: float,
                           input_precision: str) -> list[Tensor]:
@@ -112,6 +119,9 @@ def attention_bwd_grouped(dos: list[Tensor], qs: list[Tensor], ks: list[Tensor],
     dqs, dks, dvs = launch(dos, qs, ks, vs, os_, lses, key_lengths=key_lengths or None, offset_causal=offset_causal,
                            dropout_p=dropout_p, seed=seed, scale=scale, input_precision=input_precision)
     return dqs + dks + dvs
+
+
+attention_bwd_grouped = torch.library.custom_op("dmd_fast::attention_bwd_grouped", mutates_args=())(_bwd_grouped)
 
 
 @attention_bwd_grouped.register_fake
@@ -159,20 +169,15 @@ class _EagerAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, key_lengths, seed, offset_causal, dropout_p, scale, precision):
-        from dmd_fast.kernels.attention import attention_fwd as launch
-        o, lse = launch(q, k, v, key_lengths=key_lengths, offset_causal=offset_causal, dropout_p=dropout_p,
-                        seed=seed, scale=scale, input_precision=precision)
+        o, lse = _fwd(q, k, v, key_lengths, seed, offset_causal, dropout_p, scale, precision)
         ctx.save_for_backward(q, k, v, o, lse, key_lengths, seed)
         ctx.options = (offset_causal, dropout_p, scale, precision)
         return o
 
     @staticmethod
     def backward(ctx, do):
-        from dmd_fast.kernels.attention import attention_bwd as launch
         q, k, v, o, lse, key_lengths, seed = ctx.saved_tensors
-        offset_causal, dropout_p, scale, precision = ctx.options
-        dq, dk, dv = launch(do, q, k, v, o, lse, key_lengths=key_lengths, offset_causal=offset_causal,
-                            dropout_p=dropout_p, seed=seed, scale=scale, input_precision=precision)
+        dq, dk, dv = _bwd(do, q, k, v, o, lse, key_lengths, seed, *ctx.options)
         return dq, dk, dv, None, None, None, None, None, None
 
 
@@ -181,26 +186,23 @@ class _EagerAttentionGrouped(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, G, has_kl, seed, offset_causal, dropout_p, scale, precision, *tensors):
-        from dmd_fast.kernels.attention import attention_fwd_grouped as launch
         qs, ks, vs = (list(tensors[i * G:(i + 1) * G]) for i in range(3))
-        kls = list(tensors[3 * G:]) if has_kl else None
-        os_, lses = launch(qs, ks, vs, key_lengths=kls, offset_causal=offset_causal, dropout_p=dropout_p,
-                           seed=seed, scale=scale, input_precision=precision)
-        ctx.save_for_backward(*qs, *ks, *vs, *os_, *lses, *(kls or []), seed)
+        kls = list(tensors[3 * G:])  # [] without key lengths
+        res = _fwd_grouped(qs, ks, vs, kls, seed, offset_causal, dropout_p, scale, precision)
+        os_, lses = res[:G], res[G:]
+        ctx.save_for_backward(*qs, *ks, *vs, *os_, *lses, *kls, seed)
         ctx.options = (G, has_kl, offset_causal, dropout_p, scale, precision)
         return tuple(os_)
 
     @staticmethod
     def backward(ctx, *grads):
-        from dmd_fast.kernels.attention import attention_bwd_grouped as launch
         G, has_kl, offset_causal, dropout_p, scale, precision = ctx.options
         saved = ctx.saved_tensors
         qs, ks, vs, os_, lses = (list(saved[i * G:(i + 1) * G]) for i in range(5))
-        kls = list(saved[5 * G:6 * G]) if has_kl else None
+        kls = list(saved[5 * G:6 * G]) if has_kl else []
         dos = [torch.zeros_like(o) if g is None else g for g, o in zip(grads, os_)]
-        dqs, dks, dvs = launch(dos, qs, ks, vs, os_, lses, key_lengths=kls, offset_causal=offset_causal,
-                               dropout_p=dropout_p, seed=saved[-1], scale=scale, input_precision=precision)
-        return (None,) * 7 + (*dqs, *dks, *dvs) + (None,) * (G if has_kl else 0)
+        d = _bwd_grouped(dos, qs, ks, vs, os_, lses, kls, saved[-1], offset_causal, dropout_p, scale, precision)
+        return (None,) * 7 + tuple(d) + (None,) * len(kls)
 
 
 # ----------------------------------------------------------------------------------------------
