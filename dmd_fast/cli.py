@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: 1 for the tiny preset)")
     t.add_argument("--ort", default="torch19", choices=("torch19", "per_sample"), help="orthogonality-loss semantics")
     t.add_argument("--out", default="runs/dmd")
-    t.add_argument("--amp", default="none", choices=("none", "bf16"), help="bf16 autocast (CUDA)")
+    t.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
+                   help="autocast: bf16, or fp16 with dynamic loss scaling (clipping kept as upstream)")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.set_defaults(func=_train)

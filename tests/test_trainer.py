@@ -14,12 +14,12 @@ from dmd_fast.train.trainer import Trainer, TrainOptions
 CFG = get_preset("tiny").replace(batch_size=8, update_epochs=2)
 
 
-def _trainer(tmp, seed=3, epochs=3, n=(40, 16, 16), resume=False, backend="reference", init_seed=None):
+def _trainer(tmp, seed=3, epochs=3, n=(40, 16, 16), resume=False, backend="reference", init_seed=None, amp="none"):
     torch.manual_seed(seed if init_seed is None else init_seed)
     loaders = make_loaders(synthetic_datasets(CFG, *n, seed=seed), batch_size=CFG.batch_size, seed=seed)
     system = DMDSystem(CFG, backend=backend)
     return Trainer(system, loaders, TrainOptions(max_epochs=epochs, out_dir=str(tmp), device="cpu",
-                                                 log_every_epoch=False, resume=resume))
+                                                 log_every_epoch=False, resume=resume, amp=amp))
 
 
 def test_accumulation_window_and_clipping(tmp_path, monkeypatch):
@@ -60,6 +60,29 @@ def test_resume_after_kill_is_bitwise(tmp_path):
         assert torch.equal(v, ref_state[k]), k
     lines = (tmp_path / "killed" / "log.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+
+
+def test_fp16_autocast_with_loss_scaling(tmp_path):
+    """--amp fp16: autocast + ClipAwareLossScaler; trains, checkpoints the scale, resumes bitwise."""
+    full = _trainer(tmp_path / "full", epochs=2, amp="fp16")
+    assert full.scaler is not None and full.optimizer.param_groups[0]["fused"]
+    full.fit()
+    assert all(h["train"]["Loss"] == h["train"]["Loss"] for h in full.history)  # finite (checked by fit too)
+    assert full.history[-1]["loss_scale"] == full.scaler.get_scale() > 0
+    ref_state = {k: v.clone() for k, v in full.system.state_dict().items()}
+
+    part = _trainer(tmp_path / "part", epochs=1, amp="fp16")
+    part.fit()
+    resumed = _trainer(tmp_path / "part", epochs=2, amp="fp16", init_seed=7, resume=True)
+    resumed.fit()
+    assert resumed.scaler.get_scale() == full.scaler.get_scale()
+    for k, v in resumed.system.state_dict().items():
+        assert torch.equal(v, ref_state[k]), k
+    # a checkpoint without scaler state is refused by an fp16 run (and says why)
+    plain = _trainer(tmp_path / "plain", epochs=1)
+    plain.fit()
+    with pytest.raises(CheckpointError, match="loss-scaler state"):
+        load_checkpoint(tmp_path / "plain" / "last.pt", _trainer(tmp_path / "x", epochs=1, amp="fp16"))
 
 
 def test_corrupt_or_mismatched_checkpoint(tmp_path):

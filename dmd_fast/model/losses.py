@@ -75,7 +75,15 @@ def dmd_losses(outputs: dict, labels: torch.Tensor, gd_homo, gd_hetero, ort_sema
     gd_homo / gd_hetero: callables (logits (3,B,1), reprs (3,B,h)) → GraphDistillResult.
     total = task + 0.05·(logit+reg)_homo + 0.05·(logit+repr+reg)_hetero
             + 0.1·(cycle + recon + 0.1·(margin + ort)).
+    Under autocast the losses still run in fp32 (bf16/fp16 outputs are upcast; fp16 squared norms
+    overflow in the orthogonality cosine).
     """
+    outputs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
+    with torch.autocast(labels.device.type, enabled=False):
+        return _dmd_losses(outputs, labels.float(), gd_homo, gd_hetero, ort_semantics)
+
+
+def _dmd_losses(outputs: dict, labels: torch.Tensor, gd_homo, gd_hetero, ort_semantics) -> dict:
     labels = labels.reshape(-1, 1)
     L = {}
     for t in TASK_TERMS:

@@ -54,7 +54,8 @@ def save_checkpoint(path, trainer, weights_only: bool = False) -> None:
         gen = trainer.loaders["train"].generator
         obj.update(optimizer=trainer.optimizer.state_dict(), scheduler=trainer.scheduler.state_dict(),
                    rng=_rng_state(), trainer=trainer.state(),
-                   loader_generator=gen.get_state() if gen is not None else None)
+                   loader_generator=gen.get_state() if gen is not None else None,
+                   scaler=trainer.scaler.state_dict() if getattr(trainer, "scaler", None) is not None else None)
     atomic_save(obj, path)
 
 
@@ -88,6 +89,12 @@ def load_checkpoint(path, trainer, weights_only: bool = False) -> None:
     trainer.optimizer.load_state_dict(obj["optimizer"])
     trainer.scheduler.load_state_dict(obj["scheduler"])
     _set_rng_state(obj["rng"])
+    scaler = getattr(trainer, "scaler", None)
+    if scaler is not None:
+        if obj.get("scaler") is None:
+            raise CheckpointError(f"checkpoint: {path} has no fp16 loss-scaler state (it was written by a run "
+                                  "without --amp fp16); resume with the same --amp")
+        scaler.load_state_dict(obj["scaler"])
     st = obj["trainer"]
     trainer.epoch, trainer.best_valid, trainer.best_epoch = st["epoch"], st["best_valid"], st["best_epoch"]
     trainer.history = list(st["history"])

@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from dmd_fast.model.system import DMDSystem
 from dmd_fast.train import distributed as ddp
 from dmd_fast.train.checkpoint import load_checkpoint, save_checkpoint
+from dmd_fast.train.loss_scale import ClipAwareLossScaler
 from dmd_fast.train.metrics import format_metrics_table, regression_metrics
 from dmd_fast.train.progress import Progress
 
 
-# bf16 only: upstream clips the running gradient sum after every backward, which a loss scaler
-# (needed for fp16) cannot unscale more than once per optimizer step.
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}
+# fp16 needs loss scaling; ClipAwareLossScaler keeps upstream's clip after every backward exact.
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -37,7 +37,7 @@ class TrainOptions:
     progress: bool | None = None         # None: only on a terminal
     log_every_epoch: bool = True
     resume: bool = False
-    amp: str = "none"                    # "none" | "bf16" autocast on CUDA
+    amp: str = "none"                    # "none" | "bf16" | "fp16" autocast (fp16 with loss scaling)
     compile: bool = False                # torch.compile the DMD model (static shapes per preset)
 
 
@@ -103,14 +103,14 @@ class Trainer:
         self.cfg = cfg
         if options.amp not in AMP_DTYPES:
             raise ValueError(f"amp: expected one of {sorted(AMP_DTYPES)}, got {options.amp!r}")
-        if options.amp != "none" and self.device.type != "cuda":
-            raise ValueError(f"amp: {options.amp!r} autocast needs a CUDA device, got {self.device}")
         self.autocast_dtype = AMP_DTYPES[options.amp]
         if options.compile:
             system.dmd.forward = torch.compile(system.dmd.forward)
-        # fused Adam on CUDA (one kernel for all parameters); the same update rule as upstream's Adam
-        self.optimizer = torch.optim.Adam(system.parameters(), lr=cfg.learning_rate,
-                                          fused=self.device.type == "cuda")
+        # fused Adam on CUDA (one kernel for all parameters); the same update rule as upstream's Adam.
+        # fp16 needs it everywhere: it unscales and skips overflowed steps inside its kernel.
+        fused = self.device.type == "cuda" or options.amp == "fp16"
+        self.optimizer = torch.optim.Adam(system.parameters(), lr=cfg.learning_rate, fused=fused)
+        self.scaler = ClipAwareLossScaler(self.device) if options.amp == "fp16" else None
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=0.5,
                                                                     patience=cfg.patience)
         self.out_dir = pathlib.Path(options.out_dir)
@@ -139,11 +139,15 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=False)
             left -= 1
             text, audio, vision, labels = _to(batch, self.device)
-            with torch.autocast("cuda", dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
                 out, losses = self.model(text, audio, vision, labels)
-            losses["total"].backward()
-            if cfg.grad_clip != -1.0:
-                torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
+            if self.scaler is not None:
+                self.scaler.scale(losses["total"]).backward()
+                self.scaler.clip_(params, cfg.grad_clip)
+            else:
+                losses["total"].backward()
+                if cfg.grad_clip != -1.0:
+                    torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
             loss_sum += losses["total"].detach()
             edge_sum["homo"] = edge_sum["homo"] + losses["edges_homo"].detach().mean(1)
             edge_sum["hetero"] = edge_sum["hetero"] + losses["edges_hetero"].detach().mean(1)
@@ -152,7 +156,10 @@ class Trainer:
             n_batches += 1
             n_samples += labels.shape[0]
             if left == 0:
-                self.optimizer.step()
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)
+                else:
+                    self.optimizer.step()
                 left = cfg.update_epochs
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # samples/s of finished work, not of queued work
@@ -196,6 +203,8 @@ class Trainer:
             record = {"epoch": self.epoch, "train": train["metrics"], "valid": valid, "test": test,
                       "edges": train["edges"], "lr": self.optimizer.param_groups[0]["lr"],
                       "peak_mem_bytes": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None}
+            if self.scaler is not None:
+                record["loss_scale"] = self.scaler.get_scale()
             self.history.append(record)
             if self.dist.is_main:
                 with open(log_path, "a", encoding="utf-8") as f:
