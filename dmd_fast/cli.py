@@ -51,7 +51,7 @@ def _train(args) -> int:
         system = DMDSystem(cfg, backend=args.backend)
         opts = TrainOptions(max_epochs=args.epochs, out_dir=out_dir, device=device,
                             resume=args.resume, log_every_epoch=info.is_main, amp=args.amp,
-                            compile=args.compile)
+                            compile=args.compile, cuda_graph=args.cuda_graph)
         trainer = Trainer(system, loaders, opts)
         if info.is_main:
             print(f"dmd-fast train: preset {cfg.name}, data {source}, seed {seed}, device {trainer.device}, "
@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
                    help="autocast: bf16, or fp16 with dynamic loss scaling (clipping kept as upstream)")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--cuda-graph", action="store_true",
+                   help="replay each full-size mini-batch (forward, losses, backward, clip) from one CUDA graph")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.set_defaults(func=_train)
 

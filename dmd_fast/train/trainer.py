@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from dmd_fast.model.system import DMDSystem
 from dmd_fast.train import distributed as ddp
 from dmd_fast.train.checkpoint import load_checkpoint, save_checkpoint
+from dmd_fast.train.graphed_step import GraphedTrainStep
 from dmd_fast.train.loss_scale import ClipAwareLossScaler
 from dmd_fast.train.metrics import format_metrics_table, regression_metrics
 from dmd_fast.train.progress import Progress
@@ -39,6 +40,7 @@ class TrainOptions:
     resume: bool = False
     amp: str = "none"                    # "none" | "bf16" | "fp16" autocast (fp16 with loss scaling)
     compile: bool = False                # torch.compile the DMD model (static shapes per preset)
+    cuda_graph: bool = False             # replay each full-size mini-batch (fwd+bwd+clip) from a CUDA graph
 
 
 @dataclass
@@ -86,7 +88,7 @@ def evaluate(system: DMDSystem, loader, device) -> dict:
 class Trainer:
     """Upstream DMD training loop over ``loaders`` = {'train', 'valid', 'test'} DataLoaders."""
 
-    def __init__(self, system: DMDSystem, loaders: dict, options: TrainOptions):
+    def __init__(self, system: DMDSystem, loaders: dict, options: TrainOptions, graph_engine=None):
         self.system = system
         self.loaders = loaders
         self.opt = options
@@ -104,6 +106,11 @@ class Trainer:
         if options.amp not in AMP_DTYPES:
             raise ValueError(f"amp: expected one of {sorted(AMP_DTYPES)}, got {options.amp!r}")
         self.autocast_dtype = AMP_DTYPES[options.amp]
+        if options.cuda_graph and self.dist.enabled:
+            raise ValueError("cuda_graph: whole-step capture is not supported with DistributedDataParallel "
+                             "(its gradient all-reduce hooks run outside a graph); drop --cuda-graph or run one rank")
+        if options.cuda_graph and options.compile:
+            raise ValueError("cuda_graph: not supported together with --compile (use one of them)")
         if options.compile:
             system.dmd.forward = torch.compile(system.dmd.forward)
         # fused Adam on CUDA (one kernel for all parameters); the same update rule as upstream's Adam.
@@ -111,6 +118,10 @@ class Trainer:
         fused = self.device.type == "cuda" or options.amp == "fp16"
         self.optimizer = torch.optim.Adam(system.parameters(), lr=cfg.learning_rate, fused=fused)
         self.scaler = ClipAwareLossScaler(self.device) if options.amp == "fp16" else None
+        self._params = list(system.parameters())
+        self._step = self._mini_batch
+        if options.cuda_graph:
+            self._step = GraphedTrainStep(self._mini_batch, self._params, self.device, engine=graph_engine)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=0.5,
                                                                     patience=cfg.patience)
         self.out_dir = pathlib.Path(options.out_dir)
@@ -119,6 +130,23 @@ class Trainer:
         self.best_epoch = 0
         self.history: list = []
 
+    # --- one mini-batch ------------------------------------------------------------------------
+    def _mini_batch(self, text, audio, vision, labels) -> dict:
+        """Forward, losses, backward (gradients summed into .grad) and upstream's clip; no host sync."""
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            out, losses = self.model(text, audio, vision, labels)
+        clip = self.cfg.grad_clip
+        if self.scaler is not None:
+            self.scaler.scale(losses["total"]).backward()
+            self.scaler.clip_(self._params, clip)
+        else:
+            losses["total"].backward()
+            if clip != -1.0:
+                torch.nn.utils.clip_grad_value_(self._params, clip)
+        return {"total": losses["total"].detach().reshape(()), "pred": out["output_logit"].detach().view(-1),
+                "edges_homo": losses["edges_homo"].detach().mean(1),
+                "edges_hetero": losses["edges_hetero"].detach().mean(1)}
+
     # --- one epoch -------------------------------------------------------------------------
     def train_epoch(self) -> dict:
         system, cfg = self.system, self.cfg
@@ -126,7 +154,6 @@ class Trainer:
         sampler = getattr(self.loaders["train"], "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)
-        params = list(system.parameters())
         left = cfg.update_epochs
         loss_sum = torch.zeros((), device=self.device)
         edge_sum = {"homo": 0, "hetero": 0}
@@ -139,19 +166,11 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=False)
             left -= 1
             text, audio, vision, labels = _to(batch, self.device)
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                out, losses = self.model(text, audio, vision, labels)
-            if self.scaler is not None:
-                self.scaler.scale(losses["total"]).backward()
-                self.scaler.clip_(params, cfg.grad_clip)
-            else:
-                losses["total"].backward()
-                if cfg.grad_clip != -1.0:
-                    torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
-            loss_sum += losses["total"].detach()
-            edge_sum["homo"] = edge_sum["homo"] + losses["edges_homo"].detach().mean(1)
-            edge_sum["hetero"] = edge_sum["hetero"] + losses["edges_hetero"].detach().mean(1)
-            preds.append(out["output_logit"].detach().view(-1))
+            res = self._step(text, audio, vision, labels)
+            loss_sum += res["total"]
+            edge_sum["homo"] = edge_sum["homo"] + res["edges_homo"]
+            edge_sum["hetero"] = edge_sum["hetero"] + res["edges_hetero"]
+            preds.append(res["pred"].clone())  # a graph's outputs are overwritten by its next replay
             truths.append(labels.view(-1))
             n_batches += 1
             n_samples += labels.shape[0]
