@@ -15,11 +15,13 @@ L_logit = wl Σ_x mean_b(w·d(x_j, sg x_i));  L_repr = wr Σ_x mean_b(w·d(r_j, 
 wr Σ_x mean_b(max(0, cos(r_j, sg r_i)))·mean_b(w) for 'cosine';  L_reg = reg Σ_x (mean_b p − prior)².
 
 One program holds the whole problem and loops over batch chunks (deterministic, no atomics):
-  pass A  scores, softmax, distances, batch sums, the three loss terms;
-  pass B  per term k (logit, repr, reg): softmax backward → d e → per-node d s, d t (workspace);
-  pass C  per feature space (logits, reprs), term and feature chunk: input gradients, and the
+  pass A  scores, softmax, distances, batch sums, the three loss terms and their weighted total;
+  pass B  per gradient row k (logit, repr, reg, total): softmax backward → d e → per-node d s, d t;
+  pass C  per feature space (logits, reprs), row and feature chunk: input gradients, and the
           parameter gradients (dW = a ⊗ Σ ds·f + c ⊗ Σ dt·f, d a = W Σ ds·f + b Σ ds, ...).
-The autograd backward only mixes the three stored gradients with the upstream term weights.
+Row k is the gradient of Σ_t c_kt·term_t: rows 0-2 one term each, row 3 the total (c_3t = the total
+weights, so the total's gradient is one more row, not a sum of rows). The autograd backward only
+scales a stored row (or mixes rows 0-2) by the incoming gradient.
 Loops use ``disable_licm``: hoisting chunk-invariant loads out of the batch loops made ptxas spill.
 """
 from __future__ import annotations
@@ -118,16 +120,23 @@ def _fwd_feat(f_ptr, s_fm, s_fb, s_ff, F, w_ptr, we_ptr, off_a, off_c, G,
 
 
 @triton.jit
+def _row_coef(k, t, term: tl.constexpr):
+    """c_k,term: 1 on the term's own row (0-2), its total weight t on row 3, else 0."""
+    return tl.where(k == 3, t, tl.where(k == term, 1., 0.))
+
+
+@triton.jit
 def _bwd_feat(f_ptr, s_fm, s_fb, s_ff, F, w_ptr, bias_ptr, we_ptr, off_a, off_c, G,
               gf_ptr, gw_ptr, gb_ptr, gwe_ptr, gbe_ptr, s_gk, edge_ptr, prior_ptr, ws_d, ws_inv, ws_nrm, ws_ds,
-              B, b_wbar, o_e, wt,
+              B, b_wbar, o_e, wt, t_term,
               M: tl.constexpr, E: tl.constexpr, TERM: tl.constexpr, METRIC: tl.constexpr,
               ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_F: tl.constexpr):
-    """Pass C over one feature space: gradients of the three loss terms, one term k at a time.
+    """Pass C over one feature space: the four gradient rows (logit, repr, reg, total), one at a time.
 
-    Per term k (stride s_gk): gf (M, B, F) input grads; gw (G, F), gb (G,) node-Linear grads; gwe (4G,)
-    at off_a / off_c: edge-scorer grads. ws_ds (3, 2, M, B) holds d s / d t from pass B and gbe
-    S_k = Σ_{b,x} d e. The distance gradient (student side only) goes to term TERM with weight wt.
+    Per row k (stride s_gk): gf (M, B, F) input grads; gw (G, F), gb (G,) node-Linear grads; gwe (4G,)
+    at off_a / off_c: edge-scorer grads. ws_ds (4, 2, M, B) holds d s / d t from pass B and gbe
+    S_k = Σ_{b,x} d e. The distance gradient (student side only) of term TERM, weight wt, enters row
+    TERM and, times t_term, the total row.
     """
     o_g = tl.arange(0, BLOCK_G)
     m_g = o_g < G
@@ -135,7 +144,8 @@ def _bwd_feat(f_ptr, s_fm, s_fb, s_ff, F, w_ptr, bias_ptr, we_ptr, off_a, off_c,
     b_c = tl.load(we_ptr + off_c + o_g, mask=m_g, other=0.).to(ACC)  # [BG]
     b_bias = tl.load(bias_ptr + o_g, mask=m_g, other=0.).to(ACC)  # [BG]
     MB = M * B
-    for k in tl.range(3, loop_unroll_factor=1, disable_licm=True):
+    for k in tl.range(4, loop_unroll_factor=1, disable_licm=True):
+        c_dist = _row_coef(k, t_term, TERM) * wt
         p_dsk = ws_ds + 2 * k * MB
         o_k = k * s_gk
         b_ga = tl.zeros([BLOCK_G], dtype=ACC)  # d a = W Σ ds·f (+ bias S_k)
@@ -162,7 +172,7 @@ def _bwd_feat(f_ptr, s_fm, s_fb, s_ff, F, w_ptr, bias_ptr, we_ptr, off_a, off_c,
                     b_fs += tl.sum(b_ds[:, None] * b_f, 0)
                     b_ft += tl.sum(b_dt[:, None] * b_f, 0)
                     b_g = b_ds[:, None] * b_ua[None, :] + b_dt[:, None] * b_uc[None, :]  # [BB, BF]
-                    if k == TERM:
+                    if c_dist != 0:
                         # distance gradient: node m as the student of its M-1 incoming edges
                         if METRIC == 2:
                             b_sc = 1. / (tl.load(ws_nrm + m * B + o_b, mask=m_b, other=0.) + COS_EPS)  # [BB]
@@ -173,12 +183,12 @@ def _bwd_feat(f_ptr, s_fm, s_fb, s_ff, F, w_ptr, bias_ptr, we_ptr, off_a, off_c,
                             if METRIC == 2:
                                 b_cos = tl.load(ws_d + x * B + o_b, mask=m_b, other=0.)  # [BB]
                                 b_inv = tl.load(ws_inv + x * B + o_b, mask=m_b, other=0.)  # [BB]
-                                cf = wt * tl.sum(tl.where(o_e == x, b_wbar, 0.), 0) / B
+                                cf = c_dist * tl.sum(tl.where(o_e == x, b_wbar, 0.), 0) / B
                                 b_dc = b_fi * b_inv[:, None] - (b_cos * b_sc)[:, None] * b_f
                                 b_g += tl.where((b_cos >= 0)[:, None], cf * b_dc, 0.)
                             else:
                                 b_px = tl.load(edge_ptr + x * B + o_b, mask=m_b, other=0.)  # [BB]
-                                b_cf = wt * (b_px + tl.load(prior_ptr + x).to(ACC)) / B  # [BB]
+                                b_cf = c_dist * (b_px + tl.load(prior_ptr + x).to(ACC)) / B  # [BB]
                                 b_df = b_f - b_fi
                                 if METRIC == 0:
                                     b_g += b_cf[:, None] * tl.where(b_df > 0, 1., tl.where(b_df < 0, -1., 0.))
@@ -198,20 +208,21 @@ def _bwd_feat(f_ptr, s_fm, s_fb, s_ff, F, w_ptr, bias_ptr, we_ptr, off_a, off_c,
 @triton.jit(do_not_specialize=["B", "C", "R", "G"])
 def graph_distill_fwd_kernel(
     x_ptr, r_ptr, wl_ptr, bl_ptr, wr_ptr, br_ptr, we_ptr, be_ptr, prior_ptr,
-    loss_ptr, edge_ptr, score_ptr, ws_ptr,
+    loss_ptr, total_ptr, edge_ptr, score_ptr, pbar_ptr, ws_ptr,
     gx_ptr, gr_ptr, gwl_ptr, gbl_ptr, gwr_ptr, gbr_ptr, gwe_ptr, gbe_ptr, s_gk,
     B, C, R, G, s_xm, s_xb, s_xc, s_rm, s_rb, s_rf,
-    alpha, w_logit, w_repr, reg,
+    alpha, w_logit, w_repr, reg, t_logit, t_repr, t_reg,
     M: tl.constexpr, JOINT: tl.constexpr, LOGIT_METRIC: tl.constexpr, REPR_METRIC: tl.constexpr,
     NEED_GRAD: tl.constexpr, ACC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """One program. Inputs: x (M, B, C), r (M, B, R) strided; wl (G, C), bl (G,), wr (G, R), br (G,),
-    we (4G,), be (1,), prior (E,). Outputs (ACC dtype): loss (3,) = [logit, repr, reg], edge (E, B),
-    score (B, E); with NEED_GRAD the gradients of each term k at g*_ptr + k·s_gk: gx (M, B, C),
-    gr (M, B, R), gwl (G, C), gbl (G,), gwr (G, R), gbr (G,), gwe (4G,), gbe (1,).
-    ws: workspace (3E + 7M, B) in ACC.
+    we (4G,), be (1,), prior (E,). Outputs (ACC dtype): loss (3,) = [logit, repr, reg], total () =
+    Σ t·loss (weight-0 terms left out), edge (E, B), score (B, E), pbar (E,) = mean_b edge; with
+    NEED_GRAD the gradient rows
+    k = logit, repr, reg, total at g*_ptr + k·s_gk: gx (M, B, C), gr (M, B, R), gwl (G, C), gbl (G,),
+    gwr (G, R), gbr (G,), gwe (4G,), gbe (1,). ws: workspace (3E + 9M, B) in ACC.
     """
     E: tl.constexpr = M * (M - 1)
     o_e = tl.arange(0, BLOCK_E)
@@ -225,7 +236,7 @@ def graph_distill_fwd_kernel(
     ws_dr = ws_ptr + EB  # (E, B) repr distance, or cosine
     ws_inv = ws_ptr + 2 * EB  # (E, B) 1/sqrt((|r_j|²+eps)(|r_i|²+eps)) ('cosine')
     ws_nrm = ws_ptr + 3 * EB  # (M, B) |r_m|² ('cosine')
-    ws_ds = ws_ptr + 3 * EB + M * B  # (3, 2, M, B) d s, d t per term
+    ws_ds = ws_ptr + 3 * EB + M * B  # (4, 2, M, B) d s, d t per gradient row
 
     # score constant: a·[b_l; b_r] + c·[b_l; b_r] + b_e
     b_bl = tl.load(bl_ptr + o_g, mask=m_g, other=0.).to(ACC)  # [BG]
@@ -289,6 +300,7 @@ def graph_distill_fwd_kernel(
             tl.store(ws_dr + p_eb, b_dr, mask=m_be)
 
     b_pbar = b_sp / B  # [BE]
+    tl.store(pbar_ptr + o_e, b_pbar, mask=m_e)
     b_wbar = b_pbar + b_prior  # [BE] mean_b w
     loss_logit = w_logit * tl.sum(b_swl, 0) / B
     if REPR_METRIC == 2:
@@ -299,14 +311,21 @@ def graph_distill_fwd_kernel(
     tl.store(loss_ptr, loss_logit)
     tl.store(loss_ptr + 1, loss_repr)
     tl.store(loss_ptr + 2, loss_reg)
+    total = tl.where(t_logit != 0, t_logit * loss_logit, 0.)
+    total = total + tl.where(t_repr != 0, t_repr * loss_repr, 0.)
+    total = total + tl.where(t_reg != 0, t_reg * loss_reg, 0.)
+    tl.store(total_ptr, total)
 
     if NEED_GRAD:
         tl.debug_barrier()
-        # ---- pass B: softmax backward per term k (logit, repr, reg) → d s, d t per node ----
+        # ---- pass B: softmax backward per row k (logit, repr, reg, total) → d s, d t per node ----
         b_gp2 = 2. * reg * (b_pbar - b_prior) / B  # [BE] d L_reg / d p (all b)
         b_gp1c = w_repr * (b_swr / B) / B  # [BE] d L_repr / d p for 'cosine'
         MB = M * B
-        for k in tl.range(3, loop_unroll_factor=1, disable_licm=True):
+        for k in tl.range(4, loop_unroll_factor=1, disable_licm=True):
+            c_l = _row_coef(k, t_logit, 0)
+            c_r = _row_coef(k, t_repr, 1)
+            c_g = _row_coef(k, t_reg, 2)
             b_S = tl.zeros([BLOCK_E], dtype=ACC)  # Σ_b d e
             for b0 in tl.range(0, B, BLOCK_B, loop_unroll_factor=1, disable_licm=True):
                 o_b = b0 + tl.arange(0, BLOCK_B)
@@ -314,15 +333,16 @@ def graph_distill_fwd_kernel(
                 m_be = m_b[:, None] & m_e[None, :]
                 p_eb = o_e[None, :] * B + o_b[:, None]
                 b_p = tl.load(edge_ptr + p_eb, mask=m_be, other=0.)  # [BB, BE]
-                if k == 0:
-                    b_gp = w_logit * tl.load(ws_dl + p_eb, mask=m_be, other=0.) / B
-                elif k == 1:
+                b_gp = tl.zeros_like(b_p)  # d (Σ_t c_t term_t) / d p
+                if c_l != 0:
+                    b_gp += c_l * w_logit * tl.load(ws_dl + p_eb, mask=m_be, other=0.) / B
+                if c_r != 0:
                     if REPR_METRIC == 2:
-                        b_gp = b_gp1c[None, :] + tl.zeros_like(b_p)
+                        b_gp += c_r * b_gp1c[None, :]
                     else:
-                        b_gp = w_repr * tl.load(ws_dr + p_eb, mask=m_be, other=0.) / B
-                else:
-                    b_gp = b_gp2[None, :] + tl.zeros_like(b_p)
+                        b_gp += c_r * w_repr * tl.load(ws_dr + p_eb, mask=m_be, other=0.) / B
+                if c_g != 0:
+                    b_gp += c_g * b_gp2[None, :]
                 b_ge = alpha * b_p * (b_gp - _group_sum(b_p * b_gp, j_e, M, JOINT))  # [BB, BE]
                 b_ge = tl.where(m_be, b_ge, 0.)
                 b_S += tl.sum(b_ge, 0)
@@ -335,11 +355,11 @@ def graph_distill_fwd_kernel(
         # ---- pass C: input and parameter gradients, per feature space ----
         _bwd_feat(x_ptr, s_xm, s_xb, s_xc, C, wl_ptr, bl_ptr, we_ptr, 0, 2 * G, G,
                   gx_ptr, gwl_ptr, gbl_ptr, gwe_ptr, gbe_ptr, s_gk, edge_ptr, prior_ptr, ws_dl, ws_inv, ws_nrm, ws_ds,
-                  B, b_wbar, o_e, w_logit,
+                  B, b_wbar, o_e, w_logit, t_logit,
                   M, E, 0, LOGIT_METRIC, ACC, BLOCK_B, BLOCK_G, BLOCK_C)
         _bwd_feat(r_ptr, s_rm, s_rb, s_rf, R, wr_ptr, br_ptr, we_ptr, G, 3 * G, G,
                   gr_ptr, gwr_ptr, gbr_ptr, gwe_ptr, gbe_ptr, s_gk, edge_ptr, prior_ptr, ws_dr, ws_inv, ws_nrm, ws_ds,
-                  B, b_wbar, o_e, w_repr,
+                  B, b_wbar, o_e, w_repr, t_repr,
                   M, E, 1, REPR_METRIC, ACC, BLOCK_B, BLOCK_G, BLOCK_R)
 
 
@@ -358,18 +378,19 @@ def launch_config(M: int, B: int, C: int, R: int, G: int) -> dict:
 
 
 def grad_shapes(M: int, B: int, C: int, R: int, G: int) -> list[tuple[int, ...]]:
-    """Shapes of the gradient blocks in each row of the flat (3, N) gradient buffer, in input order."""
+    """Shapes of the gradient blocks in each row of the flat (4, N) gradient buffer, in input order."""
     return [(M, B, C), (M, B, R), (G, C), (G,), (G, R), (G,), (1, 4 * G), (1,)]
 
 
 def graph_distill_fwd(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, *,
                       alpha: float, joint: bool, logit_metric: str, repr_metric: str,
-                      w_logit_loss: float, w_repr_loss: float, reg: float, need_grad: bool):
+                      w_logit_loss: float, w_repr_loss: float, reg: float, need_grad: bool,
+                      total_weights=(1.0, 1.0, 1.0)):
     """Launch the fused kernel once. Shapes as in the reference; math in fp64 if any input is fp64
-    else fp32. Returns (loss (3,) = [logit, repr, reg], edges (E, B), scores (B, E), grads (3, N)) in
-    the math dtype: row k of grads holds the gradients of loss term k w.r.t. (logits, reprs, w_logit,
-    b_logit, w_repr, b_repr, w_edge, b_edge), flattened back to back (``grad_shapes``); (0, N) if not
-    need_grad.
+    else fp32. Returns (loss (3,) = [logit, repr, reg], total () = Σ total_weights·loss, edges (E, B),
+    scores (B, E), edge means (E,) over the batch, grads (4, N)) in the math dtype: row k of grads holds the gradients of loss term k
+    (k = 3: of the total) w.r.t. (logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge),
+    flattened back to back (``grad_shapes``); (0, N) if not need_grad.
     """
     M, B, C = logits.shape
     R = reprs.shape[2]
@@ -381,12 +402,14 @@ def graph_distill_fwd(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b
     w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior = (
         t.contiguous() for t in (w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior))
     loss = torch.empty(3, device=dev, dtype=acc)
+    total = torch.empty((), device=dev, dtype=acc)
+    edge_means = torch.empty(E, device=dev, dtype=acc)
     edges = torch.empty(E, B, device=dev, dtype=acc)
     scores = torch.empty(B, E, device=dev, dtype=acc)
     sizes = [math.prod(s) for s in grad_shapes(M, B, C, R, G)]
     N = sum(sizes)
-    grads = torch.empty(3 if need_grad else 0, N, device=dev, dtype=acc)
-    ws = torch.empty((3 * E + 7 * M) * B if need_grad else 1, device=dev, dtype=acc)
+    grads = torch.empty(4 if need_grad else 0, N, device=dev, dtype=acc)
+    ws = torch.empty((3 * E + 9 * M) * B if need_grad else 1, device=dev, dtype=acc)
     offsets = [0]
     for n in sizes[:-1]:
         offsets.append(offsets[-1] + n)
@@ -394,9 +417,9 @@ def graph_distill_fwd(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b
     cfg = launch_config(M, B, C, R, G)
     graph_distill_fwd_kernel[(1,)](
         logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior,
-        loss, edges, scores, ws, *g_ptrs, N,
+        loss, total, edges, scores, edge_means, ws, *g_ptrs, N,
         B, C, R, G, *logits.stride(), *reprs.stride(),
-        float(alpha), float(w_logit_loss), float(w_repr_loss), float(reg),
+        float(alpha), float(w_logit_loss), float(w_repr_loss), float(reg), *(float(t) for t in total_weights),
         M=M, JOINT=bool(joint), LOGIT_METRIC=METRICS[logit_metric], REPR_METRIC=METRICS[repr_metric],
         NEED_GRAD=bool(need_grad), ACC=tl.float64 if acc == torch.float64 else tl.float32, **cfg)
-    return loss, edges, scores, grads
+    return loss, total, edges, scores, edge_means, grads

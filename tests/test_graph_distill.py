@@ -40,7 +40,8 @@ def run(t, prior, backend, **kw):
 
 
 def grads_of(res, t, wts, g_edges=None, g_scores=None):
-    total = sum(w * getattr(res, n) for w, n in zip(wts, TERMS))
+    """Gradients of Σ wts·(logit, repr, reg[, total]) (+ edge/score terms)."""
+    total = sum(w * getattr(res, n) for w, n in zip(wts, (*TERMS, "loss_total")))
     if g_edges is not None:
         total = total + (res.edges * g_edges).sum() + (res.edge_scores * g_scores).sum()
     gs = torch.autograd.grad(total, [t[k] for k in PARAMS], allow_unused=True)
@@ -52,13 +53,18 @@ def detached_copy(t):
 
 
 def assert_parity(t, prior, *, rtol=1e-9, atol=1e-11, edge_grads=False, seed=0, ref_t=None, **kw):
-    """Loss terms, edges, scores and the gradients of a random mix of the terms, triton vs reference."""
+    """Loss terms, their total, edges, scores and the gradients of a random mix of the terms and the
+    total, triton vs reference. total_weights: random with one zero unless given."""
     gen = torch.Generator().manual_seed(seed + 7)
-    wts = torch.randn(3, generator=gen, dtype=torch.float64).tolist()
+    wts = torch.randn(4, generator=gen, dtype=torch.float64).tolist()
+    if "total_weights" not in kw:
+        tw = [round(x * 8) / 8 for x in torch.randn(3, generator=gen).tolist()]  # exact in fp32 (kernel scalars)
+        tw[seed % 3] = 0.0
+        kw["total_weights"] = tw
     ref_t = detached_copy(t) if ref_t is None else ref_t
     ours = run(t, prior, "triton", **kw)
     ref = run(ref_t, prior, "reference", **kw)
-    for name in (*TERMS, "edges", "edge_scores"):
+    for name in (*TERMS, "loss_total", "edges", "edge_scores", "edge_means"):
         a, b = getattr(ours, name), getattr(ref, name)
         assert a.shape == b.shape and a.dtype == b.dtype, name
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
@@ -109,6 +115,25 @@ def test_parity_fp64_large(M, B, C, R, G, scope, rm):
 def test_gradients_through_edges_and_scores(scope, rm):
     t, p = make_inputs(3, 5, 2, 9, 6, seed=3, scope=scope)
     assert_parity(t, p, edge_grads=True, softmax_scope=scope, repr_metric=rm)
+
+
+@pytest.mark.parametrize("tw,rm", [((1.0, 0.0, 1.0), "l1"), ((1.0, 1.0, 1.0), "cosine"), ((0.0, 2.5, -0.5), "l2")])
+def test_total_alone(tw, rm):
+    """loss_total = Σ tw·terms (weight-0 terms left out, bitwise as upstream's sum) and its gradient,
+    which the backward takes from the kernel's stored total row."""
+    t, p = make_inputs(3, 6, 1, 11, 8, seed=21)
+    ref_t = detached_copy(t)
+    ours, ref = run(t, p, "triton", total_weights=tw, repr_metric=rm), run(ref_t, p, "reference", total_weights=tw,
+                                                                           repr_metric=rm)
+    parts = [w * getattr(ref, n) for w, n in zip(tw, TERMS) if w != 0]
+    assert torch.equal(ref.loss_total, sum(parts[1:], parts[0]))
+    torch.testing.assert_close(ours.loss_total, ref.loss_total, rtol=1e-12, atol=0)
+    a = torch.autograd.grad(ours.loss_total, [t[k] for k in PARAMS])
+    b = torch.autograd.grad(ref.loss_total, [ref_t[k] for k in PARAMS], allow_unused=True)
+    for name, x, y in zip(PARAMS, a, b):
+        torch.testing.assert_close(x, torch.zeros_like(x) if y is None else y, rtol=1e-9, atol=1e-11, msg=name)
+    with pytest.raises(ValueError, match=r"total_weights: expected 3 weights"):
+        run(t, p, "triton", total_weights=(1.0, 1.0))
 
 
 def test_edges_only_gradient_and_no_edge_vjp_when_unused(monkeypatch):
@@ -351,3 +376,24 @@ def test_gpu_fixture_and_determinism(upstream_fixture):
     torch.testing.assert_close(res[0].edges.cpu(), io["edges_hetero"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(res[0].loss_repr.cpu(), upstream_fixture["losses"]["loss_repr_hetero"], rtol=1e-5, atol=1e-6)
     assert torch.equal(res[0].edges, res[1].edges) and torch.equal(res[0].loss_reg, res[1].loss_reg)
+
+
+@pytest.mark.parametrize("make", [homo_gd, hetero_gd])
+def test_launch_budget_fwd_bwd(monkeypatch, make):
+    """GDUnit forward + backward of loss_total: one Triton launch, plus autograd's seed gradient and
+    the backward's scale of the stored total row: 3 device kernels (issue 4: ≤ 3), no host sync.
+    (CPU proxy of the GPU profiler count that the benchmark records.)"""
+    import dmd_fast.kernels.graph_distill as kernels
+    from launch_count import count_launches
+    torch.manual_seed(0)
+    unit = make(50, backend="triton").to(DEV)
+    unit.check_finite = False  # DMDSystem's setting: no per-step host sync
+    x = torch.randn(3, 16, 1, device=DEV, requires_grad=True)
+    r = torch.randn(3, 16, unit.W_repr.in_features, device=DEV, requires_grad=True)
+    unit(x, r)  # warm (compile)
+    with count_launches(monkeypatch, kernels, "graph_distill_fwd_kernel") as c:
+        res = unit(x, r)
+        torch.autograd.grad(res.loss_total, [x, r, *unit.parameters()])
+    assert c.triton == ["graph_distill_fwd_kernel"] and c.syncs == []
+    assert c.total <= 3, (c.triton, c.aten_ops)
+    assert torch.equal(unit.last_mean_edges, res.edge_means)

@@ -329,8 +329,10 @@ def make_gd_inputs(case: GDCase, device, n_sets: int = 3, seed: int = 0) -> list
 
 
 def _gd_kwargs(case: GDCase) -> dict:
+    from dmd_fast.nn.gd_unit import HETERO_TOTAL_WEIGHTS, HOMO_TOTAL_WEIGHTS
     return dict(alpha=0.125, softmax_scope="joint", logit_metric="l1", repr_metric=case.repr_metric,
-                w_losses=(1.0, 10.0), reg=10.0)
+                w_losses=(1.0, 10.0), reg=10.0,
+                total_weights=HOMO_TOTAL_WEIGHTS if case.kind == "homo" else HETERO_TOTAL_WEIGHTS)
 
 
 def _build_gd_ours(case: GDCase, device, sample) -> Built:
@@ -380,8 +382,8 @@ GD_PROVIDERS = {
 
 
 def gd_losses(result) -> list:
-    """The three loss terms of a GraphDistillResult (what the backward starts from)."""
-    return [result.loss_logit, result.loss_repr, result.loss_reg]
+    """What the backward starts from: the unit's total (DMD's homo: logit + reg; hetero: all three terms)."""
+    return [result.loss_total]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -102,10 +102,11 @@ def _dmd_losses(outputs: dict, labels: torch.Tensor, gd_homo, gd_hetero, ort_sem
     homo = gd_homo(*gd_inputs(outputs, "homo"))
     hetero = gd_hetero(*gd_inputs(outputs, "hetero"))
     L["loss_reg_homo"], L["loss_logit_homo"], L["loss_repr_homo"] = homo.loss_reg, homo.loss_logit, homo.loss_repr
-    L["graph_distill_loss_homo"] = 0.05 * (homo.loss_logit + homo.loss_reg)
+    L["graph_distill_loss_homo"] = 0.05 * homo.loss_total  # logit + reg (the unit's total_weights)
     L["loss_reg_hetero"], L["loss_logit_hetero"], L["loss_repr_hetero"] = hetero.loss_reg, hetero.loss_logit, hetero.loss_repr
-    L["graph_distill_loss_hetero"] = 0.05 * (hetero.loss_logit + hetero.loss_repr + hetero.loss_reg)
+    L["graph_distill_loss_hetero"] = 0.05 * hetero.loss_total  # logit + repr + reg
     L["total"] = (L["loss_task"] + L["graph_distill_loss_homo"] + L["graph_distill_loss_hetero"]
                   + (L["loss_s_sr"] + L["loss_recon"] + (L["loss_sim"] + L["loss_ort"]) * 0.1) * 0.1)
     L["edges_homo"], L["edges_hetero"] = homo.edges, hetero.edges
+    L["edge_means_homo"], L["edge_means_hetero"] = homo.edge_means, hetero.edge_means  # (E,), detached
     return L

@@ -11,7 +11,8 @@ from torch import nn
 from dmd_fast.model.config import DMDConfig
 from dmd_fast.model.dmd import DMD
 from dmd_fast.model.losses import dmd_losses
-from dmd_fast.nn.gd_unit import HETERO_PRIOR_LOGITS, HOMO_PRIOR_LOGITS, GDUnit, prior_from_logits
+from dmd_fast.nn.gd_unit import (HETERO_PRIOR_LOGITS, HETERO_TOTAL_WEIGHTS, HOMO_PRIOR_LOGITS, HOMO_TOTAL_WEIGHTS,
+                                 GDUnit, prior_from_logits)
 
 
 
@@ -28,10 +29,10 @@ class DMDSystem(nn.Module):
                       check_finite=False)  # no per-step host sync; the trainer checks the loss per epoch
         self.gd_homo = GDUnit(hidden_size=d, gd_size=config.gd_size_homo,
                               gd_prior=prior_from_logits(HOMO_PRIOR_LOGITS) if homo_prior is None else homo_prior,
-                              repr_metric="l1", **common)
+                              repr_metric="l1", total_weights=HOMO_TOTAL_WEIGHTS, **common)
         self.gd_hetero = GDUnit(hidden_size=2 * d, gd_size=config.gd_size_hetero,
                                 gd_prior=prior_from_logits(HETERO_PRIOR_LOGITS) if hetero_prior is None else hetero_prior,
-                                repr_metric="cosine", **common)
+                                repr_metric="cosine", total_weights=HETERO_TOTAL_WEIGHTS, **common)
 
     def forward(self, text, audio, vision, labels=None):
         outputs = self.dmd(text, audio, vision)

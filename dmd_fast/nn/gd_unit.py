@@ -16,6 +16,8 @@ from dmd_fast.reference.graph_distill import GraphDistillResult, edge_names
 PRIOR_TEMPERATURE = 0.25
 HOMO_PRIOR_LOGITS = (0, 0, 1, 0, 1, 0)      # run.py: favours L→V, L→A
 HETERO_PRIOR_LOGITS = (0, 0, 1, 0, 1, 1)    # run.py: favours L→V, L→A, V→A
+HOMO_TOTAL_WEIGHTS = (1.0, 0.0, 1.0)   # DMD.py: homo total = logit + reg (repr computed, unused)
+HETERO_TOTAL_WEIGHTS = (1.0, 1.0, 1.0)  # DMD.py: hetero total = logit + repr + reg
 
 
 def prior_from_logits(logits: Sequence[float], temperature: float = PRIOR_TEMPERATURE) -> torch.Tensor:
@@ -30,14 +32,17 @@ class GDUnit(nn.Module):
     range(M)), gd_prior (E,), gd_reg, w_losses (logit, repr), metric (logit distance 'l1'|'l2'),
     alpha (softmax scale); keyword-only: repr_metric (default: ``metric``, as upstream's homo unit;
     the hetero unit uses 'cosine'), softmax_scope ('joint' as DMD, or 'target'), backend,
-    check_finite (NaN/inf check of the inputs each forward, a host sync; set False for speed).
+    check_finite (NaN/inf check of the inputs each forward, a host sync; set False for speed),
+    total_weights (weights of logit, repr, reg in the result's ``loss_total``; DMD's homo unit
+    (1, 0, 1): its repr term is computed but not trained on; hetero (1, 1, 1)).
     The prior is checked once here (sums to 1, or to 1 per target node for 'target').
     Attributes: ``last_mean_edges`` (E,) detached batch mean of the last forward's edge weights,
     without the prior (no host sync); ``edge_names`` in the same order.
     """
 
     def __init__(self, n_classes, hidden_size, gd_size, to_idx, from_idx, gd_prior, gd_reg, w_losses, metric,
-                 alpha=1 / 8, *, repr_metric=None, softmax_scope="joint", backend="auto", check_finite=True):
+                 alpha=1 / 8, *, repr_metric=None, softmax_scope="joint", backend="auto", check_finite=True,
+                 total_weights=(1.0, 1.0, 1.0)):
         super().__init__()
         to_idx, from_idx = list(to_idx), list(from_idx)
         M = len(to_idx)
@@ -66,6 +71,9 @@ class GDUnit(nn.Module):
         self.softmax_scope = softmax_scope
         self.backend = backend
         self.check_finite = check_finite
+        if len(total_weights) != 3:
+            raise ValueError(f"total_weights: expected 3 weights (logit, repr, reg), got {total_weights!r}")
+        self.total_weights = tuple(float(t) for t in total_weights)
         self.last_mean_edges: torch.Tensor | None = None
 
     @property
@@ -81,22 +89,25 @@ class GDUnit(nn.Module):
                             self.W_repr.bias, self.W_edge.weight, self.W_edge.bias, self.gd_prior,
                             alpha=self.alpha, softmax_scope=self.softmax_scope, logit_metric=self.metric,
                             repr_metric=self.repr_metric, w_losses=self.w_losses, reg=self.gd_reg,
-                            backend=self.backend, check_prior=False, check_finite=self.check_finite)
-        self.last_mean_edges = res.edges.detach().mean(1)
+                            total_weights=self.total_weights, backend=self.backend, check_prior=False,
+                            check_finite=self.check_finite)
+        self.last_mean_edges = res.edge_means
         return res
 
     def extra_repr(self) -> str:
         return (f"M={self.num_modalities}, gd_size={self.gd_size}, alpha={self.alpha}, metric={self.metric!r}, "
-                f"repr_metric={self.repr_metric!r}, softmax_scope={self.softmax_scope!r}, backend={self.backend!r}")
+                f"repr_metric={self.repr_metric!r}, softmax_scope={self.softmax_scope!r}, backend={self.backend!r}, "
+                f"total_weights={self.total_weights}")
 
 
 def homo_gd(hidden: int, backend: str = "auto") -> GDUnit:
-    """DMD's HomoGD: g=64, prior softmax([0,0,1,0,1,0]/0.25), l1 logits and reprs, w_losses (1, 10), reg 10."""
+    """DMD's HomoGD: g=64, prior softmax([0,0,1,0,1,0]/0.25), l1 logits and reprs, w_losses (1, 10), reg 10;
+    loss_total = logit + reg (upstream computes the repr term and leaves it out of the total)."""
     return GDUnit(1, hidden, 64, range(3), range(3), prior_from_logits(HOMO_PRIOR_LOGITS), 10.0, (1.0, 10.0),
-                  "l1", 1 / 8, repr_metric="l1", backend=backend)
+                  "l1", 1 / 8, repr_metric="l1", backend=backend, total_weights=HOMO_TOTAL_WEIGHTS)
 
 
 def hetero_gd(hidden: int, backend: str = "auto") -> GDUnit:
     """DMD's HeteroGD: g=32, prior softmax([0,0,1,0,1,1]/0.25), l1 logits, clamped-cosine reprs."""
     return GDUnit(1, hidden, 32, range(3), range(3), prior_from_logits(HETERO_PRIOR_LOGITS), 10.0, (1.0, 10.0),
-                  "l1", 1 / 8, repr_metric="cosine", backend=backend)
+                  "l1", 1 / 8, repr_metric="cosine", backend=backend, total_weights=HETERO_TOTAL_WEIGHTS)

@@ -2,8 +2,9 @@
 
 ``graph_distill`` has the reference's signature and semantics (``dmd_fast.reference.graph_distill``)
 plus ``backend``, ``check_prior`` and ``check_finite``. The Triton path is one kernel launch that
-returns the three loss terms, the edges and the per-term gradients; its backward only mixes those
-gradients with the upstream weights of the three terms. Gradients that reach the returned ``edges``
+returns the three loss terms, their weighted total, the edges and four gradient rows (one per term
+and one for the total); its backward scales the total's row by the incoming gradient (one launch),
+or mixes the term rows when the terms themselves are differentiated. Gradients that reach the returned ``edges``
 or ``edge_scores`` are supported too (a short PyTorch vector-Jacobian product, run only when such a
 gradient exists). ``prior`` is a constant: it gets no gradient on the Triton path.
 """
@@ -35,28 +36,31 @@ def _acc_dtype(*tensors) -> torch.dtype:
 def graph_distill_fwd(logits: Tensor, reprs: Tensor, w_logit: Tensor, b_logit: Tensor, w_repr: Tensor,
                       b_repr: Tensor, w_edge: Tensor, b_edge: Tensor, prior: Tensor, alpha: float,
                       joint: bool, logit_metric: str, repr_metric: str, w_logit_loss: float,
-                      w_repr_loss: float, reg: float, need_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Fused forward: loss (3,), edges (E, B), scores (B, E), per-term gradients (3, N) (see _grad_shapes)."""
+                      w_repr_loss: float, reg: float, need_grad: bool, total_weights: list[float]
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Fused forward: loss (3,), total (), edges (E, B), scores (B, E), edge means (E,), gradient rows (4, N)
+    (see _grad_shapes)."""
     from dmd_fast.kernels.graph_distill import graph_distill_fwd as launch
     return launch(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, alpha=alpha, joint=joint,
                   logit_metric=logit_metric, repr_metric=repr_metric, w_logit_loss=w_logit_loss,
-                  w_repr_loss=w_repr_loss, reg=reg, need_grad=need_grad)
+                  w_repr_loss=w_repr_loss, reg=reg, need_grad=need_grad, total_weights=total_weights)
 
 
 def _grad_shapes(M, B, C, R, G):
-    """Blocks of one row of the (3, N) gradient buffer: grads w.r.t. logits .. b_edge, back to back."""
+    """Blocks of one row of the (4, N) gradient buffer: grads w.r.t. logits .. b_edge, back to back."""
     return [(M, B, C), (M, B, R), (G, C), (G,), (G, R), (G,), (1, 4 * G), (1,)]
 
 
 @graph_distill_fwd.register_fake
 def _(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, alpha, joint, logit_metric,
-      repr_metric, w_logit_loss, w_repr_loss, reg, need_grad):
+      repr_metric, w_logit_loss, w_repr_loss, reg, need_grad, total_weights):
     M, B, C = logits.shape
     R, G = reprs.shape[2], w_logit.shape[0]
     acc = _acc_dtype(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior)
     N = sum(math.prod(s) for s in _grad_shapes(M, B, C, R, G))
     new = lambda *shape: logits.new_empty(shape, dtype=acc)  # noqa: E731
-    return new(3), new(M * (M - 1), B), new(B, M * (M - 1)), new(3 if need_grad else 0, N)
+    E = M * (M - 1)
+    return new(3), new(), new(E, B), new(B, E), new(E), new(4 if need_grad else 0, N)
 
 
 def _setup_context(ctx, inputs, output):
@@ -64,9 +68,9 @@ def _setup_context(ctx, inputs, output):
     ctx.alpha, ctx.joint = inputs[9], inputs[10]
     ctx.dtypes = [t.dtype for t in inputs[:8]]
     ctx.shapes = _grad_shapes(*logits.shape, reprs.shape[2], w_logit.shape[0])
-    ctx.mark_non_differentiable(output[3])
+    ctx.mark_non_differentiable(output[4], output[5])  # edge means: a detached readout
     ctx.set_materialize_grads(False)  # unused outputs give None: the edge VJP runs only when needed
-    ctx.save_for_backward(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, output[1], output[3])
+    ctx.save_for_backward(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, output[2], output[5])
 
 
 def _edge_vjp(ctx, logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, edges, g_edges, g_scores):
@@ -101,17 +105,22 @@ def _edge_vjp(ctx, logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, edge
     return gx, gr, gwl, gbl, gwr, gbr, g_we, total.view(1)
 
 
-def _backward(ctx, g_loss, g_edges, g_scores, _):
+def _backward(ctx, g_loss, g_total, g_edges, g_scores, _means, _grads):
     logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, edges, grads = ctx.saved_tensors
+    flat = None
+    if g_total is not None:  # the common case: one scale of the total's stored row
+        flat = g_total.to(grads.dtype) * grads[3]
+    if g_loss is not None:  # one (3,) x (3, N) product mixes the term rows
+        mixed = g_loss.to(grads.dtype) @ grads[:3]
+        flat = mixed if flat is None else flat + mixed
     out = None
-    if g_loss is not None:  # one (3,) x (3, N) product mixes the three stored gradients
-        flat = g_loss.to(grads.dtype) @ grads
+    if flat is not None:
         out = [g.view(s) for g, s in zip(flat.split([math.prod(s) for s in ctx.shapes]), ctx.shapes)]
     if g_edges is not None or g_scores is not None:
         extra = _edge_vjp(ctx, logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, edges, g_edges, g_scores)
         out = extra if out is None else [o + e for o, e in zip(out, extra)]
     out = [None] * 8 if out is None else [o.to(dt) for o, dt in zip(out, ctx.dtypes)]
-    return (*out, None, None, None, None, None, None, None, None, None)
+    return (*out, None, None, None, None, None, None, None, None, None, None)
 
 
 graph_distill_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -124,7 +133,8 @@ class _EagerGraphDistill(torch.autograd.Function):
     @staticmethod
     def forward(ctx, *inputs):
         from dmd_fast.kernels.graph_distill import graph_distill_fwd as launch
-        names = ("alpha", "joint", "logit_metric", "repr_metric", "w_logit_loss", "w_repr_loss", "reg", "need_grad")
+        names = ("alpha", "joint", "logit_metric", "repr_metric", "w_logit_loss", "w_repr_loss", "reg", "need_grad",
+                 "total_weights")
         out = launch(*inputs[:9], **dict(zip(names, inputs[9:])))
         _setup_context(ctx, inputs, out)
         return out
@@ -206,13 +216,16 @@ def _validate(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, p
 
 def graph_distill(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, *, alpha=0.125,
                   softmax_scope="joint", logit_metric="l1", repr_metric="l1", w_losses=(1.0, 10.0), reg=10.0,
-                  backend="auto", check_prior=True, check_finite=True) -> GraphDistillResult:
+                  total_weights=(1.0, 1.0, 1.0), backend="auto", check_prior=True,
+                  check_finite=True) -> GraphDistillResult:
     """One GD-unit; the reference's semantics (see ``dmd_fast.reference.graph_distill``).
 
     Args:
         logits: (M, B, C), reprs: (M, B, R) per modality, 2 <= M <= 8, R <= 1024.
         w_logit (g, C), b_logit (g,), w_repr (g, R), b_repr (g,), w_edge (1, 4g), b_edge (1,), g <= 128.
         prior: (E,) constant, E = M(M-1), upstream edge order.
+        total_weights: weights of (logit, repr, reg) in ``loss_total`` (0 leaves a term out). Backward
+            from ``loss_total`` alone is one launch (the kernel stores the total's gradient row).
         backend: 'auto' | 'triton' | 'reference' (see ``dmd_fast.ops.backend``).
         check_prior: raise unless the prior sums to 1 ('joint') or to 1 per target node ('target').
         check_finite: raise on NaN/inf logits or reprs (host sync). Both checks are skipped while
@@ -225,18 +238,21 @@ def graph_distill(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edg
     _validate(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, alpha=alpha,
               softmax_scope=softmax_scope, logit_metric=logit_metric, repr_metric=repr_metric, w_losses=w_losses,
               check_prior=check_prior, check_finite=check_finite)
+    if len(total_weights) != 3:
+        raise ValueError(f"total_weights: expected 3 weights (logit, repr, reg), got {total_weights!r}")
     kw = dict(alpha=alpha, softmax_scope=softmax_scope, logit_metric=logit_metric, repr_metric=repr_metric,
-              w_losses=tuple(w_losses), reg=reg)
+              w_losses=tuple(w_losses), reg=reg, total_weights=tuple(float(t) for t in total_weights))
     if resolve_backend(backend, logits.device, OP) == "reference":
         return reference_graph_distill(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, **kw)
     inputs = (logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge)
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
     args = (logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior.detach(), float(alpha),
             softmax_scope == "joint", logit_metric, repr_metric, float(w_losses[0]), float(w_losses[1]), float(reg),
-            need_grad)
+            need_grad, [float(t) for t in total_weights])
     out = graph_distill_fwd(*args) if torch.compiler.is_compiling() else _EagerGraphDistill.apply(*args)
-    loss, edges, scores = out[:3]
+    loss, total, edges, scores, means = out[:5]
     dt = logits.dtype
     for t in inputs[1:]:
         dt = torch.promote_types(dt, t.dtype)
-    return GraphDistillResult(loss[0].to(dt), loss[1].to(dt), loss[2].to(dt), edges.to(dt), scores.to(dt))
+    return GraphDistillResult(loss[0].to(dt), loss[1].to(dt), loss[2].to(dt), total.to(dt), edges.to(dt),
+                              scores.to(dt), means.to(dt))

@@ -36,14 +36,19 @@ class GraphDistillResult:
     """Loss terms (0-d) and edge weights.
 
     loss_logit, loss_repr, loss_reg: unweighted-by-unit terms (w_losses already applied).
+    loss_total: Σ total_weights · (logit, repr, reg), terms of weight 0 left out (DMD's homo
+        unit: logit + reg; hetero: all three).
     edges: (E, B) softmax edge weights without the prior.
     edge_scores: (B, E) raw edge scores before the softmax.
+    edge_means: (E,) batch mean of ``edges``, detached (the paper's edge readout; no gradient).
     """
     loss_logit: torch.Tensor
     loss_repr: torch.Tensor
     loss_reg: torch.Tensor
+    loss_total: torch.Tensor
     edges: torch.Tensor
     edge_scores: torch.Tensor
+    edge_means: torch.Tensor
 
 
 def _distance(student, teacher, metric):
@@ -75,7 +80,7 @@ def edge_softmax(scores: torch.Tensor, num_modalities: int, alpha: float, scope:
 
 def graph_distill(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, *,
                   alpha=0.125, softmax_scope="joint", logit_metric="l1", repr_metric="l1",
-                  w_losses=(1.0, 10.0), reg=10.0) -> GraphDistillResult:
+                  w_losses=(1.0, 10.0), reg=10.0, total_weights=(1.0, 1.0, 1.0)) -> GraphDistillResult:
     """One GD-unit: node embeddings, edge scores, edge softmax, weighted distillation losses.
 
     Args:
@@ -91,6 +96,7 @@ def graph_distill(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edg
             clamped cosine times mean_b of the weight).
         w_losses: (logit weight, repr weight).
         reg: weight of the prior regulariser Σ_x (mean_b E[x] − prior[x])².
+        total_weights: weights of (logit, repr, reg) in ``loss_total``; a 0 leaves the term out.
     """
     M, B = logits.shape[:2]
     z_logit = F.linear(logits.reshape(M * B, -1), w_logit, b_logit)
@@ -100,7 +106,8 @@ def graph_distill(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edg
     scores = torch.cat([F.linear(torch.cat((z[j], z[i]), dim=1), w_edge, b_edge) for j, i in pairs], dim=1)
     edges = edge_softmax(scores, M, alpha, softmax_scope).transpose(0, 1)  # (E, B)
 
-    loss_reg = (edges.mean(1) - prior).pow(2).sum() * reg
+    edge_means = edges.mean(1)
+    loss_reg = (edge_means - prior).pow(2).sum() * reg
     loss_logit = logits.new_zeros(())
     loss_repr = reprs.new_zeros(())
     for x, (j, i) in enumerate(pairs):
@@ -110,4 +117,17 @@ def graph_distill(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edg
             loss_repr = loss_repr + w_losses[1] * _clamped_cosine(reprs[j], reprs[i]).mean() * w.mean()
         else:
             loss_repr = loss_repr + w_losses[1] * (_distance(reprs[j], reprs[i], repr_metric) * w).mean()
-    return GraphDistillResult(loss_logit, loss_repr, loss_reg, edges, scores)
+    return GraphDistillResult(loss_logit, loss_repr, loss_reg,
+                              weighted_total((loss_logit, loss_repr, loss_reg), total_weights), edges, scores,
+                              edge_means.detach())
+
+
+def weighted_total(terms, weights) -> torch.Tensor:
+    """Σ w·term left to right, terms of weight 0 left out, weight-1 terms added as they are."""
+    total = None
+    for w, t in zip(weights, terms):
+        if w == 0:
+            continue
+        t = t if w == 1 else w * t
+        total = t if total is None else total + t
+    return terms[0].new_zeros(()) if total is None else total

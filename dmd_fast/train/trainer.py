@@ -144,8 +144,7 @@ class Trainer:
             if clip != -1.0:
                 torch.nn.utils.clip_grad_value_(self._params, clip)
         return {"total": losses["total"].detach().reshape(()), "pred": out["output_logit"].detach().view(-1),
-                "edges_homo": losses["edges_homo"].detach().mean(1),
-                "edges_hetero": losses["edges_hetero"].detach().mean(1)}
+                "edges_homo": losses["edge_means_homo"], "edges_hetero": losses["edge_means_hetero"]}
 
     # --- one epoch -------------------------------------------------------------------------
     def train_epoch(self) -> dict:
