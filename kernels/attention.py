@@ -31,7 +31,9 @@ Launchers are thin: no input validation (``dmd_fast.ops.attention`` validates).
 """
 from __future__ import annotations
 
+import functools
 import inspect
+import struct
 from collections import OrderedDict
 
 import torch
@@ -537,7 +539,8 @@ def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _hilo_split(x: float):
-    hi = float(torch.tensor(x, dtype=torch.float32))
+    """x as fp32 hi + lo (lo: the fp32 rounding error), without a tensor round trip."""
+    hi = struct.unpack("f", struct.pack("f", x))[0]
     return hi, float(x - hi)
 
 
@@ -546,6 +549,7 @@ def keep_threshold(dropout_p: float) -> int:
     return int(round(256.0 * (1.0 - dropout_p)))
 
 
+@functools.lru_cache(maxsize=256)
 def _scalars(scale: float, dropout_p: float):
     """Float arguments (hi, lo pairs) and the dropout threshold shared by all kernels."""
     qk = _hilo_split(scale * LOG2E)
@@ -668,12 +672,13 @@ def _descriptor(rows, device) -> torch.Tensor:
 
 def _f32_bits(x: float) -> int:
     """The fp32 bit pattern of x as a signed 32-bit integer (what the kernel bit-casts back)."""
-    return int(torch.tensor([x], dtype=torch.float32).view(torch.int32).item())
+    return struct.unpack("i", struct.pack("f", x))[0]
 
 
-def _drop_cols(dropout_p: float) -> list:
+@functools.lru_cache(maxsize=256)
+def _drop_cols(dropout_p: float) -> tuple:
     _, _, dr, thresh = _scalars(1.0, dropout_p)
-    return [thresh, _f32_bits(dr[0]), _f32_bits(dr[1])]
+    return thresh, _f32_bits(dr[0]), _f32_bits(dr[1])
 
 
 def _group_dropout(dropout_p, G) -> list:

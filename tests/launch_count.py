@@ -12,7 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
-NO_KERNEL = {aten.empty.memory_format, aten.empty_strided.default, aten.new_empty.default,
+NO_KERNEL = {aten.empty.memory_format, aten.empty_strided.default, aten.new_empty.default, aten.empty_like.default,
              aten.new_empty_strided.default, aten.detach.default, aten.alias.default, aten.lift_fresh.default}
 HOST_SYNC = {aten._local_scalar_dense.default, aten.item.default, aten.is_nonzero.default}
 
@@ -61,10 +61,10 @@ class _CountingKernel:
 
 
 @contextlib.contextmanager
-def count_launches(monkeypatch, module, *kernel_names):
-    """with count_launches(mp, kernels_module, 'kernel_a', ...) as c: ... → c.triton, c.aten_ops, c.syncs."""
+def count_launches(monkeypatch, *kernels):
+    """with count_launches(mp, (module, 'kernel_a'), ...) as c: ... → c.triton, c.aten_ops, c.syncs."""
     counter = LaunchCounter()
-    for name in kernel_names:
+    for module, name in kernels:
         monkeypatch.setattr(module, name, _CountingKernel(getattr(module, name), counter, name))
     with counter:
         yield counter
