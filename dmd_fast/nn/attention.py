@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn import Parameter
 
+from dmd_fast.nn.packed_projection import packed_in_projection
 from dmd_fast.ops.backend import check_backend_name
 
 
@@ -55,19 +56,17 @@ class MultiheadAttention(nn.Module):
             nn.init.constant_(self.in_proj_bias, 0.0)
             nn.init.constant_(self.out_proj.bias, 0.0)
 
-    def _in_proj(self, x, start, end):
-        bias = None if self.in_proj_bias is None else self.in_proj_bias[start:end]
-        return F.linear(x, self.in_proj_weight[start:end], bias)
+    def _in_proj_all(self, x):
+        """x @ in_proj_weightᵀ + in_proj_bias (the whole packed weight: no slice, so no slice backward)."""
+        return F.linear(x, self.in_proj_weight, self.in_proj_bias)
 
     def project(self, query, key, value):
-        """Upstream projections: one fused GEMM when q, k, v are one tensor, else three."""
-        E = self.embed_dim
+        """Upstream projections: one fused GEMM when q, k, v are one tensor, else three (whose packed
+        weight gradient is written in place, see ``packed_in_projection``)."""
         if query.data_ptr() == key.data_ptr() == value.data_ptr() and query.shape == key.shape:
-            q, k, v = self._in_proj(query, 0, None).chunk(3, dim=-1)
+            q, k, v = self._in_proj_all(query).chunk(3, dim=-1)
         else:
-            q = self._in_proj(query, 0, E)
-            k = self._in_proj(key, E, 2 * E)
-            v = self._in_proj(value, 2 * E, None)
+            q, k, v = packed_in_projection(query, key, value, self.in_proj_weight, self.in_proj_bias)
         return q * self.scaling, k, v
 
     def _heads(self, x):
