@@ -50,13 +50,15 @@ class RerunEngine:
             self.static[k].copy_(v)
 
 
-def _trainer(tmp, cfg=CFG, n=(44, 8, 8), epochs=2, device="cpu", cuda_graph=False, engine_cls=None):
+def _trainer(tmp, cfg=CFG, n=(44, 8, 8), epochs=2, device="cpu", cuda_graph=False, engine_cls=None,
+             backend="reference", **options):
     torch.manual_seed(5)
     loaders = make_loaders(synthetic_datasets(cfg, *n, seed=5), batch_size=cfg.batch_size, seed=5)
-    system = DMDSystem(cfg, backend="reference")
+    system = DMDSystem(cfg, backend=backend)
     engine = engine_cls(system.parameters()) if engine_cls else None
     tr = Trainer(system, loaders, TrainOptions(max_epochs=epochs, out_dir=str(tmp), device=device,
-                                               log_every_epoch=False, cuda_graph=cuda_graph), graph_engine=engine)
+                                               log_every_epoch=False, cuda_graph=cuda_graph, **options),
+                 graph_engine=engine)
     return tr, engine
 
 
@@ -108,10 +110,48 @@ def test_gpu_cuda_graph_trainer_matches_eager(tmp_path):
     torch.backends.cudnn.allow_tf32 = False
     cfg = get_preset("mosi-unaligned").replace(batch_size=16, **NO_DROPOUT)
     n = (16 * 6 + 5, 16, 16)
-    eager, _ = _trainer(tmp_path / "eager", cfg, n, epochs=1, device="cuda")
-    eager.fit()
-    graphed, _ = _trainer(tmp_path / "graph", cfg, n, epochs=1, device="cuda", cuda_graph=True)
-    graphed.fit()
-    assert graphed._step.captured and graphed._step.calls["replay"] == 3
-    for k, v in eager.system.state_dict().items():
-        torch.testing.assert_close(graphed.system.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    for backend in ("reference", "triton"):
+        eager, _ = _trainer(tmp_path / f"eager_{backend}", cfg, n, epochs=1, device="cuda", backend=backend)
+        eager.fit()
+        graphed, _ = _trainer(tmp_path / f"graph_{backend}", cfg, n, epochs=1, device="cuda", cuda_graph=True,
+                              backend=backend)
+        graphed.fit()
+        assert graphed._step.captured and graphed._step.calls["replay"] == 3
+        for k, v in eager.system.state_dict().items():
+            torch.testing.assert_close(graphed.system.state_dict()[k], v, rtol=1e-4, atol=1e-5,
+                                       msg=lambda m: f"{backend} {k}: {m}")
+
+
+@requires_cuda
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_gpu_cuda_graph_with_autocast_and_dropout(tmp_path, amp):
+    """Graph replay with autocast (fp16: the loss scaler's device tensors inside the graph) and
+    dropout (in-kernel Philox and torch's generator, fresh bits per replay): trains, stays finite."""
+    cfg = get_preset("mosi-unaligned").replace(batch_size=16)
+    tr, _ = _trainer(tmp_path, cfg, (16 * 8, 16, 16), epochs=2, device="cuda", cuda_graph=True,
+                     backend="triton", amp=amp)
+    tr.fit()
+    assert tr._step.captured and tr._step.calls["replay"] == 2 * 8 - 3
+    losses = [h["train"]["Loss"] for h in tr.history]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[1] < losses[0] * 1.5
+
+
+@requires_cuda
+def test_gpu_replays_draw_fresh_dropout():
+    """Each replay draws new dropout bits (the kernels' seed and torch's dropout both come from the
+    graph-safe default generator), as eager calls do."""
+    from dmd_fast.ops.attention import cross_modal_attention
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    k, v = (torch.randn(2, 2, 16, 5, device="cuda", generator=gen) for _ in range(2))
+
+    def fn(q):
+        o = cross_modal_attention(q, k, v, dropout_p=0.5, backend="triton")
+        return {"attn": o.detach(), "torch": torch.nn.functional.dropout(q, 0.5).detach()}
+    step = GraphedTrainStep(fn, [], "cuda", warmup=1)
+    q = torch.randn(2, 2, 8, 5, device="cuda", generator=gen)
+    step(q)
+    first = {n: t.clone() for n, t in step(q).items()}
+    second = step(q)
+    assert step.captured and step.calls["replay"] == 2
+    for name in ("attn", "torch"):
+        assert not torch.equal(first[name], second[name]), name
