@@ -84,16 +84,25 @@ def test_config_roundtrip_and_unknown_keys():
         DMDConfig.from_dict({"d_modle": 3})
 
 
-def test_mha_dense_mask_equals_offset_causal():
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_mha_dense_mask_equals_offset_causal(backend):
+    """Dense mask, offset-causal core and head-averaged weights agree; on the Triton backend the kernel
+    applies the q scale itself (no q * scaling), and every path must still use it exactly once."""
     torch.manual_seed(0)
-    mha = MultiheadAttention(12, 3, backend="reference").eval()
+    mha = MultiheadAttention(12, 3, backend=backend).eval()
+    ref = MultiheadAttention(12, 3, backend="reference").eval()
     with torch.no_grad():
         mha.in_proj_bias.uniform_(-0.1, 0.1)
+    ref.load_state_dict(mha.state_dict())
+    assert mha.folds_scale(torch.device("cpu")) == (backend == "triton")
     q, kv = torch.randn(7, 2, 12), torch.randn(11, 2, 12)
     dense = torch.zeros(7, 11).masked_fill(~offset_causal_mask(7, 11), float("-inf"))
     a, _ = mha(q, kv, kv, attn_mask=dense)
     b, w = mha(q, kv, kv, offset_causal=True, need_weights=True)
+    r, w_ref = ref(q, kv, kv, offset_causal=True, need_weights=True)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b, r, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w, w_ref, rtol=1e-5, atol=1e-6)
     assert w.shape == (2, 7, 11)
     torch.testing.assert_close(w.sum(-1), torch.ones(2, 7))
     assert (w[:, 0, 5:] == 0).all()  # query 0 sees keys 0..4 (|11 − 7| = 4)

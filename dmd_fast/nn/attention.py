@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import Parameter
 
 from dmd_fast.nn.packed_projection import packed_in_projection
-from dmd_fast.ops.backend import check_backend_name
+from dmd_fast.ops.backend import check_backend_name, resolve_backend
 
 
 class MultiheadAttention(nn.Module):
@@ -60,14 +60,25 @@ class MultiheadAttention(nn.Module):
         """x @ in_proj_weightᵀ + in_proj_bias (the whole packed weight: no slice, so no slice backward)."""
         return F.linear(x, self.in_proj_weight, self.in_proj_bias)
 
+    def folds_scale(self, device) -> bool:
+        """True when the core runs the kernel, which applies head_dim^-0.5 to q·kᵀ itself (no separate
+        q * scaling kernel forward and backward); the reference keeps upstream's q * scaling."""
+        from dmd_fast.ops.attention import OP
+        return resolve_backend(self.backend, device, OP) == "triton"
+
+    def attention_scale(self, device) -> float:
+        """The ``scale`` the core gets for this module's ``project`` output."""
+        return self.scaling if self.folds_scale(device) else 1.0
+
     def project(self, query, key, value):
         """Upstream projections: one fused GEMM when q, k, v are one tensor, else three (whose packed
-        weight gradient is written in place, see ``packed_in_projection``)."""
+        weight gradient is written in place, see ``packed_in_projection``). q is multiplied by
+        ``scaling`` unless the kernel applies it (``attention_scale``)."""
         if query.data_ptr() == key.data_ptr() == value.data_ptr() and query.shape == key.shape:
             q, k, v = self._in_proj_all(query).chunk(3, dim=-1)
         else:
             q, k, v = packed_in_projection(query, key, value, self.in_proj_weight, self.in_proj_bias)
-        return q * self.scaling, k, v
+        return (q if self.folds_scale(q.device) else q * self.scaling), k, v
 
     def _heads(self, x):
         """(T, B, E) → (B, H, T, D) view without a copy."""
@@ -75,11 +86,11 @@ class MultiheadAttention(nn.Module):
         return x.reshape(T, B, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
 
     def attend(self, qh, kh, vh, *, offset_causal=False, key_lengths=None):
-        """Attention core on (B, H, L, D) heads (q pre-scaled), with this module's dropout and backend."""
+        """Attention core on (B, H, L, D) heads from ``project``, with this module's dropout and backend."""
         p = self.attn_dropout if self.training else 0.0
         from dmd_fast.ops.attention import cross_modal_attention
         return cross_modal_attention(qh, kh, vh, key_lengths=key_lengths, offset_causal=offset_causal,
-                                     dropout_p=p, scale=1.0, backend=self.backend)
+                                     dropout_p=p, scale=self.attention_scale(qh.device), backend=self.backend)
 
     def merge(self, o):
         """(B, H, Tq, D) heads → out_proj of (Tq, B, E)."""
@@ -103,7 +114,8 @@ class MultiheadAttention(nn.Module):
                              "attention-weight output; pass offset_causal/key_lengths instead of a dense mask")
         if attn_mask is not None:
             p = self.attn_dropout if self.training else 0.0
-            o = _dense_mask_attention(qh, kh, vh, attn_mask, p)
+            qs = qh * self.scaling if self.folds_scale(qh.device) else qh  # the dense path is the reference math
+            o = _dense_mask_attention(qs, kh, vh, attn_mask, p)
         else:
             o = self.attend(qh, kh, vh, offset_causal=offset_causal, key_lengths=key_lengths)
         weights = None
@@ -117,7 +129,7 @@ class MultiheadAttention(nn.Module):
         reference (the fast path never materialises them); kept in ``last_weights`` when recording."""
         from dmd_fast.reference.attention import cross_modal_attention as reference_attention
         probs = reference_attention(qh, kh, vh, key_lengths=key_lengths, offset_causal=offset_causal,
-                                    scale=1.0, return_weights=True)[1]
+                                    scale=self.attention_scale(qh.device), return_weights=True)[1]
         weights = probs.mean(dim=1)
         if self.record_weights:
             self.last_weights = weights

@@ -46,7 +46,8 @@ def run_encoders_grouped(encoders, streams):
         problems = [layer.heads(x) if src is None else layer.heads(x, *src)
                     for layer, x, src in zip(layers, xs, sources)]
         ps = [layer.self_attn.attn_dropout if layer.training else 0.0 for layer in layers]
-        outs = cross_modal_attention_grouped(problems, offset_causal=offset_causal, dropout_p=ps, scale=1.0,
+        scale = layers[0].self_attn.attention_scale(problems[0][0].device)  # one head_dim per group
+        outs = cross_modal_attention_grouped(problems, offset_causal=offset_causal, dropout_p=ps, scale=scale,
                                              backend=backend)
         for layer, problem in zip(layers, problems):
             if layer.self_attn.record_weights:  # visualisation path, as the ungrouped layer does

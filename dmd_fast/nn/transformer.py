@@ -42,7 +42,8 @@ class TransformerEncoderLayer(nn.Module):
         self.layer_norms = nn.ModuleList([nn.LayerNorm(embed_dim) for _ in range(2)])
 
     def heads(self, x, x_k=None, x_v=None):
-        """LN0 then the attention projections: (q, k, v) as (B, H, L, D) views, q pre-scaled."""
+        """LN0 then the attention projections: (q, k, v) as (B, H, L, D) views; q is pre-scaled unless the
+        kernel applies the scale (``self_attn.attention_scale``)."""
         mha = self.self_attn
         h = self.layer_norms[0](x)
         if x_k is None and x_v is None:
