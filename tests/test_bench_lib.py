@@ -344,3 +344,24 @@ def test_recompile_check_skips_on_cpu():
     from dmd_fast.bench import suites as st
     out = st.recompile_check(st.SuiteOptions(quick=True), torch.device("cpu"), st.Budget(None))
     assert out["status"] == "skipped" and "interpreter" in out["reason"]
+
+
+def test_step_launch_counts_tiny():
+    """Kernels per DMD step counted at dispatch: the Triton backend launches fewer, never syncs, and
+    its Triton launches are one per grouped layer each way plus one per GD unit."""
+    from dmd_fast.bench.launches import format_counts, step_launch_counts
+    from dmd_fast.model.config import get_preset
+    res = step_launch_counts("tiny", batch=2)
+    ref, ours = res["backends"]["reference"], res["backends"]["triton"]
+    cfg = get_preset("tiny")
+    per_dir = 2 * cfg.nlevels + max(cfg.nlevels, 3)
+    assert ref["triton"] == 0 and ours["triton"] == 3 * per_dir + 2
+    assert ours["host_syncs"] == ref["host_syncs"] == 0
+    assert ours["kernels"] < ref["kernels"]
+    assert "| triton |" in format_counts(res)
+
+
+def test_launches_cli_bad_batch(capsys):
+    from dmd_fast.bench.launches import main
+    assert main(["--batch", "0"]) == 2
+    assert "--batch: expected >= 1, got 0" in capsys.readouterr().err

@@ -176,9 +176,10 @@ def _notes_col(row: dict, compact: bool = False) -> str:
     if row.get("note"):
         bits.append(row["note"])
     extra = row.get("extra") or {}
-    launches = extra.get("launches_fwdbwd")
-    if isinstance(launches, dict) and launches.get("status") == "ok":
-        bits.append(f"{launches['kernels']} kernels fwd+bwd")
+    for key, what in (("launches_fwdbwd", "kernels fwd+bwd"), ("kernels_per_call", "kernels per call")):
+        launches = extra.get(key)
+        if isinstance(launches, dict) and launches.get("status") == "ok":
+            bits.append(f"{launches['kernels']} {what}")
     first = max((m.get("first_call_ms") or 0.0 for m in (row.get("modes") or {}).values()), default=0.0)
     if first >= 1000.0:
         bits.append(f"first call {first / 1e3:.1f} s (compile/autotune, not timed)")

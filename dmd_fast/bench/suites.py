@@ -565,6 +565,8 @@ def run_model_item(rec: Recorder, opts: SuiteOptions, device, what: str, pname: 
             else:
                 row["memory"]["step"] = _measure(
                     lambda: peak_extra_memory(fn, *sets[0], device=device)).get("peak_extra_mb")
+                # device kernels per call, from the profiler (warm: the timing above compiled everything)
+                row["extra"]["kernels_per_call"] = _measure(lambda: bl.count_kernel_launches(fn, *sets[0]))
     row["status"] = m["status"]
     row["reason"] = m.get("reason")
     rec.add(row)

@@ -1,0 +1,175 @@
+"""Count the device kernels one DMD training step launches, on any machine (no GPU needed).
+
+A ``TorchDispatchMode`` sees every ATen op below autograd (forward, losses and backward); ops that
+run a device kernel are counted (views, allocations and dtype/shape-only ops are not), host scalar
+reads are counted apart (each is a device sync on a GPU), and Triton kernels are counted at their
+launch. ``execute_triton=False`` counts the Triton launches without running them (their outputs are
+left uninitialised): a DMD step has no data-dependent control flow, so the counts are those of a
+real step, and a CPU counts the Triton backend's mosi-sized step in seconds instead of minutes in
+the interpreter. On a GPU the profiler's count (``baselines.count_kernel_launches``) is the
+authority; this is the dispatch-level view of the same step.
+
+    python -m dmd_fast.bench.launches [--preset mosi-unaligned] [--batch 16] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import sys
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+NO_KERNEL = {aten.empty.memory_format, aten.empty_strided.default, aten.new_empty.default, aten.empty_like.default,
+             aten.new_empty_strided.default, aten.detach.default, aten.alias.default, aten.lift_fresh.default}
+HOST_SYNC = {aten._local_scalar_dense.default, aten.item.default, aten.is_nonzero.default}
+
+
+def _has_tensor(out) -> bool:
+    return any(isinstance(x, torch.Tensor) for x in torch.utils._pytree.tree_leaves(out))
+
+
+class LaunchCounter(TorchDispatchMode):
+    """Records ``aten_ops`` (ops that launch a kernel), ``triton`` (launched kernel names) and ``syncs``."""
+
+    def __init__(self):
+        super().__init__()
+        self.aten_ops: list[str] = []
+        self.triton: list[str] = []
+        self.syncs: list[str] = []
+        self._paused = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not self._paused:
+            if func in HOST_SYNC:
+                self.syncs.append(str(func))
+            elif not func.is_view and func not in NO_KERNEL and _has_tensor(out):
+                self.aten_ops.append(str(func))
+        return out
+
+    @property
+    def total(self) -> int:
+        return len(self.aten_ops) + len(self.triton)
+
+
+class _CountingKernel:
+    """Stands in for a ``@triton.jit`` function: ``kernel[grid](...)`` is counted, then run or not."""
+
+    def __init__(self, kernel, counter: LaunchCounter, name: str, execute: bool):
+        self.kernel, self.counter, self.name, self.execute = kernel, counter, name, execute
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            self.counter.triton.append(self.name)
+            if not self.execute:
+                return None
+            self.counter._paused = True  # the interpreter's own tensor traffic is not the step's
+            try:
+                return self.kernel[grid](*args, **kwargs)
+            finally:
+                self.counter._paused = False
+        return run
+
+
+@contextlib.contextmanager
+def count_launches(*kernels, execute_triton: bool = True):
+    """``with count_launches((module, "kernel_name"), ...) as c:`` → c.aten_ops, c.triton, c.syncs."""
+    counter = LaunchCounter()
+    saved = [(m, n, getattr(m, n)) for m, n in kernels]
+    try:
+        for m, n, k in saved:
+            setattr(m, n, _CountingKernel(k, counter, n, execute_triton))
+        with counter:
+            yield counter
+    finally:
+        for m, n, k in saved:
+            setattr(m, n, k)
+
+
+def dmd_kernels() -> list[tuple]:
+    """(module, name) of every Triton kernel dmd_fast launches."""
+    import dmd_fast.kernels.attention as ka
+    import dmd_fast.kernels.graph_distill as kg
+    return [(m, n) for m in (ka, kg) for n in sorted(vars(m)) if n.endswith("_kernel")]
+
+
+def step_launch_counts(preset: str = "mosi-unaligned", batch: int = 16, backends=("reference", "triton"),
+                       device: str = "cpu", execute_triton: bool = False) -> dict:
+    """Kernels of one DMD training step (forward, all losses, backward) per backend, after a warm-up step."""
+    from dmd_fast.model.config import get_preset
+    from dmd_fast.model.system import DMDSystem
+    cfg = get_preset(preset)
+    (tl, ta, tv), (dl, da, dv) = cfg.seq_lens, cfg.feature_dims
+    gen = torch.Generator().manual_seed(0)
+    batch_t = [t.to(device) for t in (torch.randn(batch, tl, dl, generator=gen), torch.randn(batch, ta, da, generator=gen),
+                                      torch.randn(batch, tv, dv, generator=gen), torch.randn(batch, generator=gen))]
+    out = {}
+    for backend in backends:
+        torch.manual_seed(0)
+        system = DMDSystem(cfg, backend=backend).to(device).train()
+        kernels = dmd_kernels() if backend != "reference" else []
+        for counted in (False, True):  # warm-up (compilation, caches), then the counted step
+            with count_launches(*kernels, execute_triton=execute_triton) as c:
+                _, losses = system(*batch_t)
+                losses["total"].backward()
+            system.zero_grad(set_to_none=True)
+        out[backend] = {"kernels": c.total, "aten": len(c.aten_ops), "triton": len(c.triton),
+                        "host_syncs": len(c.syncs),
+                        "top_aten": dict(collections.Counter(c.aten_ops).most_common(10)),
+                        "triton_by_kernel": dict(collections.Counter(c.triton))}
+    return {"preset": preset, "batch": batch, "device": device, "triton_executed": execute_triton,
+            "torch": torch.__version__, "commit": _git_commit(), "backends": out}
+
+
+def _git_commit() -> str | None:
+    import subprocess
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except Exception:
+        return None
+
+
+def format_counts(res: dict) -> str:
+    lines = [f"Kernels per DMD training step (preset {res['preset']}, B={res['batch']}; forward, every loss, "
+             f"backward), counted at dispatch on {res['device']}"
+             + ("" if res["triton_executed"] else " with Triton launches counted, not run") + ":", "",
+             "| backend | kernels | ATen | Triton | host syncs |", "|---|---:|---:|---:|---:|"]
+    for name, r in res["backends"].items():
+        lines.append(f"| {name} | {r['kernels']} | {r['aten']} | {r['triton']} | {r['host_syncs']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="mosi-unaligned")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--out", default=None, help="folder for launches.json / launches.md")
+    args = p.parse_args(argv)
+    if args.batch < 1:
+        print(f"launches: error: --batch: expected >= 1, got {args.batch}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # CPU tensors may take the Triton backend (not run)
+    try:
+        res = step_launch_counts(args.preset, args.batch)
+    except (KeyError, ValueError) as exc:
+        print(f"launches: error: {exc}", file=sys.stderr)
+        return 2
+    text = format_counts(res)
+    print(text)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "launches.json"), "w", encoding="utf-8") as f:
+            json.dump(res, f, indent=1)
+        with open(os.path.join(args.out, "launches.md"), "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
