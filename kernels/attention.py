@@ -644,26 +644,58 @@ def attention_bwd(do, q, k, v, o, lse, *, key_lengths=None, offset_causal=False,
     return dq, dk, dv
 
 
-# Descriptor tables are pure functions of their rows: cache them so a steady state (and CUDA-graph
-# capture after a warm-up call) does no host-to-device copy. An entry keeps its pinned host copy
-# alive (a captured copy reads it on replay), and nothing is evicted while a graph is captured.
+# Descriptor tables are pure functions of their rows: cache them so a steady state does no
+# host-to-device copy. An entry keeps its pinned host copy alive (an asynchronous copy reads it).
+# Under CUDA-graph capture nothing may be allocated on the host and the graph's copy node reads the
+# host rows on every replay, so tables built while capturing are staged in a pinned arena allocated
+# beforehand (at an eager grouped call), never reused, and kept for the life of the process.
 _DESC_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
 _DESC_CACHE_SIZE = 64
+_ARENA_VALUES = 1 << 18            # int64 values per pinned arena chunk (2 MiB)
+_ARENA = {"chunk": None, "used": 0}
+_CAPTURED_TABLES: list = []        # (host slice, device table) built during capture: never freed
+
+
+def _arena_ready(need: int = _ARENA_VALUES // 2):
+    """Outside capture: make sure the pinned arena has ``need`` free values (a new chunk if not; old
+    chunks stay alive through the slices that graphs read)."""
+    if _ARENA["chunk"] is None or _ARENA["used"] + need > _ARENA["chunk"].numel():
+        _ARENA["chunk"] = torch.empty(_ARENA_VALUES, dtype=torch.int64, pin_memory=True)
+        _ARENA["used"] = 0
+
+
+def _captured_descriptor(rows, device) -> torch.Tensor:
+    n = len(rows) * len(rows[0])
+    chunk = _ARENA["chunk"]
+    if chunk is None or _ARENA["used"] + n > chunk.numel():
+        raise RuntimeError("grouped attention under CUDA-graph capture: the pinned descriptor arena is "
+                           + ("not allocated" if chunk is None else "full")
+                           + "; run the captured function once eagerly (a warm-up call) before capturing")
+    host = chunk[_ARENA["used"]:_ARENA["used"] + n]
+    _ARENA["used"] += n
+    host.copy_(torch.tensor(rows, dtype=torch.int64).view(-1))  # CPU only
+    dev = torch.empty((len(rows), len(rows[0])), dtype=torch.int64, device=device)
+    dev.view(-1).copy_(host, non_blocking=True)  # captured: a copy node that reads `host` on each replay
+    _CAPTURED_TABLES.append((host, dev))
+    return dev
 
 
 def _descriptor(rows, device) -> torch.Tensor:
+    cuda = torch.device(device).type == "cuda"
+    if cuda and torch.cuda.is_current_stream_capturing():
+        return _captured_descriptor(rows, device)
     key = (str(device), tuple(tuple(r) for r in rows))
     entry = _DESC_CACHE.get(key)
     if entry is None:
         host = torch.tensor(rows, dtype=torch.int64)
-        if torch.device(device).type == "cuda":
+        if cuda:
+            _arena_ready()
             host = host.pin_memory()
             entry = (host, host.to(device, non_blocking=True))
         else:
             entry = (host, host)
         _DESC_CACHE[key] = entry
-        capturing = torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing()
-        if len(_DESC_CACHE) > _DESC_CACHE_SIZE and not capturing:
+        if len(_DESC_CACHE) > _DESC_CACHE_SIZE:
             _DESC_CACHE.popitem(last=False)
     else:
         _DESC_CACHE.move_to_end(key)

@@ -505,6 +505,37 @@ def test_gpu_cuda_graph_capture():
 
 
 @gpu
+def test_gpu_grouped_cuda_graph_capture_survives_cache_eviction():
+    """Grouped fwd + bwd captured in a CUDA graph: the descriptor tables built while capturing (pinned
+    arena, no host allocation) stay valid after the eager cache has evicted everything; replay equals
+    eager at p = 0."""
+    lens = {"t": 46, "a": 375, "v": 500}
+    pairs = [(a, b) for a in lens for b in lens if a != b]
+    probs = [make_inputs(16, 6, lens[a], lens[b], 5, torch.float32, 40 + i, "cuda", mask="both")
+             for i, (a, b) in enumerate(pairs)]
+
+    def f():
+        outs = cross_modal_attention_grouped([p[:3] for p in probs], key_lengths=[p[4] for p in probs],
+                                             offset_causal=True)
+        return outs, torch.autograd.grad(outs, [t for p in probs for t in p[:3]], [p[3] for p in probs])
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        eager = f()  # warm-up: compiles, allocates the pinned arena
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs, grads = f()
+    for i in range(ka._DESC_CACHE_SIZE + 8):  # evict every eager table (other addresses)
+        q, k, v = (t.clone() for t in probs[i % 6][:3])
+        cross_modal_attention_grouped([(q, k, v), (q, k, v)], offset_causal=True)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(outs, eager[0]))
+    assert all(torch.equal(a, b) for a, b in zip(grads, eager[1]))
+
+
+@gpu
 def test_gpu_torch_compile():
     q, k, v, do, kl = make_inputs(16, 6, 46, 496, 5, torch.bfloat16, 95, "cuda", mask="both")
     f = lambda q, k, v: cross_modal_attention(q, k, v, key_lengths=kl, offset_causal=True)  # noqa: E731
