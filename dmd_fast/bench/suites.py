@@ -427,24 +427,16 @@ def _model_config(quick: bool):
 
 
 class HeteroBranch(torch.nn.Module):
-    """DMD's six cross-modal encoders and three memory encoders on s features (T', B, d)."""
+    """DMD's six cross-modal encoders and three memory encoders on s features (T', B, d), through the
+    model's own ``hetero_branch`` (grouped launches on the Triton backend, one by one on the reference)."""
 
     def __init__(self, dmd):
         super().__init__()
-        for tgt, srcs in (("l", "av"), ("a", "lv"), ("v", "la")):
-            for src in srcs:
-                name = f"trans_{tgt}_with_{src}"
-                self.add_module(name, getattr(dmd, name))
-            self.add_module(f"trans_{tgt}_mem", getattr(dmd, f"trans_{tgt}_mem"))
+        self.dmd = dmd
 
     def forward(self, s_l, s_a, s_v):
-        s = {"l": s_l, "a": s_a, "v": s_v}
-        out = []
-        for tgt, (s1, s2) in (("l", ("a", "v")), ("a", ("l", "v")), ("v", ("l", "a"))):
-            h1 = getattr(self, f"trans_{tgt}_with_{s1}")(s[tgt], s[s1], s[s1])
-            h2 = getattr(self, f"trans_{tgt}_with_{s2}")(s[tgt], s[s2], s[s2])
-            out.append(getattr(self, f"trans_{tgt}_mem")(torch.cat([h1, h2], dim=2)))
-        return tuple(out)
+        h = self.dmd.hetero_branch({"l": s_l, "a": s_a, "v": s_v})
+        return h["l"], h["a"], h["v"]
 
 
 def _backend_for(pname: str, device) -> str:
@@ -500,7 +492,8 @@ def _build_hetero_step(pname: str, device, quick: bool):
     torch.manual_seed(0)
     branch = HeteroBranch(DMD(cfg, backend=backend)).to(device).train()
     model = torch.compile(branch) if pname == "compiled" else branch
-    params = [p for p in branch.parameters() if p.requires_grad]
+    params = [p for n, p in branch.named_parameters() if p.requires_grad
+              and n.startswith(("dmd.trans_l_", "dmd.trans_a_", "dmd.trans_v_"))]
     tl_, ta_, tv_ = cfg.conv_out_lens
     d = cfg.d_model
     gen = torch.Generator(device="cpu").manual_seed(2)

@@ -130,6 +130,16 @@ class DMD(nn.Module):
         """(T', B, d) → (B, T'·d), time-major (upstream's homo-head and proj_cosine input)."""
         return x.transpose(0, 1).reshape(x.shape[1], -1)
 
+    def hetero_branch(self, s_seq: dict) -> dict:
+        """The six cross-modal encoders then the three memory encoders on the private features
+        s_seq[m] (T'_m, B, d) → {m: (T'_m, B, 2d)} (grouped launches unless the backend is the reference)."""
+        pairs = [(tgt, src) for tgt, srcs in (("l", "av"), ("a", "lv"), ("v", "la")) for src in srcs]
+        cross = self._run([getattr(self, f"trans_{t}_with_{s}") for t, s in pairs],
+                          [(s_seq[t], s_seq[s], s_seq[s]) for t, s in pairs])
+        mem_in = [torch.cat([cross[2 * i], cross[2 * i + 1]], dim=2) for i in range(3)]  # l, a, v
+        mem = self._run([self.trans_l_mem, self.trans_a_mem, self.trans_v_mem], [(x, None, None) for x in mem_in])
+        return dict(zip("lav", mem))
+
     def forward(self, text, audio, vision):
         self.check_inputs(text, audio, vision)
         c = self.config
@@ -162,12 +172,7 @@ class DMD(nn.Module):
         c_proj = self.proj2_c(F.dropout(F.relu(self.proj1_c(c_fusion)), p=c.output_dropout, training=self.training))
         logits_c = self.out_layer_c(c_proj + c_fusion)
 
-        pairs = [(tgt, src) for tgt, srcs in (("l", "av"), ("a", "lv"), ("v", "la")) for src in srcs]
-        cross = self._run([getattr(self, f"trans_{t}_with_{s}") for t, s in pairs],
-                          [(s_seq[t], s_seq[s], s_seq[s]) for t, s in pairs])
-        mem_in = [torch.cat([cross[2 * i], cross[2 * i + 1]], dim=2) for i in range(3)]  # l, a, v
-        mem = self._run([self.trans_l_mem, self.trans_a_mem, self.trans_v_mem], [(x, None, None) for x in mem_in])
-        h = dict(zip("lav", mem))
+        h = self.hetero_branch(s_seq)
         last_h = {m: h[m][-1] for m in MODALITIES}
         for m in MODALITIES:  # heterogeneous heads
             hp = getattr(self, f"proj2_{m}_high")(
