@@ -33,12 +33,15 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import struct
 from collections import OrderedDict
 
 import torch
 import triton
 import triton.language as tl
+
+from .host_math import cdiv, next_pow2
 
 LOG2E = 1.4426950408889634
 
@@ -499,14 +502,17 @@ def _empty(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+# Triton decides at decoration (import) time whether the kernels run in the interpreter.
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def _interpreting() -> bool:
-    import os
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return _INTERPRETING
 
 
 def d_pad(head_dim: int) -> int:
     """Register tile width for a head_dim: max(16, next power of two)."""
-    return max(16, triton.next_power_of_2(head_dim))
+    return max(16, next_pow2(head_dim))
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per (kernel role, dtype class) and D_PAD, chosen offline
@@ -600,7 +606,7 @@ def attention_fwd(q, k, v, *, key_lengths=None, offset_causal=False, dropout_p=0
     bm, bn, launch = _block_args("fwd", D, q.dtype, block_m, block_n)
     _check_tile_offsets(max(bm, bn), q, k, v, o)
     (qk, _, dr, thresh) = _scalars(scale, dropout_p)
-    grid = (triton.cdiv(Lq, bm), B * H, 1)
+    grid = (cdiv(Lq, bm), B * H, 1)
     attention_fwd_kernel[grid](
         q, k, v, o, lse, key_lengths, seed if dropout_p > 0 else None, None,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o),
@@ -625,7 +631,7 @@ def attention_bwd(do, q, k, v, o, lse, *, key_lengths=None, offset_causal=False,
     if dq.numel():
         bm, bn, launch = _block_args("dq", D, q.dtype, block_m, block_n)
         _check_tile_offsets(max(bm, bn), q, k, v, o, do, dq)
-        attention_bwd_dq_kernel[(triton.cdiv(Lq, bm), B * H, 1)](
+        attention_bwd_dq_kernel[(cdiv(Lq, bm), B * H, 1)](
             q, k, v, o, lse, do, dq, key_lengths, seed, None,
             *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
             H, Lq, Lk, qk[0], qk[1], sm[0], sm[1], dr[0], dr[1], thresh,
@@ -634,7 +640,7 @@ def attention_bwd(do, q, k, v, o, lse, *, key_lengths=None, offset_causal=False,
     if dk.numel():
         bm, bn, launch = _block_args("dkv", D, q.dtype, block_m, block_n)
         _check_tile_offsets(max(bm, bn), q, k, v, o, do, dk, dv)
-        attention_bwd_dkv_kernel[(triton.cdiv(Lk, bn), B * H, 1)](
+        attention_bwd_dkv_kernel[(cdiv(Lk, bn), B * H, 1)](
             q, k, v, o, lse, do, dk, dv, key_lengths, seed, None,
             *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dk),
             *_strides(dv),
@@ -776,7 +782,7 @@ def attention_fwd_grouped(qs, ks, vs, *, key_lengths=None, offset_causal=False, 
     _check_tile_offsets(max(bm, bn), *qs, *ks, *vs, *os_)
     (qk, _, dr, thresh) = _scalars(scale, max(ps))  # dr, thresh: per problem from the descriptor
     drop = max(ps) > 0
-    grid = (max(triton.cdiv(q.shape[2], bm) for q in qs), B * H, G)
+    grid = (max(cdiv(q.shape[2], bm) for q in qs), B * H, G)
     if grid[0] == 0:
         return os_, lses
     attention_fwd_kernel[grid](
@@ -812,7 +818,7 @@ def attention_bwd_grouped(dos, qs, ks, vs, os_, lses, *, key_lengths=None, offse
     seed = seed if drop else None
     bm, bn, launch = _block_args("dq", D, qs[0].dtype, block_m, block_n)
     _check_tile_offsets(128, *qs, *ks, *vs, *os_, *dos, *dqs, *dks, *dvs)  # covers both kernels' blocks
-    grid = (max(triton.cdiv(q.shape[2], bm) for q in qs), B * H, G)
+    grid = (max(cdiv(q.shape[2], bm) for q in qs), B * H, G)
     if grid[0]:
         attention_bwd_dq_kernel[grid](
             qs[0], ks[0], vs[0], os_[0], lses[0], dos[0], dqs[0], kls[0], seed, desc,
@@ -820,7 +826,7 @@ def attention_bwd_grouped(dos, qs, ks, vs, os_, lses, *, key_lengths=None, offse
             **_constexprs(D, qs[0].dtype, bm, bn, offset_causal, has_kl, drop, True, input_precision),
             **launch)
     bm, bn, launch = _block_args("dkv", D, qs[0].dtype, block_m, block_n)
-    grid = (max(triton.cdiv(k.shape[2], bn) for k in ks), B * H, G)
+    grid = (max(cdiv(k.shape[2], bn) for k in ks), B * H, G)
     if grid[0]:
         attention_bwd_dkv_kernel[grid](
             qs[0], ks[0], vs[0], os_[0], lses[0], dos[0], dks[0], dvs[0], kls[0], seed, desc,
@@ -839,7 +845,7 @@ def attention_dropout_mask(seed, batch, heads, len_q, len_k, dropout_p, *, group
         return keep.bool()
     bm = block_m or 64
     bn = block_n or 64
-    grid = (triton.cdiv(len_q, bm), triton.cdiv(len_k, bn), batch * heads)
+    grid = (cdiv(len_q, bm), cdiv(len_k, bn), batch * heads)
     attention_dropout_mask_kernel[grid](seed, keep, heads, len_q, len_k, keep_threshold(dropout_p),
                                         group_index, BLOCK_M=bm, BLOCK_N=bn)
     return keep.view(torch.bool)

@@ -26,11 +26,14 @@ Loops use ``disable_licm``: hoisting chunk-invariant loads out of the batch loop
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import triton
 import triton.language as tl
+
+from .host_math import next_pow2
 
 METRICS = {"l1": 0, "l2": 1, "cosine": 2}
 COS_EPS = tl.constexpr(1e-12)  # ATen cosine_embedding_loss EPSILON
@@ -364,17 +367,23 @@ def graph_distill_fwd_kernel(
 
 
 def launch_config(M: int, B: int, C: int, R: int, G: int) -> dict:
+    """Tile sizes and launch options (a fresh dict; see ``_launch_config``)."""
+    return dict(_launch_config(M, B, C, R, G))
+
+
+@functools.lru_cache(maxsize=128)
+def _launch_config(M: int, B: int, C: int, R: int, G: int) -> dict:
     """Tile sizes and launch options. The edge tile holds all M(M−1) edges; batch and feature chunks
     bound the registers. 8 warps with maxnreg=255 (256 threads × 255 ≤ 64K registers: one CTA fits;
     without it ptxas caps at 128 and spills). No spills on sm_90 for the configurations in
     benchmarks/compile_check_gd.py (DMD's, and M up to 8 with g = 128, R = 1024)."""
     E = M * (M - 1)
-    BLOCK_E = triton.next_power_of_2(E)
-    BLOCK_G = max(triton.next_power_of_2(G), 2)
-    BLOCK_B = min(max(triton.next_power_of_2(B), 16), 64, max(16, 1024 // BLOCK_E))  # ≥ 16: fewer variants
-    BLOCK_R = min(max(triton.next_power_of_2(R), 16), 32 if BLOCK_G <= 64 and BLOCK_E <= 32 else 16)
-    return dict(BLOCK_B=BLOCK_B, BLOCK_E=BLOCK_E, BLOCK_M=triton.next_power_of_2(M), BLOCK_G=BLOCK_G,
-                BLOCK_C=min(triton.next_power_of_2(C), BLOCK_R), BLOCK_R=BLOCK_R, num_warps=8, maxnreg=255)
+    BLOCK_E = next_pow2(E)
+    BLOCK_G = max(next_pow2(G), 2)
+    BLOCK_B = min(max(next_pow2(B), 16), 64, max(16, 1024 // BLOCK_E))  # ≥ 16: fewer variants
+    BLOCK_R = min(max(next_pow2(R), 16), 32 if BLOCK_G <= 64 and BLOCK_E <= 32 else 16)
+    return dict(BLOCK_B=BLOCK_B, BLOCK_E=BLOCK_E, BLOCK_M=next_pow2(M), BLOCK_G=BLOCK_G,
+                BLOCK_C=min(next_pow2(C), BLOCK_R), BLOCK_R=BLOCK_R, num_warps=8, maxnreg=255)
 
 
 def grad_shapes(M: int, B: int, C: int, R: int, G: int) -> list[tuple[int, ...]]:

@@ -9,6 +9,7 @@ Rules (no silent fallback on CUDA):
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -22,7 +23,9 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+@functools.lru_cache(maxsize=1)
 def triton_importable() -> bool:
+    """Whether ``import triton`` works (checked once: it is asked on every op call)."""
     try:
         import triton  # noqa: F401
     except Exception:

@@ -28,6 +28,11 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _PRIOR_ATOL = 1e-4
 
 
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """t in dtype (no call at all when it already is: this runs ~20 times per unit and step)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _acc_dtype(*tensors) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
@@ -109,9 +114,9 @@ def _backward(ctx, g_loss, g_total, g_edges, g_scores, _means, _grads):
     logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, edges, grads = ctx.saved_tensors
     flat = None
     if g_total is not None:  # the common case: one scale of the total's stored row
-        flat = g_total.to(grads.dtype) * grads[3]
+        flat = _as(g_total, grads.dtype) * grads[3]
     if g_loss is not None:  # one (3,) x (3, N) product mixes the term rows
-        mixed = g_loss.to(grads.dtype) @ grads[:3]
+        mixed = _as(g_loss, grads.dtype) @ grads[:3]
         flat = mixed if flat is None else flat + mixed
     out = None
     if flat is not None:
@@ -119,7 +124,7 @@ def _backward(ctx, g_loss, g_total, g_edges, g_scores, _means, _grads):
     if g_edges is not None or g_scores is not None:
         extra = _edge_vjp(ctx, logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, edges, g_edges, g_scores)
         out = extra if out is None else [o + e for o, e in zip(out, extra)]
-    out = [None] * 8 if out is None else [o.to(dt) for o, dt in zip(out, ctx.dtypes)]
+    out = [None] * 8 if out is None else [_as(o, dt) for o, dt in zip(out, ctx.dtypes)]
     return (*out, None, None, None, None, None, None, None, None, None, None)
 
 
@@ -254,5 +259,5 @@ def graph_distill(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edg
     dt = logits.dtype
     for t in inputs[1:]:
         dt = torch.promote_types(dt, t.dtype)
-    return GraphDistillResult(loss[0].to(dt), loss[1].to(dt), loss[2].to(dt), total.to(dt), edges.to(dt),
-                              scores.to(dt), means.to(dt))
+    return GraphDistillResult(_as(loss[0], dt), _as(loss[1], dt), _as(loss[2], dt), _as(total, dt), _as(edges, dt),
+                              _as(scores, dt), _as(means, dt))
