@@ -656,7 +656,7 @@ def attention_bwd(do, q, k, v, o, lse, *, key_lengths=None, offset_causal=False,
 # host rows on every replay, so tables built while capturing are staged in a pinned arena allocated
 # beforehand (at an eager grouped call), never reused, and kept for the life of the process.
 _DESC_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
-_DESC_CACHE_SIZE = 64
+_DESC_CACHE_SIZE = 512  # a DMD training step uses 24 tables; room for eval batches and other shapes
 _ARENA_VALUES = 1 << 18            # int64 values per pinned arena chunk (2 MiB)
 _ARENA = {"chunk": None, "used": 0}
 _CAPTURED_TABLES: list = []        # (host slice, device table) built during capture: never freed
@@ -727,16 +727,22 @@ def _group_dropout(dropout_p, G) -> list:
     return ps
 
 
+# column of each tensor's pointer, and of its 4 strides (None: no strides stored)
+_DESC_PTR_COL = {name: i for i, name in enumerate(_DESC_SCALARS)}
+_DESC_STRIDE_COL = {name: _C_STRIDES + 4 * i for i, name in enumerate(_DESC_STRIDED)}
+
+
 def _desc_row(T_q, T_k, dropout_p=0.0, **tensors):
+    """One problem's descriptor row (built per grouped launch: kept to dict lookups and slices)."""
     row = [T_q, T_k] + [0] * (DESC_COLS - 2)
     row[_C_DROP:_C_DROP + 3] = _drop_cols(dropout_p)
     for name, t in tensors.items():
         if t is None:
             continue
-        row[_DESC_SCALARS.index(name)] = t.data_ptr()
-        if name in _DESC_STRIDED:
-            c = _C_STRIDES + 4 * _DESC_STRIDED.index(name)
-            row[c:c + 4] = list(t.stride())
+        row[_DESC_PTR_COL[name]] = t.data_ptr()
+        c = _DESC_STRIDE_COL.get(name)
+        if c is not None:
+            row[c:c + 4] = t.stride()
     return row
 
 
