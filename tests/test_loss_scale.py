@@ -22,6 +22,8 @@ def _train(model, scaler, batches, clip, window=2):
     for i, (x, y) in enumerate(batches):
         if i % window == 0:
             opt.zero_grad(set_to_none=False)
+            if scaler is not None:
+                scaler.begin_window()
         loss = torch.nn.functional.mse_loss(model(x), y)
         if scaler is None:
             loss.backward()
@@ -85,6 +87,27 @@ def test_overflow_skips_the_step_and_backs_off():
     assert scaler.get_scale() == 2.0 ** 9
 
 
+def test_overflow_in_a_dropped_window_does_not_skip_the_next_step():
+    """Upstream drops a trailing partial window without a step; its overflow must not leak into the
+    next window (begin_window at the zeroing clears it)."""
+    model = _model()
+    scaler = ClipAwareLossScaler("cpu", init_scale=2.0 ** 10)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
+    x, y = _batches(1)[0]
+    opt.zero_grad(set_to_none=False)
+    scaler.begin_window()
+    scaler.scale(torch.nn.functional.mse_loss(model(x), y) * float("inf")).backward()
+    scaler.clip_(model.parameters(), 0.05)  # dropped window: no step
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad(set_to_none=False)
+    scaler.begin_window()
+    scaler.scale(torch.nn.functional.mse_loss(model(x), y)).backward()
+    scaler.clip_(model.parameters(), 0.05)
+    scaler.step(opt)
+    assert not any(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert scaler.get_scale() == 2.0 ** 10
+
+
 def test_growth_after_interval_and_state_roundtrip():
     model = _model()
     scaler = ClipAwareLossScaler("cpu", init_scale=4.0, growth_interval=2)
@@ -102,6 +125,10 @@ def test_bad_arguments():
         ClipAwareLossScaler("cpu", backoff_factor=1.5)
     with pytest.raises(ValueError, match="init_scale"):
         ClipAwareLossScaler("cpu", init_scale=0)
+    with pytest.raises(ValueError, match="powers of two"):
+        ClipAwareLossScaler("cpu", init_scale=1000.0)
+    with pytest.raises(ValueError, match="growth_factor"):
+        ClipAwareLossScaler("cpu", growth_factor=1.5)
     model = _model()
     scaler = ClipAwareLossScaler("cpu")
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)

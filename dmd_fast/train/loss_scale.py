@@ -17,26 +17,35 @@ clean steps, as GradScaler does. Nothing here reads a value back to the host.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+
+
+def _pow2(x: float) -> bool:
+    return math.frexp(float(x))[0] == 0.5
 
 
 class ClipAwareLossScaler:
     """Loss scaler for fp16 autocast with per-backward value clipping.
 
-    Use: ``scaler.scale(loss).backward(); scaler.clip_(params, c)`` per mini-batch and
-    ``scaler.step(optimizer)`` at the end of each accumulation window. ``optimizer`` must be a
-    fused ``torch.optim.Adam``/``AdamW`` (it unscales and skips inside its kernel).
+    Use: ``scaler.begin_window()`` where the gradients are zeroed, ``scaler.scale(loss).backward();
+    scaler.clip_(params, c)`` per mini-batch and ``scaler.step(optimizer)`` at the end of each
+    accumulation window. ``optimizer`` must be a fused ``torch.optim.Adam``/``AdamW`` (it unscales
+    and skips inside its kernel). The loss should be fp32 (2¹⁶ does not fit fp16). Scales and
+    factors must be powers of two: that is what makes scaling exact.
     """
 
     def __init__(self, device, init_scale: float = 2.0 ** 16, growth_factor: float = 2.0,
                  backoff_factor: float = 0.5, growth_interval: int = 2000):
-        for name, val, ok in (("init_scale", init_scale, init_scale > 0),
-                              ("growth_factor", growth_factor, growth_factor > 1),
-                              ("backoff_factor", backoff_factor, 0 < backoff_factor < 1),
+        for name, val, ok in (("init_scale", init_scale, init_scale > 0 and _pow2(init_scale)),
+                              ("growth_factor", growth_factor, growth_factor > 1 and _pow2(growth_factor)),
+                              ("backoff_factor", backoff_factor, 0 < backoff_factor < 1 and _pow2(backoff_factor)),
                               ("growth_interval", growth_interval, growth_interval >= 1)):
             if not ok:
-                raise ValueError(f"ClipAwareLossScaler: {name} out of range, got {val!r}")
+                raise ValueError(f"ClipAwareLossScaler: {name} out of range (scale and factors must be powers "
+                                 f"of two, growth > 1, backoff in (0, 1), interval >= 1), got {val!r}")
         self.device = torch.device(device)
         self.growth_factor, self.backoff_factor = float(growth_factor), float(backoff_factor)
         self.growth_interval = int(growth_interval)
@@ -46,9 +55,14 @@ class ClipAwareLossScaler:
         self._found_inf = torch.zeros((), dtype=torch.float32, device=self.device)
 
     # --- per mini-batch ------------------------------------------------------------------------
+    def begin_window(self) -> None:
+        """A new accumulation window (gradients were just zeroed): forget non-finite values seen in a
+        window that was dropped without a step (upstream discards a trailing partial window)."""
+        self._found_inf.zero_()
+
     def scale(self, loss: Tensor) -> Tensor:
-        """loss · S (call ``.backward()`` on the result)."""
-        return loss * self._scale.to(loss.dtype)
+        """loss · S in fp32 (call ``.backward()`` on the result)."""
+        return loss * self._scale
 
     def clip_(self, params, clip_value: float | None) -> None:
         """After a backward: record non-finite gradients, then clamp the true running sum to ±clip_value.

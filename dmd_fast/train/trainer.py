@@ -163,6 +163,8 @@ class Trainer:
         for batch in bar:
             if left == cfg.update_epochs:
                 self.optimizer.zero_grad(set_to_none=False)
+                if self.scaler is not None:
+                    self.scaler.begin_window()
             left -= 1
             text, audio, vision, labels = _to(batch, self.device)
             res = self._step(text, audio, vision, labels)
