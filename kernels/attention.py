@@ -660,6 +660,7 @@ _DESC_CACHE_SIZE = 512  # a DMD training step uses 24 tables; room for eval batc
 _ARENA_VALUES = 1 << 18            # int64 values per pinned arena chunk (2 MiB)
 _ARENA = {"chunk": None, "used": 0}
 _CAPTURED_TABLES: list = []        # (host slice, device table) built during capture: never freed
+                                   # (a few KiB per grouped launch per captured graph)
 
 
 def _arena_ready(need: int = _ARENA_VALUES // 2):

@@ -526,9 +526,13 @@ def test_gpu_grouped_cuda_graph_capture_survives_cache_eviction():
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         outs, grads = f()
-    for i in range(ka._DESC_CACHE_SIZE + 8):  # evict every eager table (other addresses)
-        q, k, v = (t.clone() for t in probs[i % 6][:3])
+    warm_keys = set(ka._DESC_CACHE)
+    alive = []  # distinct live tensors: distinct addresses, so every call makes a new table
+    for _ in range(ka._DESC_CACHE_SIZE + 8):
+        q, k, v = (torch.randn(1, 1, 16, 5, device="cuda") for _ in range(3))
+        alive.append((q, k, v))
         cross_modal_attention_grouped([(q, k, v), (q, k, v)], offset_causal=True)
+    assert warm_keys and not warm_keys & set(ka._DESC_CACHE)  # the eager tables really were evicted
     graph.replay()
     torch.cuda.synchronize()
     assert all(torch.equal(a, b) for a, b in zip(outs, eager[0]))

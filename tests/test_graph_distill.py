@@ -117,7 +117,8 @@ def test_gradients_through_edges_and_scores(scope, rm):
     assert_parity(t, p, edge_grads=True, softmax_scope=scope, repr_metric=rm)
 
 
-@pytest.mark.parametrize("tw,rm", [((1.0, 0.0, 1.0), "l1"), ((1.0, 1.0, 1.0), "cosine"), ((0.0, 2.5, -0.5), "l2")])
+@pytest.mark.parametrize("tw,rm", [((1.0, 0.0, 1.0), "l1"), ((1.0, 1.0, 1.0), "cosine"), ((0.0, 2.5, -0.5), "l2"),
+                                   ((0.0, 0.0, 0.0), "l1")])
 def test_total_alone(tw, rm):
     """loss_total = Σ tw·terms (weight-0 terms left out, bitwise as upstream's sum) and its gradient,
     which the backward takes from the kernel's stored total row."""
@@ -125,7 +126,7 @@ def test_total_alone(tw, rm):
     ref_t = detached_copy(t)
     ours, ref = run(t, p, "triton", total_weights=tw, repr_metric=rm), run(ref_t, p, "reference", total_weights=tw,
                                                                            repr_metric=rm)
-    parts = [w * getattr(ref, n) for w, n in zip(tw, TERMS) if w != 0]
+    parts = [w * getattr(ref, n) for w, n in zip(tw, TERMS) if w != 0] or [ref.loss_logit * 0.0]
     assert torch.equal(ref.loss_total, sum(parts[1:], parts[0]))
     torch.testing.assert_close(ours.loss_total, ref.loss_total, rtol=1e-12, atol=0)
     a = torch.autograd.grad(ours.loss_total, [t[k] for k in PARAMS])
@@ -396,4 +397,4 @@ def test_launch_budget_fwd_bwd(make):
         torch.autograd.grad(res.loss_total, [x, r, *unit.parameters()])
     assert c.triton == ["graph_distill_fwd_kernel"] and c.syncs == []
     assert c.total <= 3, (c.triton, c.aten_ops)
-    assert torch.equal(unit.last_mean_edges, res.edge_means)
+    torch.testing.assert_close(unit.last_mean_edges, res.edges.detach().mean(1), rtol=1e-6, atol=1e-7)

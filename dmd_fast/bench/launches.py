@@ -1,9 +1,10 @@
 """Count the device kernels one DMD training step launches, on any machine (no GPU needed).
 
-A ``TorchDispatchMode`` sees every ATen op below autograd (forward, losses and backward); ops that
-run a device kernel are counted (views, allocations and dtype/shape-only ops are not), host scalar
-reads are counted apart (each is a device sync on a GPU), and Triton kernels are counted at their
-launch. ``execute_triton=False`` counts the Triton launches without running them (their outputs are
+A ``TorchDispatchMode`` sees every ATen op below autograd (forward, losses, backward with the
+trainer's in-place gradient accumulation, and upstream's clip); ops that touch tensors are counted
+(views, allocations and dtype/shape-only ops are not; in-place and ``_foreach`` ops are), host scalar
+reads (``.item()``-style, a device sync on a GPU) are counted apart, and Triton kernels are counted
+at their launch. Other host syncs (a copy to the CPU, ``nonzero``) are not detected on a CPU run. ``execute_triton=False`` counts the Triton launches without running them (their outputs are
 left uninitialised): a DMD step has no data-dependent control flow, so the counts are those of a
 real step, and a CPU counts the Triton backend's mosi-sized step in seconds instead of minutes in
 the interpreter. On a GPU the profiler's count (``baselines.count_kernel_launches``) is the
@@ -29,8 +30,10 @@ NO_KERNEL = {aten.empty.memory_format, aten.empty_strided.default, aten.new_empt
 HOST_SYNC = {aten._local_scalar_dense.default, aten.item.default, aten.is_nonzero.default}
 
 
-def _has_tensor(out) -> bool:
-    return any(isinstance(x, torch.Tensor) for x in torch.utils._pytree.tree_leaves(out))
+def _touches_tensors(func) -> bool:
+    """False for dtype/shape-only ops (``promote_types``...): no tensor among arguments or returns."""
+    schema = func._schema
+    return any("Tensor" in str(a.type) for a in (*schema.arguments, *schema.returns))
 
 
 class LaunchCounter(TorchDispatchMode):
@@ -48,7 +51,7 @@ class LaunchCounter(TorchDispatchMode):
         if not self._paused:
             if func in HOST_SYNC:
                 self.syncs.append(str(func))
-            elif not func.is_view and func not in NO_KERNEL and _has_tensor(out):
+            elif not func.is_view and func not in NO_KERNEL and _touches_tensors(func):
                 self.aten_ops.append(str(func))
         return out
 
@@ -100,7 +103,9 @@ def dmd_kernels() -> list[tuple]:
 
 def step_launch_counts(preset: str = "mosi-unaligned", batch: int = 16, backends=("reference", "triton"),
                        device: str = "cpu", execute_triton: bool = False) -> dict:
-    """Kernels of one DMD training step (forward, all losses, backward) per backend, after a warm-up step."""
+    """Kernels of one DMD mini-batch as the trainer runs it (forward, all losses, backward summed into
+    existing gradients, ``clip_grad_value_``) per backend, after a warm-up step; the optimizer step
+    (once per accumulation window) is not included."""
     from dmd_fast.model.config import get_preset
     from dmd_fast.model.system import DMDSystem
     cfg = get_preset(preset)
@@ -113,11 +118,13 @@ def step_launch_counts(preset: str = "mosi-unaligned", batch: int = 16, backends
         torch.manual_seed(0)
         system = DMDSystem(cfg, backend=backend).to(device).train()
         kernels = dmd_kernels() if backend != "reference" else []
-        for counted in (False, True):  # warm-up (compilation, caches), then the counted step
+        params = list(system.parameters())
+        for counted in (False, True):  # warm-up (compilation, caches, gradients allocated), then counted
+            system.zero_grad(set_to_none=False)  # the trainer zeroes in place: backward then accumulates
             with count_launches(*kernels, execute_triton=execute_triton) as c:
                 _, losses = system(*batch_t)
                 losses["total"].backward()
-            system.zero_grad(set_to_none=True)
+                torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
         out[backend] = {"kernels": c.total, "aten": len(c.aten_ops), "triton": len(c.triton),
                         "host_syncs": len(c.syncs),
                         "top_aten": dict(collections.Counter(c.aten_ops).most_common(10)),
@@ -136,10 +143,10 @@ def _git_commit() -> str | None:
 
 
 def format_counts(res: dict) -> str:
-    lines = [f"Kernels per DMD training step (preset {res['preset']}, B={res['batch']}; forward, every loss, "
-             f"backward), counted at dispatch on {res['device']}"
+    lines = [f"Kernels per DMD mini-batch (preset {res['preset']}, B={res['batch']}; forward, every loss, "
+             f"backward into existing gradients, clip), counted at dispatch on {res['device']}"
              + ("" if res["triton_executed"] else " with Triton launches counted, not run") + ":", "",
-             "| backend | kernels | ATen | Triton | host syncs |", "|---|---:|---:|---:|---:|"]
+             "| backend | kernels | ATen | Triton | host scalar reads |", "|---|---:|---:|---:|---:|"]
     for name, r in res["backends"].items():
         lines.append(f"| {name} | {r['kernels']} | {r['aten']} | {r['triton']} | {r['host_syncs']} |")
     return "\n".join(lines)

@@ -36,23 +36,26 @@ class CUDAGraphCapture:
         self.graph = None
 
     def warmup(self, fn: Callable, *args):
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            out = fn(*args)
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        with torch.cuda.device(self.device):
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                out = fn(*args)
+            torch.cuda.current_stream(self.device).wait_stream(side)
         return out
 
     def capture(self, fn: Callable, *args):
-        torch.cuda.synchronize(self.device)
-        self.graph = torch.cuda.CUDAGraph()
-        # thread_local: a pin-memory thread of the DataLoader must not invalidate the capture
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            out = fn(*args)
+        with torch.cuda.device(self.device):
+            torch.cuda.synchronize(self.device)
+            self.graph = torch.cuda.CUDAGraph()
+            # thread_local: a pin-memory thread of the DataLoader must not invalidate the capture
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                out = fn(*args)
         return out
 
     def replay(self):
-        self.graph.replay()
+        with torch.cuda.device(self.device):
+            self.graph.replay()
 
 
 class GraphedTrainStep:
