@@ -26,7 +26,17 @@ def _train(args) -> int:
         overrides["learning_rate"] = args.lr
     if args.ort == "per_sample":
         overrides["ort_semantics"] = "per_sample"
+    data_cfg = cfg.replace(**overrides) if overrides else cfg  # the data's shapes (precomputed text features)
+    bert = None
+    if args.bert:
+        from dmd_fast.model.text_encoder import local_bert_config
+        bert = local_bert_config(args.bert)
+        _, da, dv = cfg.feature_dims
+        # bert_config too: a checkpoint then rebuilds the model without the folder (weights are in it)
+        overrides.update(use_bert=True, bert_path=args.bert, bert_config=bert.to_dict(),
+                         feature_dims=(bert.hidden_size, da, dv))
     cfg = cfg.replace(**overrides) if overrides else cfg
+    text_key = "text_bert" if bert is not None else "text"
     threads = args.threads if args.threads is not None else (1 if cfg.name == "tiny" else None)
     if threads:
         torch.set_num_threads(threads)  # a tiny model runs fastest single-threaded on the CPU
@@ -39,11 +49,14 @@ def _train(args) -> int:
         torch.manual_seed(seed)
         if args.data == "synthetic":
             n_train, n_valid, n_test = args.synthetic_sizes
-            datasets = synthetic_datasets(cfg, n_train, n_valid, n_test, seed=args.data_seed)
+            datasets = synthetic_datasets(data_cfg, n_train, n_valid, n_test, seed=args.data_seed, text_key=text_key)
             source = f"synthetic ({n_train}/{n_valid}/{n_test} samples, preset {cfg.name})"
         else:
-            datasets = load_mmsa(args.data, expected=cfg)
+            datasets = load_mmsa(args.data, expected=data_cfg, text_key=text_key)
             source = args.data
+        if bert is not None:
+            from dmd_fast.model.text_encoder import check_token_ids
+            check_token_ids(datasets, bert.vocab_size)
         loaders = make_loaders(datasets, batch_size=cfg.batch_size, seed=seed,
                                pin_memory=pick_device(device).type == "cuda")
         if info.enabled:  # under torchrun: each rank trains on its share of every epoch
@@ -85,12 +98,15 @@ def _attention_map(args) -> int:
 
     ckpt = read_checkpoint(args.checkpoint)
     cfg = DMDConfig.from_dict(ckpt["config"])
+    if cfg.use_bert:  # the weights come from the checkpoint: build BERT from its config, not its folder
+        cfg = cfg.replace(bert_path=None)
     system = DMDSystem(cfg, backend="reference")
     system.load_state_dict(ckpt["model"], strict=True)
+    text_key = "text_bert" if cfg.use_bert else "text"
     if args.data == "synthetic":
-        datasets = synthetic_datasets(cfg, 1, 1, max(args.sample + 1, 1), seed=args.data_seed)
-    else:
-        datasets = load_mmsa(args.data, expected=cfg)
+        datasets = synthetic_datasets(cfg, 1, 1, max(args.sample + 1, 1), seed=args.data_seed, text_key=text_key)
+    else:  # with BERT the pickle's text features are not the model's width: shapes are checked by the model
+        datasets = load_mmsa(args.data, expected=None if cfg.use_bert else cfg, text_key=text_key)
     split = datasets[args.split]
     if not 0 <= args.sample < len(split):
         raise ValueError(f"--sample: expected 0 <= sample < {len(split)} for split {args.split!r}, got {args.sample}")
@@ -153,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run one training per seed and write OUT/seeds.md (metrics and edges, mean ± STD)")
     t.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data set")
     t.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: 1 for the tiny preset)")
+    t.add_argument("--bert", default=None, metavar="DIR",
+                   help="fine-tune an in-model BERT from a local folder (upstream use_bert=True) on the data's "
+                        "text_bert token ids; default: precomputed text features")
     t.add_argument("--ort", default="torch19", choices=("torch19", "per_sample"), help="orthogonality-loss semantics")
     t.add_argument("--out", default="runs/dmd")
     t.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
@@ -191,7 +210,7 @@ def main(argv=None) -> int:
         args.epochs = 12
     try:
         return args.func(args)
-    except (ValueError, TypeError, RuntimeError, FileNotFoundError, FloatingPointError) as exc:
+    except (ValueError, TypeError, RuntimeError, FileNotFoundError, FloatingPointError, ImportError) as exc:
         print(f"dmd-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -28,7 +28,8 @@ class DMDConfig:
     output_dropout: float = 0.5
     attn_mask: bool = True
     use_bert: bool = False
-    bert_config: dict | None = None
+    bert_config: dict | None = None      # a random BERT of this BertConfig (tests), or
+    bert_path: str | None = None         # a local Hugging Face BERT folder (never downloaded)
     # Graph distillation (run.py)
     gd_size_homo: int = 64
     gd_size_hetero: int = 32

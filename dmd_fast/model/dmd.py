@@ -35,7 +35,7 @@ class DMD(nn.Module):
         self.grouped = backend != "reference" if grouped is None else bool(grouped)
         if c.use_bert:
             from dmd_fast.model.text_encoder import BertTextEncoder
-            self.text_model = BertTextEncoder(c.bert_config)
+            self.text_model = BertTextEncoder(c.bert_config, pretrained_path=c.bert_path)
         d = c.d_model
         dl, da, dv = c.feature_dims
         kl, ka, kv = c.conv_kernels

@@ -32,3 +32,28 @@ class BertTextEncoder(nn.Module):
         ids, mask, segments = text[:, 0].long(), text[:, 1].float(), text[:, 2].long()
         with torch.set_grad_enabled(self.finetune and torch.is_grad_enabled()):
             return self.model(input_ids=ids, attention_mask=mask, token_type_ids=segments).last_hidden_state
+
+
+def local_bert_config(path: str):
+    """The ``transformers.BertConfig`` of a local BERT folder, or a clear error naming ``--bert``."""
+    import os
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--bert: expected a local BERT folder (config.json + weights, e.g. from "
+                                f"save_pretrained), got {path!r}, which is not a directory")
+    try:
+        from transformers import BertConfig
+    except ImportError as exc:
+        raise ImportError("--bert needs the 'bert' extra: pip install 'dmd-fast[bert]'") from exc
+    try:
+        return BertConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--bert: {path!r} holds no readable BERT config.json ({exc})") from exc
+
+
+def check_token_ids(datasets: dict, vocab_size: int) -> None:
+    """Token ids of every split's ``text_bert`` must index the BERT vocabulary (checked once, at load)."""
+    for split, ds in datasets.items():
+        ids = ds.text[:, 0]
+        if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
+            raise ValueError(f"text_bert: split {split!r} has token ids in [{int(ids.min())}, {int(ids.max())}], "
+                             f"expected [0, {vocab_size}) for this BERT's vocabulary")
