@@ -16,7 +16,8 @@ def _batches(n=4, seed=1):
 
 
 def _train(model, scaler, batches, clip, window=2):
-    """Upstream's window: zero, then per batch backward + clip, step after `window` batches."""
+    """Upstream's window: zero, then per batch backward + clip (-1: off, no clip call), step after
+    `window` batches."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
     params = list(model.parameters())
     for i, (x, y) in enumerate(batches):
@@ -27,7 +28,8 @@ def _train(model, scaler, batches, clip, window=2):
         loss = torch.nn.functional.mse_loss(model(x), y)
         if scaler is None:
             loss.backward()
-            torch.nn.utils.clip_grad_value_(params, clip)
+            if clip != -1.0:
+                torch.nn.utils.clip_grad_value_(params, clip)
         else:
             scaler.scale(loss).backward()
             scaler.clip_(params, clip)
@@ -41,15 +43,7 @@ def test_scaled_training_equals_unscaled_bitwise(clip):
     """fp32 math: scaling by a power of two, clipping the unscaled sum, and unscaling in Adam are exact."""
     batches = _batches(6)
     ref, ours = _model(), _model()
-    _train(ref, None, batches, clip) if clip != -1.0 else None
-    if clip == -1.0:  # upstream's "off": no clip call at all
-        opt = torch.optim.Adam(ref.parameters(), lr=1e-2, fused=True)
-        for i, (x, y) in enumerate(batches):
-            if i % 2 == 0:
-                opt.zero_grad(set_to_none=False)
-            torch.nn.functional.mse_loss(ref(x), y).backward()
-            if i % 2 == 1:
-                opt.step()
+    _train(ref, None, batches, clip)
     scaler = ClipAwareLossScaler("cpu", init_scale=2.0 ** 10)
     _train(ours, scaler, batches, clip)
     for a, b in zip(ref.parameters(), ours.parameters()):
@@ -64,25 +58,33 @@ def test_scaled_training_equals_unscaled_bitwise(clip):
         assert max(p.grad.abs().max().item() for p in ours.parameters()) == clip32 * scaler.get_scale()
 
 
-def test_overflow_skips_the_step_and_backs_off():
-    model = _model()
-    scaler = ClipAwareLossScaler("cpu", init_scale=2.0 ** 10)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
-    before = [p.detach().clone() for p in model.parameters()]
-    opt.zero_grad(set_to_none=False)
+def _one_batch_window(model, scaler, opt, overflow=False, step=True):
+    """Zero, one scaled backward (its loss times inf when `overflow`) + clip, then step unless not `step`."""
     x, y = _batches(1)[0]
-    scaler.scale(torch.nn.functional.mse_loss(model(x), y) * float("inf")).backward()
-    scaler.clip_(model.parameters(), 0.05)  # the clamp must not hide the inf
-    scaler.step(opt)
+    opt.zero_grad(set_to_none=False)
+    scaler.begin_window()
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    scaler.scale(loss * float("inf") if overflow else loss).backward()
+    scaler.clip_(model.parameters(), 0.05)  # the clamp must not hide an inf
+    if step:
+        scaler.step(opt)
+
+
+def _setup():
+    model = _model()
+    return model, ClipAwareLossScaler("cpu", init_scale=2.0 ** 10), torch.optim.Adam(model.parameters(), lr=1e-2,
+                                                                                      fused=True)
+
+
+def test_overflow_skips_the_step_and_backs_off():
+    model, scaler, opt = _setup()
+    before = [p.detach().clone() for p in model.parameters()]
+    _one_batch_window(model, scaler, opt, overflow=True)
     for a, b in zip(before, model.parameters()):
         assert torch.equal(a, b)
     assert all(s["step"].item() == 0 for s in opt.state.values())
     assert scaler.get_scale() == 2.0 ** 9
-    # a clean window afterwards updates the parameters
-    opt.zero_grad(set_to_none=False)
-    scaler.scale(torch.nn.functional.mse_loss(model(x), y)).backward()
-    scaler.clip_(model.parameters(), 0.05)
-    scaler.step(opt)
+    _one_batch_window(model, scaler, opt)  # a clean window afterwards updates the parameters
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert scaler.get_scale() == 2.0 ** 9
 
@@ -90,20 +92,10 @@ def test_overflow_skips_the_step_and_backs_off():
 def test_overflow_in_a_dropped_window_does_not_skip_the_next_step():
     """Upstream drops a trailing partial window without a step; its overflow must not leak into the
     next window (begin_window at the zeroing clears it)."""
-    model = _model()
-    scaler = ClipAwareLossScaler("cpu", init_scale=2.0 ** 10)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
-    x, y = _batches(1)[0]
-    opt.zero_grad(set_to_none=False)
-    scaler.begin_window()
-    scaler.scale(torch.nn.functional.mse_loss(model(x), y) * float("inf")).backward()
-    scaler.clip_(model.parameters(), 0.05)  # dropped window: no step
+    model, scaler, opt = _setup()
+    _one_batch_window(model, scaler, opt, overflow=True, step=False)  # dropped window: no step
     before = [p.detach().clone() for p in model.parameters()]
-    opt.zero_grad(set_to_none=False)
-    scaler.begin_window()
-    scaler.scale(torch.nn.functional.mse_loss(model(x), y)).backward()
-    scaler.clip_(model.parameters(), 0.05)
-    scaler.step(opt)
+    _one_batch_window(model, scaler, opt)
     assert not any(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert scaler.get_scale() == 2.0 ** 10
 

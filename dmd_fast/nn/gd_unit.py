@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from dmd_fast.ops.graph_distill import graph_distill
+from dmd_fast.ops.graph_distill import check_total_weights, graph_distill
 from dmd_fast.reference.graph_distill import GraphDistillResult, edge_names
 
 PRIOR_TEMPERATURE = 0.25
@@ -71,9 +71,7 @@ class GDUnit(nn.Module):
         self.softmax_scope = softmax_scope
         self.backend = backend
         self.check_finite = check_finite
-        if len(total_weights) != 3:
-            raise ValueError(f"total_weights: expected 3 weights (logit, repr, reg), got {total_weights!r}")
-        self.total_weights = tuple(float(t) for t in total_weights)
+        self.total_weights = check_total_weights(total_weights)
         self.last_mean_edges: torch.Tensor | None = None
 
     @property

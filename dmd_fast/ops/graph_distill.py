@@ -33,6 +33,13 @@ def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
+def check_total_weights(total_weights) -> tuple[float, float, float]:
+    """The (logit, repr, reg) weights of ``loss_total`` as floats, or a ValueError naming the argument."""
+    if len(total_weights) != 3:
+        raise ValueError(f"total_weights: expected 3 weights (logit, repr, reg), got {total_weights!r}")
+    return tuple(float(t) for t in total_weights)
+
+
 def _acc_dtype(*tensors) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
@@ -243,17 +250,16 @@ def graph_distill(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edg
     _validate(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, alpha=alpha,
               softmax_scope=softmax_scope, logit_metric=logit_metric, repr_metric=repr_metric, w_losses=w_losses,
               check_prior=check_prior, check_finite=check_finite)
-    if len(total_weights) != 3:
-        raise ValueError(f"total_weights: expected 3 weights (logit, repr, reg), got {total_weights!r}")
+    total_weights = check_total_weights(total_weights)
     kw = dict(alpha=alpha, softmax_scope=softmax_scope, logit_metric=logit_metric, repr_metric=repr_metric,
-              w_losses=tuple(w_losses), reg=reg, total_weights=tuple(float(t) for t in total_weights))
+              w_losses=tuple(w_losses), reg=reg, total_weights=total_weights)
     if resolve_backend(backend, logits.device, OP) == "reference":
         return reference_graph_distill(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, **kw)
     inputs = (logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge)
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
     args = (logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior.detach(), float(alpha),
             softmax_scope == "joint", logit_metric, repr_metric, float(w_losses[0]), float(w_losses[1]), float(reg),
-            need_grad, [float(t) for t in total_weights])
+            need_grad, list(total_weights))
     out = graph_distill_fwd(*args) if torch.compiler.is_compiling() else _EagerGraphDistill.apply(*args)
     loss, total, edges, scores, means = out[:5]
     dt = logits.dtype
