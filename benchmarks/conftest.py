@@ -15,12 +15,6 @@ if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs CUDA (GPU tier)")
-    # the Triton 3.6 interpreter's own numpy deprecation notices, thousands per kernel run
-    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:triton.runtime.interpreter")
-
-
 @pytest.fixture(autouse=True)
 def _one_cpu_thread():
     """CPU tier: one intra-op thread while a benchmark runs (spinning OpenMP threads on a shared

@@ -88,10 +88,10 @@ say "GPU tests"
 # (tests/test_bench_lib.py checks that every file with a GPU test is listed here)
 GPU_TEST_FILES="tests/test_graphed_step.py tests/test_graph_distill.py tests/test_convergence.py tests/test_attention.py"
 # shellcheck disable=SC2086
-timeout -k 10 "$(cap 150 140)" $PY -m pytest -q $GPU_TEST_FILES -k "gpu or cuda or GPU" -p no:cacheprovider \
+timeout -k 10 "$(cap 150 140)" $PY -m pytest -q $GPU_TEST_FILES -m gpu -p no:cacheprovider \
     --durations=15 > "$OUTDIR/tests.log" 2>&1
 TESTS_RC=$?
-if [ "$TESTS_RC" -eq 5 ]; then echo "(no test matched -k 'gpu or cuda')" >> "$OUTDIR/tests.log"; TESTS_RC=0; fi
+if [ "$TESTS_RC" -eq 5 ]; then echo "(no test selected by -m gpu)" >> "$OUTDIR/tests.log"; TESTS_RC=0; fi
 tail -n 15 "$OUTDIR/tests.log"
 say "tests rc $TESTS_RC"
 

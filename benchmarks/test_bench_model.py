@@ -12,11 +12,10 @@ from dmd_fast.bench import suites as st
 CUDA = torch.cuda.is_available()
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+# model-level Triton is GPU tier: the interpreter takes tens of seconds per step
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("what", ["hetero", "step"])
 def test_model(bench, benchmark, bench_device, what, backend):
-    if backend == "triton" and not CUDA:
-        pytest.skip("model-level Triton runs on GPU only (the interpreter takes tens of seconds per step)")
     build = st._build_model_step if what == "step" else st._build_hetero_step
     try:
         fn, sets, samples, note = build("ours" if backend == "triton" else "eager", torch.device(bench_device),

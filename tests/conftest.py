@@ -21,8 +21,11 @@ def upstream_fixture():
     return torch.load(p, weights_only=True)
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs CUDA (GPU tier)")
-    # the Triton 3.6 interpreter's own numpy deprecation notices, thousands per kernel run
-    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:triton.runtime.interpreter")
-    config.addinivalue_line("markers", "slow: long CPU test")
+def pytest_collection_modifyitems(config, items):
+    """The GPU tier is the ``gpu`` marker (registered in pyproject.toml): skipped without CUDA."""
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="GPU tier (marker gpu): needs CUDA")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)

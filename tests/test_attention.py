@@ -17,7 +17,6 @@ from dmd_fast.reference import cross_modal_attention as reference
 
 HAS_CUDA = torch.cuda.is_available()
 DEV = "cuda" if HAS_CUDA else "cpu"  # the CPU tier's small cases also run compiled on a GPU machine
-gpu = pytest.mark.skipif(not HAS_CUDA, reason="GPU tier: needs CUDA")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy >= 1.25 in Triton's interpreter
 MASKS = {"none": (False, False), "causal": (True, False), "keylen": (False, True), "both": (True, True)}
 ATOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 2e-3, torch.float16: 5e-4}
@@ -399,7 +398,7 @@ GPU_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 GPU_SHAPES = [(46, 496), (496, 371), (500, 500), (498, 46), (371, 498)]
 
 
-@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
 @pytest.mark.parametrize("H,D", [(10, 5), (6, 5), (6, 10)])
 @pytest.mark.parametrize("Lq,Lk", GPU_SHAPES)
@@ -408,14 +407,14 @@ def test_gpu_parity(dtype, H, D, Lq, Lk, mask):
     check_parity(16, H, Lq, Lk, D, dtype, mask, seed=Lq + Lk + D, device="cuda")
 
 
-@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("D", [1, 16, 32, 64, 100, 128])
 def test_gpu_parity_head_dims(D):
     for dtype in GPU_DTYPES:
         check_parity(2, 2, 130, 257, D, dtype, "both", seed=D, device="cuda")
 
 
-@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
 def test_gpu_dropout(dtype):
     q, k, v, do, kl = make_inputs(16, 6, 496, 371, 5, dtype, 70, "cuda", mask="both")
@@ -430,7 +429,7 @@ def test_gpu_dropout(dtype):
         assert_rule(name, a, s, x, ATOL[dtype])
 
 
-@gpu
+@pytest.mark.gpu
 def test_gpu_determinism_and_layout():
     B, H, D, Tq, Tk = 16, 6, 5, 496, 371
     xq = torch.randn(Tq, B, H * D, device="cuda", requires_grad=True)
@@ -451,7 +450,7 @@ def test_gpu_determinism_and_layout():
     assert torch.equal(first[0], cont[0]) and all(torch.equal(a, b) for a, b in zip(first[1], cont[1]))
 
 
-@gpu
+@pytest.mark.gpu
 def test_gpu_no_recompile_across_lengths():
     def n_compiled():
         return sum(len(c[0]) for c in ka.attention_fwd_kernel.device_caches.values())
@@ -464,7 +463,7 @@ def test_gpu_no_recompile_across_lengths():
     assert n_compiled() == before
 
 
-@gpu
+@pytest.mark.gpu
 def test_gpu_grouped_six_pairs():
     lens = {"t": 46, "a": 375, "v": 500}
     pairs = [(a, b) for a in lens for b in lens if a != b]
@@ -479,7 +478,7 @@ def test_gpu_grouped_six_pairs():
         assert all(torch.equal(a, b) for a, b in zip(g, grads[3 * i:3 * i + 3]))
 
 
-@gpu
+@pytest.mark.gpu
 def test_gpu_cuda_graph_capture():
     """fwd + bwd with dropout captured in a CUDA graph: replays draw fresh masks, p=0 equals eager."""
     q, k, v, do, kl = make_inputs(16, 6, 496, 371, 5, torch.float32, 90, "cuda", mask="both")
@@ -504,7 +503,7 @@ def test_gpu_cuda_graph_capture():
             assert not torch.equal(first, out)
 
 
-@gpu
+@pytest.mark.gpu
 def test_gpu_grouped_cuda_graph_capture_survives_cache_eviction():
     """Grouped fwd + bwd captured in a CUDA graph: the descriptor tables built while capturing (pinned
     arena, no host allocation) stay valid after the eager cache has evicted everything; replay equals
@@ -539,7 +538,7 @@ def test_gpu_grouped_cuda_graph_capture_survives_cache_eviction():
     assert all(torch.equal(a, b) for a, b in zip(grads, eager[1]))
 
 
-@gpu
+@pytest.mark.gpu
 def test_gpu_torch_compile():
     q, k, v, do, kl = make_inputs(16, 6, 46, 496, 5, torch.bfloat16, 95, "cuda", mask="both")
     f = lambda q, k, v: cross_modal_attention(q, k, v, key_lengths=kl, offset_causal=True)  # noqa: E731

@@ -365,14 +365,3 @@ def test_launches_cli_bad_batch(capsys):
     from dmd_fast.bench.launches import main
     assert main(["--batch", "0"]) == 2
     assert "--batch: expected >= 1, got 0" in capsys.readouterr().err
-
-
-def test_every_gpu_test_file_is_in_gpu_check():
-    """benchmarks/gpu_check.sh lists the GPU-tier test files explicitly (priority order): none missing."""
-    import pathlib
-    import re
-    root = pathlib.Path(__file__).resolve().parents[1]
-    listed = re.search(r'GPU_TEST_FILES="([^"]+)"', (root / "benchmarks" / "gpu_check.sh").read_text()).group(1).split()
-    with_gpu = sorted(f"tests/{p.name}" for p in (root / "tests").glob("test_*.py")
-                      if re.search(r"^(def test_gpu_|@requires_cuda)", p.read_text(), re.MULTILINE))
-    assert with_gpu and sorted(listed) == with_gpu

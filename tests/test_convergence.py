@@ -3,13 +3,14 @@
 GPU tier: 200 optimizer steps of the full DMD step (MOSI-aligned preset, dropout 0, same seed and
 batches). On the CPU the same check runs for a few steps of the tiny preset under the interpreter.
 """
+import pytest
 import torch
 
 from dmd_fast.data.mmsa import make_loaders
 from dmd_fast.data.synthetic import synthetic_datasets
 from dmd_fast.model.config import get_preset
 from dmd_fast.model.system import DMDSystem
-from tiers import HAS_CUDA, requires_cuda
+from tiers import HAS_CUDA
 
 NO_DROPOUT = dict(attn_dropout=0.0, attn_dropout_a=0.0, attn_dropout_v=0.0, embed_dropout=0.0,
                   text_dropout=0.0, output_dropout=0.0, relu_dropout=0.0, res_dropout=0.0)
@@ -42,7 +43,7 @@ def test_convergence_tiny_interpreter():
     torch.testing.assert_close(c["triton"], c["reference"], rtol=1e-4, atol=1e-5)
 
 
-@requires_cuda
+@pytest.mark.gpu
 def test_gpu_convergence_200_steps():
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

@@ -10,7 +10,6 @@ from dmd_fast.ops.graph_distill import graph_distill
 from dmd_fast.reference.graph_distill import edge_names
 from dmd_fast.reference.graph_distill import graph_distill as reference
 from dmd_fast.train.edges import aggregate_edges, edge_readout, format_edge_table
-from tiers import requires_cuda
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU tier's small cases also run compiled on a GPU
 PARAMS = ("logits", "reprs", "w_logit", "b_logit", "w_repr", "b_repr", "w_edge", "b_edge")
@@ -343,7 +342,6 @@ def test_edge_readout_and_table():
 
 # ---- GPU tier ----
 
-@requires_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("B", [1, 16, 64])
@@ -367,7 +365,6 @@ def test_gpu_parity(M, scope, rm, R, G, B, dtype):
                                    msg=lambda m: f"grad {name}: {m}")
 
 
-@requires_cuda
 @pytest.mark.gpu
 def test_gpu_fixture_and_determinism(upstream_fixture):
     io = upstream_fixture["gd_io"]

@@ -14,7 +14,6 @@ from dmd_fast.model.config import get_preset
 from dmd_fast.model.system import DMDSystem
 from dmd_fast.train.graphed_step import CaptureError, GraphedTrainStep
 from dmd_fast.train.trainer import Trainer, TrainOptions
-from tiers import requires_cuda
 
 CFG = get_preset("tiny").replace(batch_size=8, update_epochs=2)
 NO_DROPOUT = dict(attn_dropout=0.0, attn_dropout_a=0.0, attn_dropout_v=0.0, embed_dropout=0.0,
@@ -104,7 +103,7 @@ def test_gradient_reallocation_during_capture_is_caught():
         step(torch.ones(2))
 
 
-@requires_cuda
+@pytest.mark.gpu
 def test_gpu_cuda_graph_trainer_matches_eager(tmp_path):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -122,7 +121,7 @@ def test_gpu_cuda_graph_trainer_matches_eager(tmp_path):
                                        msg=lambda m: f"{backend} {k}: {m}")
 
 
-@requires_cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_gpu_cuda_graph_with_autocast_and_dropout(tmp_path, amp):
     """Graph replay with autocast (fp16: the loss scaler's device tensors inside the graph) and
@@ -136,7 +135,7 @@ def test_gpu_cuda_graph_with_autocast_and_dropout(tmp_path, amp):
     assert all(torch.isfinite(torch.tensor(losses))) and losses[1] < losses[0] * 1.5
 
 
-@requires_cuda
+@pytest.mark.gpu
 def test_gpu_replays_draw_fresh_dropout():
     """Each replay draws new dropout bits (the kernels' seed and torch's dropout both come from the
     graph-safe default generator), as eager calls do."""
