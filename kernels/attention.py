@@ -21,8 +21,9 @@ strides. Semantics follow ``dmd_fast.reference.cross_modal_attention``.
   ``attention_bwd_dq_kernel`` (a program per query block walks the key blocks). No atomics:
   bitwise deterministic. Δ = rowsum(dO ∘ O) is recomputed inside both.
 - Grouped launches run G independent problems (same B, H, D, dtype) in one grid: a per-problem
-  int64 descriptor row holds lengths, data addresses and the b, h, t strides; the last-dim stride
-  is a shared kernel argument, so grouped and single launches compile to the same code.
+  int64 descriptor row (``LAYOUT``, machinery in ``kernels/grouped.py``) holds lengths, dropout,
+  data addresses and the b, h, t strides; the last-dim stride is a shared kernel argument, so
+  grouped and single launches compile to the same code.
 - head_dim 1..128 is loaded with masks into a D_PAD = max(16, next_pow2(D)) register tile.
 - Addressing: int64 scalar bases per (b, h, block), int32 offsets inside a block.
 - fp64 (for gradcheck and exact parity) runs under the interpreter and compiles on sm_90 (FMA path).
@@ -35,27 +36,27 @@ import functools
 import inspect
 import os
 import struct
-from collections import OrderedDict
 
 import torch
 import triton
 import triton.language as tl
 
+from .grouped import (DescriptorLayout, desc_f32, desc_i32, desc_problem, desc_ptr, desc_strided,
+                      descriptor_table, f32_bits, group_stride_args, unify_last_stride)
 from .host_math import cdiv, next_pow2
 
 LOG2E = 1.4426950408889634
 
-# Descriptor row of a grouped problem (int64): lengths, data addresses, the problem's dropout
-# (byte threshold and the fp32 bits of the 1/(1-p) hi/lo pair), then 4 strides per tensor.
-_DESC_SCALARS = ("T_q", "T_k", "q", "k", "v", "o", "lse", "key_len", "do", "dq", "dk", "dv", "thresh", "dr_hi",
-                 "dr_lo")
-_DESC_STRIDED = ("q", "k", "v", "o", "do", "dq", "dk", "dv")
-DESC_COLS = len(_DESC_SCALARS) + 4 * len(_DESC_STRIDED)  # 47
-_C_STRIDES = len(_DESC_SCALARS)  # first stride column (15)
-_C_DROP = _DESC_SCALARS.index("thresh")
-_DC, _CS, _CD = tl.constexpr(DESC_COLS), tl.constexpr(_C_STRIDES), tl.constexpr(_C_DROP)  # for the kernels
+# Descriptor row of a grouped problem (kernels/grouped.py): lengths, the problem's own dropout (byte
+# threshold and the fp32 bits of its 1/(1-p) hi/lo pair), then a slot per tensor.
+LAYOUT = DescriptorLayout(scalars=("T_q", "T_k", "thresh", "dr_hi", "dr_lo"),
+                          tensors=("q", "k", "v", "o", "lse", "key_len", "do", "dq", "dk", "dv"))
+_W, _T_Q, _T_K, _THRESH, _DR_HI, _DR_LO = (LAYOUT.constexpr(n) for n in ("width", "T_q", "T_k", "thresh", "dr_hi",
+                                                                          "dr_lo"))
+_Q, _K, _V, _O, _LSE, _KEY_LEN, _DO, _DQ, _DK, _DV = (LAYOUT.constexpr(n) for n in LAYOUT.tensors)
+_STRIDED = ("q", "k", "v", "o", "do", "dq", "dk", "dv")  # (B, H, T, D) tensors: b, h, t strides per problem
 
-_STRIDE_ARGS = [f"s_{t}{a}" for t in _DESC_STRIDED for a in "bht"]
+_STRIDE_ARGS = [f"s_{t}{a}" for t in _STRIDED for a in "bht"]
 _DNS = ["H", "T_q", "T_k", "THRESH", "i_g"] + _STRIDE_ARGS  # never specialised: no recompiles per length
 
 
@@ -76,28 +77,24 @@ def _hilo(hi, lo, ACC: tl.constexpr):
 
 
 @triton.jit
-def _desc_ptr(desc, col, like):
-    """Pointer of ``like``'s element type stored at ``desc[col]``."""
-    return tl.load(desc + col).to(tl.pointer_type(like.dtype.element_ty))
+def _problem(desc, rng, THRESH, dr_hi, dr_lo, DROPOUT: tl.constexpr):
+    """This program's grouped problem (grid axis 2): its descriptor row, lengths, Philox offset and dropout."""
+    i_g = tl.program_id(2)
+    desc = desc_problem(desc, i_g, _W)
+    if DROPOUT:
+        THRESH, dr_hi, dr_lo = desc_i32(desc, _THRESH), desc_f32(desc, _DR_HI), desc_f32(desc, _DR_LO)
+    return desc, desc_i32(desc, _T_Q), desc_i32(desc, _T_K), rng + i_g, THRESH, dr_hi, dr_lo
 
 
 @triton.jit
-def _desc_dropout(desc):
-    """A grouped problem's own dropout: byte threshold and the 1/(1-p) (hi, lo) fp32 pair."""
-    c = desc + _CD
-    dr_hi = tl.load(c + 1).to(tl.int32).to(tl.float32, bitcast=True)
-    dr_lo = tl.load(c + 2).to(tl.int32).to(tl.float32, bitcast=True)
-    return tl.load(c).to(tl.int32), dr_hi, dr_lo
-
-
-@triton.jit
-def _desc_strides(desc, i):
-    """Strides (b, h, t) of strided tensor i of a descriptor row; t as int32 (launcher-checked).
-
-    The last-dim stride stays a kernel argument shared by the group, so a grouped launch compiles
-    to the same tile layouts (and bitwise the same results) as a single one."""
-    c = desc + _CS + 4 * i
-    return tl.load(c), tl.load(c + 1), tl.load(c + 2).to(tl.int32)
+def _problem_inputs(desc, q, k, v, o, lse):
+    """The forward's tensors of a grouped problem: q, k, v, o with their (b, h, t) strides, and lse."""
+    q, s_qb, s_qh, s_qt = desc_strided(desc, _Q, q)
+    k, s_kb, s_kh, s_kt = desc_strided(desc, _K, k)
+    v, s_vb, s_vh, s_vt = desc_strided(desc, _V, v)
+    o, s_ob, s_oh, s_ot = desc_strided(desc, _O, o)
+    return (q, k, v, o, desc_ptr(desc, _LSE, lse),
+            s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot)
 
 
 @triton.jit
@@ -204,20 +201,11 @@ def attention_fwd_kernel(
     if DROPOUT:
         seed, rng = tl.load(seed_ptr), tl.load(seed_ptr + 1)
     if GROUPED:
-        i_g = tl.program_id(2)
-        desc = desc + i_g.to(tl.int64) * _DC
-        T_q, T_k = tl.load(desc).to(tl.int32), tl.load(desc + 1).to(tl.int32)
-        q, k, v = _desc_ptr(desc, 2, q), _desc_ptr(desc, 3, k), _desc_ptr(desc, 4, v)
-        o, lse = _desc_ptr(desc, 5, o), _desc_ptr(desc, 6, lse)
+        desc, T_q, T_k, rng, THRESH, dr_hi, dr_lo = _problem(desc, rng, THRESH, dr_hi, dr_lo, DROPOUT)
+        (q, k, v, o, lse, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh,
+         s_ot) = _problem_inputs(desc, q, k, v, o, lse)
         if KEY_LEN:
-            key_len = _desc_ptr(desc, 7, key_len)
-        s_qb, s_qh, s_qt = _desc_strides(desc, 0)
-        s_kb, s_kh, s_kt = _desc_strides(desc, 1)
-        s_vb, s_vh, s_vt = _desc_strides(desc, 2)
-        s_ob, s_oh, s_ot = _desc_strides(desc, 3)
-        rng = rng + i_g
-        if DROPOUT:
-            THRESH, dr_hi, dr_lo = _desc_dropout(desc)
+            key_len = desc_ptr(desc, _KEY_LEN, key_len)
     m0 = i_m * BLOCK_M
     if m0 >= T_q:
         return
@@ -278,23 +266,13 @@ def attention_bwd_dq_kernel(
     if DROPOUT:
         seed, rng = tl.load(seed_ptr), tl.load(seed_ptr + 1)
     if GROUPED:
-        i_g = tl.program_id(2)
-        desc = desc + i_g.to(tl.int64) * _DC
-        T_q, T_k = tl.load(desc).to(tl.int32), tl.load(desc + 1).to(tl.int32)
-        q, k, v = _desc_ptr(desc, 2, q), _desc_ptr(desc, 3, k), _desc_ptr(desc, 4, v)
-        o, lse = _desc_ptr(desc, 5, o), _desc_ptr(desc, 6, lse)
+        desc, T_q, T_k, rng, THRESH, dr_hi, dr_lo = _problem(desc, rng, THRESH, dr_hi, dr_lo, DROPOUT)
+        (q, k, v, o, lse, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh,
+         s_ot) = _problem_inputs(desc, q, k, v, o, lse)
         if KEY_LEN:
-            key_len = _desc_ptr(desc, 7, key_len)
-        do, dq = _desc_ptr(desc, 8, do), _desc_ptr(desc, 9, dq)
-        s_qb, s_qh, s_qt = _desc_strides(desc, 0)
-        s_kb, s_kh, s_kt = _desc_strides(desc, 1)
-        s_vb, s_vh, s_vt = _desc_strides(desc, 2)
-        s_ob, s_oh, s_ot = _desc_strides(desc, 3)
-        s_dob, s_doh, s_dot = _desc_strides(desc, 4)
-        s_dqb, s_dqh, s_dqt = _desc_strides(desc, 5)
-        rng = rng + i_g
-        if DROPOUT:
-            THRESH, dr_hi, dr_lo = _desc_dropout(desc)
+            key_len = desc_ptr(desc, _KEY_LEN, key_len)
+        do, s_dob, s_doh, s_dot = desc_strided(desc, _DO, do)
+        dq, s_dqb, s_dqh, s_dqt = desc_strided(desc, _DQ, dq)
     m0 = i_m * BLOCK_M
     if m0 >= T_q:
         return
@@ -372,24 +350,14 @@ def attention_bwd_dkv_kernel(
     if DROPOUT:
         seed, rng = tl.load(seed_ptr), tl.load(seed_ptr + 1)
     if GROUPED:
-        i_g = tl.program_id(2)
-        desc = desc + i_g.to(tl.int64) * _DC
-        T_q, T_k = tl.load(desc).to(tl.int32), tl.load(desc + 1).to(tl.int32)
-        q, k, v = _desc_ptr(desc, 2, q), _desc_ptr(desc, 3, k), _desc_ptr(desc, 4, v)
-        o, lse = _desc_ptr(desc, 5, o), _desc_ptr(desc, 6, lse)
+        desc, T_q, T_k, rng, THRESH, dr_hi, dr_lo = _problem(desc, rng, THRESH, dr_hi, dr_lo, DROPOUT)
+        (q, k, v, o, lse, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh,
+         s_ot) = _problem_inputs(desc, q, k, v, o, lse)
         if KEY_LEN:
-            key_len = _desc_ptr(desc, 7, key_len)
-        do, dk, dv = _desc_ptr(desc, 8, do), _desc_ptr(desc, 10, dk), _desc_ptr(desc, 11, dv)
-        s_qb, s_qh, s_qt = _desc_strides(desc, 0)
-        s_kb, s_kh, s_kt = _desc_strides(desc, 1)
-        s_vb, s_vh, s_vt = _desc_strides(desc, 2)
-        s_ob, s_oh, s_ot = _desc_strides(desc, 3)
-        s_dob, s_doh, s_dot = _desc_strides(desc, 4)
-        s_dkb, s_dkh, s_dkt = _desc_strides(desc, 6)
-        s_dvb, s_dvh, s_dvt = _desc_strides(desc, 7)
-        rng = rng + i_g
-        if DROPOUT:
-            THRESH, dr_hi, dr_lo = _desc_dropout(desc)
+            key_len = desc_ptr(desc, _KEY_LEN, key_len)
+        do, s_dob, s_doh, s_dot = desc_strided(desc, _DO, do)
+        dk, s_dkb, s_dkh, s_dkt = desc_strided(desc, _DK, dk)
+        dv, s_dvb, s_dvh, s_dvt = desc_strided(desc, _DV, dv)
     n0 = i_n * BLOCK_N
     if n0 >= T_k:
         return
@@ -650,74 +618,10 @@ def attention_bwd(do, q, k, v, o, lse, *, key_lengths=None, offset_causal=False,
     return dq, dk, dv
 
 
-# Descriptor tables are pure functions of their rows: cache them so a steady state does no
-# host-to-device copy. An entry keeps its pinned host copy alive (an asynchronous copy reads it).
-# Under CUDA-graph capture nothing may be allocated on the host and the graph's copy node reads the
-# host rows on every replay, so tables built while capturing are staged in a pinned arena allocated
-# beforehand (at an eager grouped call), never reused, and kept for the life of the process.
-_DESC_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
-_DESC_CACHE_SIZE = 512  # a DMD training step uses 24 tables; room for eval batches and other shapes
-_ARENA_VALUES = 1 << 18            # int64 values per pinned arena chunk (2 MiB)
-_ARENA = {"chunk": None, "used": 0}
-_CAPTURED_TABLES: list = []        # (host slice, device table) built during capture: never freed
-                                   # (a few KiB per grouped launch per captured graph)
-
-
-def _arena_ready(need: int = _ARENA_VALUES // 2):
-    """Outside capture: make sure the pinned arena has ``need`` free values (a new chunk if not; old
-    chunks stay alive through the slices that graphs read)."""
-    if _ARENA["chunk"] is None or _ARENA["used"] + need > _ARENA["chunk"].numel():
-        _ARENA["chunk"] = torch.empty(_ARENA_VALUES, dtype=torch.int64, pin_memory=True)
-        _ARENA["used"] = 0
-
-
-def _captured_descriptor(rows, device) -> torch.Tensor:
-    n = len(rows) * len(rows[0])
-    chunk = _ARENA["chunk"]
-    if chunk is None or _ARENA["used"] + n > chunk.numel():
-        raise RuntimeError("grouped attention under CUDA-graph capture: the pinned descriptor arena is "
-                           + ("not allocated" if chunk is None else "full")
-                           + "; run the captured function once eagerly (a warm-up call) before capturing")
-    host = chunk[_ARENA["used"]:_ARENA["used"] + n]
-    _ARENA["used"] += n
-    host.copy_(torch.tensor(rows, dtype=torch.int64).view(-1))  # CPU only
-    dev = torch.empty((len(rows), len(rows[0])), dtype=torch.int64, device=device)
-    dev.view(-1).copy_(host, non_blocking=True)  # captured: a copy node that reads `host` on each replay
-    _CAPTURED_TABLES.append((host, dev))
-    return dev
-
-
-def _descriptor(rows, device) -> torch.Tensor:
-    cuda = torch.device(device).type == "cuda"
-    if cuda and torch.cuda.is_current_stream_capturing():
-        return _captured_descriptor(rows, device)
-    key = (str(device), tuple(tuple(r) for r in rows))
-    entry = _DESC_CACHE.get(key)
-    if entry is None:
-        host = torch.tensor(rows, dtype=torch.int64)
-        if cuda:
-            _arena_ready()
-            host = host.pin_memory()
-            entry = (host, host.to(device, non_blocking=True))
-        else:
-            entry = (host, host)
-        _DESC_CACHE[key] = entry
-        if len(_DESC_CACHE) > _DESC_CACHE_SIZE:
-            _DESC_CACHE.popitem(last=False)
-    else:
-        _DESC_CACHE.move_to_end(key)
-    return entry[1]
-
-
-def _f32_bits(x: float) -> int:
-    """The fp32 bit pattern of x as a signed 32-bit integer (what the kernel bit-casts back)."""
-    return struct.unpack("i", struct.pack("f", x))[0]
-
-
 @functools.lru_cache(maxsize=256)
-def _drop_cols(dropout_p: float) -> tuple:
+def _drop_cols(dropout_p: float) -> dict:
     _, _, dr, thresh = _scalars(1.0, dropout_p)
-    return thresh, _f32_bits(dr[0]), _f32_bits(dr[1])
+    return dict(thresh=thresh, dr_hi=f32_bits(dr[0]), dr_lo=f32_bits(dr[1]))
 
 
 def _group_dropout(dropout_p, G) -> list:
@@ -728,43 +632,9 @@ def _group_dropout(dropout_p, G) -> list:
     return ps
 
 
-# column of each tensor's pointer, and of its 4 strides (None: no strides stored)
-_DESC_PTR_COL = {name: i for i, name in enumerate(_DESC_SCALARS)}
-_DESC_STRIDE_COL = {name: _C_STRIDES + 4 * i for i, name in enumerate(_DESC_STRIDED)}
-
-
 def _desc_row(T_q, T_k, dropout_p=0.0, **tensors):
     """One problem's descriptor row (built per grouped launch: kept to dict lookups and slices)."""
-    row = [T_q, T_k] + [0] * (DESC_COLS - 2)
-    row[_C_DROP:_C_DROP + 3] = _drop_cols(dropout_p)
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        row[_DESC_PTR_COL[name]] = t.data_ptr()
-        c = _DESC_STRIDE_COL.get(name)
-        if c is not None:
-            row[c:c + 4] = t.stride()
-    return row
-
-
-def _unify_last_stride(ts):
-    """Copy the odd ones out so a group of tensors shares one last-dim stride (rarely copies)."""
-    if len({t.stride(3) for t in ts}) > 1:
-        ts = [t if t.stride(3) == 1 else t.contiguous() for t in ts]
-    return list(ts)
-
-
-def _group_stride_args(*roles):
-    """Stride arguments of a grouped launch: b, h, t come from the descriptor (0 here); the last-dim
-    stride is passed for real, so it must agree across the group for each tensor role."""
-    args = []
-    for ts in roles:
-        sd = {t.stride(3) for t in ts}
-        if len(sd) != 1:
-            raise ValueError(f"grouped attention: the last-dim stride must agree across problems per "
-                             f"tensor, got {sorted(sd)}")
-        args += [0, 0, 0, sd.pop()]
-    return args
+    return LAYOUT.row(dict(T_q=T_q, T_k=T_k, **_drop_cols(dropout_p)), tensors)
 
 
 def attention_fwd_grouped(qs, ks, vs, *, key_lengths=None, offset_causal=False, dropout_p=0.0, seed=None,
@@ -776,7 +646,7 @@ def attention_fwd_grouped(qs, ks, vs, *, key_lengths=None, offset_causal=False, 
     ps = _group_dropout(dropout_p, G)
     B, H, _, D = qs[0].shape
     scale = D ** -0.5 if scale is None else float(scale)
-    qs, ks, vs = _unify_last_stride(qs), _unify_last_stride(ks), _unify_last_stride(vs)
+    qs, ks, vs = unify_last_stride(qs), unify_last_stride(ks), unify_last_stride(vs)
     os_ = [_empty_like(q) for q in qs]
     lses = [_empty((B, H, q.shape[2]), _lse_dtype(q.dtype), q.device) for q in qs]
     if B * H == 0:
@@ -784,7 +654,7 @@ def attention_fwd_grouped(qs, ks, vs, *, key_lengths=None, offset_causal=False, 
     kls = key_lengths or [None] * G
     rows = [_desc_row(q.shape[2], k.shape[2], p, q=q, k=k, v=v, o=o, lse=lse, key_len=kl)
             for q, k, v, o, lse, kl, p in zip(qs, ks, vs, os_, lses, kls, ps)]
-    desc = _descriptor(rows, qs[0].device)
+    desc = descriptor_table(rows, qs[0].device, "grouped attention")
     bm, bn, launch = _block_args("fwd", D, qs[0].dtype, block_m, block_n)
     _check_tile_offsets(max(bm, bn), *qs, *ks, *vs, *os_)
     (qk, _, dr, thresh) = _scalars(scale, max(ps))  # dr, thresh: per problem from the descriptor
@@ -794,7 +664,7 @@ def attention_fwd_grouped(qs, ks, vs, *, key_lengths=None, offset_causal=False, 
         return os_, lses
     attention_fwd_kernel[grid](
         qs[0], ks[0], vs[0], os_[0], lses[0], kls[0], seed if drop else None, desc,
-        *_group_stride_args(qs, ks, vs, os_), H, 0, 0, qk[0], qk[1], dr[0], dr[1], thresh,
+        *group_stride_args("grouped attention", qs, ks, vs, os_), H, 0, 0, qk[0], qk[1], dr[0], dr[1], thresh,
         **_constexprs(D, qs[0].dtype, bm, bn, offset_causal, key_lengths is not None, drop, True,
                       input_precision),
         **launch)
@@ -809,7 +679,7 @@ def attention_bwd_grouped(dos, qs, ks, vs, os_, lses, *, key_lengths=None, offse
     ps = _group_dropout(dropout_p, G)
     B, H, _, D = qs[0].shape
     scale = D ** -0.5 if scale is None else float(scale)
-    qs, ks, vs, dos = (_unify_last_stride(ts) for ts in (qs, ks, vs, dos))
+    qs, ks, vs, dos = (unify_last_stride(ts) for ts in (qs, ks, vs, dos))
     dqs = [_empty_like(q) for q in qs]
     dks = [_empty_like(k) for k in ks]
     dvs = [_empty_like(v) for v in vs]
@@ -819,7 +689,7 @@ def attention_bwd_grouped(dos, qs, ks, vs, os_, lses, *, key_lengths=None, offse
     rows = [_desc_row(q.shape[2], k.shape[2], p, q=q, k=k, v=v, o=o, lse=lse, key_len=kl, do=do, dq=dq, dk=dk,
                       dv=dv)
             for q, k, v, o, lse, kl, do, dq, dk, dv, p in zip(qs, ks, vs, os_, lses, kls, dos, dqs, dks, dvs, ps)]
-    desc = _descriptor(rows, qs[0].device)
+    desc = descriptor_table(rows, qs[0].device, "grouped attention")
     (qk, sm, dr, thresh) = _scalars(scale, max(ps))  # dr, thresh: per problem from the descriptor
     has_kl, drop = key_lengths is not None, max(ps) > 0
     seed = seed if drop else None
@@ -829,7 +699,7 @@ def attention_bwd_grouped(dos, qs, ks, vs, os_, lses, *, key_lengths=None, offse
     if grid[0]:
         attention_bwd_dq_kernel[grid](
             qs[0], ks[0], vs[0], os_[0], lses[0], dos[0], dqs[0], kls[0], seed, desc,
-            *_group_stride_args(qs, ks, vs, os_, dos, dqs), H, 0, 0, qk[0], qk[1], sm[0], sm[1], dr[0], dr[1], thresh,
+            *group_stride_args("grouped attention", qs, ks, vs, os_, dos, dqs), H, 0, 0, qk[0], qk[1], sm[0], sm[1], dr[0], dr[1], thresh,
             **_constexprs(D, qs[0].dtype, bm, bn, offset_causal, has_kl, drop, True, input_precision),
             **launch)
     bm, bn, launch = _block_args("dkv", D, qs[0].dtype, block_m, block_n)
@@ -837,7 +707,7 @@ def attention_bwd_grouped(dos, qs, ks, vs, os_, lses, *, key_lengths=None, offse
     if grid[0]:
         attention_bwd_dkv_kernel[grid](
             qs[0], ks[0], vs[0], os_[0], lses[0], dos[0], dks[0], dvs[0], kls[0], seed, desc,
-            *_group_stride_args(qs, ks, vs, os_, dos, dks, dvs), H, 0, 0, qk[0], qk[1], sm[0], sm[1], dr[0], dr[1],
+            *group_stride_args("grouped attention", qs, ks, vs, os_, dos, dks, dvs), H, 0, 0, qk[0], qk[1], sm[0], sm[1], dr[0], dr[1],
             thresh,
             **_constexprs(D, qs[0].dtype, bm, bn, offset_causal, has_kl, drop, True, input_precision),
             **launch)

@@ -35,7 +35,12 @@ import triton.language as tl
 
 from .host_math import next_pow2
 
-METRICS = {"l1": 0, "l2": 1, "cosine": 2}
+# distance metrics (constexpr LOGIT_METRIC / REPR_METRIC)
+L1, L2, COSINE = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+METRICS = {"l1": L1.value, "l2": L2.value, "cosine": COSINE.value}
+# gradient rows: row k holds the gradient of loss term k; the last one of the weighted total
+ROW_LOGIT, ROW_REPR, ROW_REG, ROW_TOTAL = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2), tl.constexpr(3)
+N_ROWS = tl.constexpr(4)
 COS_EPS = tl.constexpr(1e-12)  # ATen cosine_embedding_loss EPSILON
 
 
@@ -104,7 +109,7 @@ def _fwd_feat(f_ptr, s_fm, s_fb, s_ff, F, w_ptr, we_ptr, off_a, off_c, G,
             b_s = tl.sum(b_f * b_ua[None, :], 1)  # [BB]
             b_t = tl.sum(b_f * b_uc[None, :], 1)  # [BB]
             b_e += tl.where(j_e[None, :] == m, b_s[:, None], 0.) + tl.where(i_e[None, :] == m, b_t[:, None], 0.)
-            if METRIC == 2:
+            if METRIC == COSINE:
                 b_n += tl.where(o_m[None, :] == m, tl.sum(b_f * b_f, 1)[:, None], 0.)
         for x in tl.range(E, loop_unroll_factor=1, disable_licm=True):
             j = x // (M - 1)
@@ -112,9 +117,9 @@ def _fwd_feat(f_ptr, s_fm, s_fb, s_ff, F, w_ptr, we_ptr, off_a, off_c, G,
             i = k + (k >= j) * 1
             b_fj = tl.load(p_f + j * s_fm, mask=m_bf, other=0.).to(ACC)  # [BB, BF] student
             b_fi = tl.load(p_f + i * s_fm, mask=m_bf, other=0.).to(ACC)  # [BB, BF] teacher
-            if METRIC == 0:
+            if METRIC == L1:
                 b_v = tl.sum(tl.abs(b_fj - b_fi), 1)
-            elif METRIC == 1:
+            elif METRIC == L2:
                 b_v = tl.sum((b_fj - b_fi) * (b_fj - b_fi), 1)
             else:
                 b_v = tl.sum(b_fj * b_fi, 1)
@@ -124,8 +129,65 @@ def _fwd_feat(f_ptr, s_fm, s_fb, s_ff, F, w_ptr, we_ptr, off_a, off_c, G,
 
 @triton.jit
 def _row_coef(k, t, term: tl.constexpr):
-    """c_k,term: 1 on the term's own row (0-2), its total weight t on row 3, else 0."""
-    return tl.where(k == 3, t, tl.where(k == term, 1., 0.))
+    """c_k,term: 1 on the term's own row, its total weight t on the total's row, else 0."""
+    return tl.where(k == ROW_TOTAL, t, tl.where(k == term, 1., 0.))
+
+
+@triton.jit
+def _student_grad(b_g, b_f, p_f, m_bf, m, o_b, m_b, B, b_wbar, o_e, c_dist, ws_d, ws_inv, ws_nrm, edge_ptr, prior_ptr,
+                  s_fm, M: tl.constexpr, METRIC: tl.constexpr, ACC: tl.constexpr):
+    """b_g [BB, BF] plus the distance gradient of node m (features b_f) as the student of its M-1 incoming edges."""
+    if METRIC == COSINE:
+        b_sc = 1. / (tl.load(ws_nrm + m * B + o_b, mask=m_b, other=0.) + COS_EPS)  # [BB]
+    for kk in tl.range(M - 1, loop_unroll_factor=1, disable_licm=True):
+        i = kk + (kk >= m) * 1
+        x = m * (M - 1) + kk
+        b_fi = tl.load(p_f + i * s_fm, mask=m_bf, other=0.).to(ACC)  # [BB, BF] teacher
+        if METRIC == COSINE:
+            b_cos = tl.load(ws_d + x * B + o_b, mask=m_b, other=0.)  # [BB]
+            b_inv = tl.load(ws_inv + x * B + o_b, mask=m_b, other=0.)  # [BB]
+            cf = c_dist * tl.sum(tl.where(o_e == x, b_wbar, 0.), 0) / B
+            b_dc = b_fi * b_inv[:, None] - (b_cos * b_sc)[:, None] * b_f
+            b_g += tl.where((b_cos >= 0)[:, None], cf * b_dc, 0.)
+        else:
+            b_px = tl.load(edge_ptr + x * B + o_b, mask=m_b, other=0.)  # [BB]
+            b_cf = c_dist * (b_px + tl.load(prior_ptr + x).to(ACC)) / B  # [BB]
+            b_df = b_f - b_fi
+            if METRIC == L1:
+                b_g += b_cf[:, None] * tl.where(b_df > 0, 1., tl.where(b_df < 0, -1., 0.))
+            else:
+                b_g += b_cf[:, None] * 2. * b_df
+    return b_g
+
+
+@triton.jit
+def _bwd_feat_chunk(f_ptr, s_fm, s_fb, s_ff, F, gf_k, p_dsk, edge_ptr, prior_ptr, ws_d, ws_inv, ws_nrm,
+                    B, b_wbar, o_e, b_ua, b_uc, o_f, m_f, c_dist,
+                    M: tl.constexpr, METRIC: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr,
+                    BLOCK_F: tl.constexpr):
+    """One gradient row, one feature chunk o_f: writes the input gradients gf_k (M, B, F) of the chunk
+    and returns Σ_{b,m} ds·f, Σ_{b,m} dt·f [BF] for the parameter gradients. p_dsk: d s, d t (2, M, B)."""
+    MB = M * B
+    b_fs = tl.zeros([BLOCK_F], dtype=ACC)  # Σ_{b,m} ds · f
+    b_ft = tl.zeros([BLOCK_F], dtype=ACC)  # Σ_{b,m} dt · f
+    for b0 in tl.range(0, B, BLOCK_B, loop_unroll_factor=1, disable_licm=True):
+        o_b = b0 + tl.arange(0, BLOCK_B)
+        m_b = o_b < B
+        o_b64 = o_b.to(tl.int64)
+        p_f = f_ptr + o_b64[:, None] * s_fb + o_f[None, :] * s_ff  # [BB, BF]
+        m_bf = m_b[:, None] & m_f[None, :]
+        for m in tl.range(M, loop_unroll_factor=1, disable_licm=True):
+            b_f = tl.load(p_f + m * s_fm, mask=m_bf, other=0.).to(ACC)  # [BB, BF]
+            b_ds = tl.load(p_dsk + m * B + o_b, mask=m_b, other=0.)  # [BB]
+            b_dt = tl.load(p_dsk + MB + m * B + o_b, mask=m_b, other=0.)  # [BB]
+            b_fs += tl.sum(b_ds[:, None] * b_f, 0)
+            b_ft += tl.sum(b_dt[:, None] * b_f, 0)
+            b_g = b_ds[:, None] * b_ua[None, :] + b_dt[:, None] * b_uc[None, :]  # [BB, BF]
+            if c_dist != 0:
+                b_g = _student_grad(b_g, b_f, p_f, m_bf, m, o_b, m_b, B, b_wbar, o_e, c_dist, ws_d, ws_inv, ws_nrm,
+                                     edge_ptr, prior_ptr, s_fm, M, METRIC, ACC)
+            tl.store(gf_k + (m * B + o_b64[:, None]) * F + o_f[None, :], b_g, mask=m_bf)
+    return b_fs, b_ft
 
 
 @triton.jit
@@ -134,10 +196,10 @@ def _bwd_feat(f_ptr, s_fm, s_fb, s_ff, F, w_ptr, bias_ptr, we_ptr, off_a, off_c,
               B, b_wbar, o_e, wt, t_term,
               M: tl.constexpr, E: tl.constexpr, TERM: tl.constexpr, METRIC: tl.constexpr,
               ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_F: tl.constexpr):
-    """Pass C over one feature space: the four gradient rows (logit, repr, reg, total), one at a time.
+    """Pass C over one feature space: the N_ROWS gradient rows (logit, repr, reg, total), one at a time.
 
     Per row k (stride s_gk): gf (M, B, F) input grads; gw (G, F), gb (G,) node-Linear grads; gwe (4G,)
-    at off_a / off_c: edge-scorer grads. ws_ds (4, 2, M, B) holds d s / d t from pass B and gbe
+    at off_a / off_c: edge-scorer grads. ws_ds (N_ROWS, 2, M, B) holds d s / d t from pass B and gbe
     S_k = Σ_{b,x} d e. The distance gradient (student side only) of term TERM, weight wt, enters row
     TERM and, times t_term, the total row.
     """
@@ -146,10 +208,8 @@ def _bwd_feat(f_ptr, s_fm, s_fb, s_ff, F, w_ptr, bias_ptr, we_ptr, off_a, off_c,
     b_a = tl.load(we_ptr + off_a + o_g, mask=m_g, other=0.).to(ACC)  # [BG]
     b_c = tl.load(we_ptr + off_c + o_g, mask=m_g, other=0.).to(ACC)  # [BG]
     b_bias = tl.load(bias_ptr + o_g, mask=m_g, other=0.).to(ACC)  # [BG]
-    MB = M * B
-    for k in tl.range(4, loop_unroll_factor=1, disable_licm=True):
+    for k in tl.range(N_ROWS, loop_unroll_factor=1, disable_licm=True):
         c_dist = _row_coef(k, t_term, TERM) * wt
-        p_dsk = ws_ds + 2 * k * MB
         o_k = k * s_gk
         b_ga = tl.zeros([BLOCK_G], dtype=ACC)  # d a = W Σ ds·f (+ bias S_k)
         b_gc = tl.zeros([BLOCK_G], dtype=ACC)  # d c = W Σ dt·f (+ bias S_k)
@@ -160,44 +220,9 @@ def _bwd_feat(f_ptr, s_fm, s_fb, s_ff, F, w_ptr, bias_ptr, we_ptr, off_a, off_c,
             b_w = tl.load(w_ptr + o_g[:, None] * F + o_f[None, :], mask=m_gf, other=0.).to(ACC)  # [BG, BF]
             b_ua = tl.sum(b_w * b_a[:, None], 0)  # [BF]
             b_uc = tl.sum(b_w * b_c[:, None], 0)  # [BF]
-            b_fs = tl.zeros([BLOCK_F], dtype=ACC)  # Σ_{b,m} ds · f
-            b_ft = tl.zeros([BLOCK_F], dtype=ACC)  # Σ_{b,m} dt · f
-            for b0 in tl.range(0, B, BLOCK_B, loop_unroll_factor=1, disable_licm=True):
-                o_b = b0 + tl.arange(0, BLOCK_B)
-                m_b = o_b < B
-                o_b64 = o_b.to(tl.int64)
-                p_f = f_ptr + o_b64[:, None] * s_fb + o_f[None, :] * s_ff  # [BB, BF]
-                m_bf = m_b[:, None] & m_f[None, :]
-                for m in tl.range(M, loop_unroll_factor=1, disable_licm=True):
-                    b_f = tl.load(p_f + m * s_fm, mask=m_bf, other=0.).to(ACC)  # [BB, BF]
-                    b_ds = tl.load(p_dsk + m * B + o_b, mask=m_b, other=0.)  # [BB]
-                    b_dt = tl.load(p_dsk + MB + m * B + o_b, mask=m_b, other=0.)  # [BB]
-                    b_fs += tl.sum(b_ds[:, None] * b_f, 0)
-                    b_ft += tl.sum(b_dt[:, None] * b_f, 0)
-                    b_g = b_ds[:, None] * b_ua[None, :] + b_dt[:, None] * b_uc[None, :]  # [BB, BF]
-                    if c_dist != 0:
-                        # distance gradient: node m as the student of its M-1 incoming edges
-                        if METRIC == 2:
-                            b_sc = 1. / (tl.load(ws_nrm + m * B + o_b, mask=m_b, other=0.) + COS_EPS)  # [BB]
-                        for kk in tl.range(M - 1, loop_unroll_factor=1, disable_licm=True):
-                            i = kk + (kk >= m) * 1
-                            x = m * (M - 1) + kk
-                            b_fi = tl.load(p_f + i * s_fm, mask=m_bf, other=0.).to(ACC)  # [BB, BF] teacher
-                            if METRIC == 2:
-                                b_cos = tl.load(ws_d + x * B + o_b, mask=m_b, other=0.)  # [BB]
-                                b_inv = tl.load(ws_inv + x * B + o_b, mask=m_b, other=0.)  # [BB]
-                                cf = c_dist * tl.sum(tl.where(o_e == x, b_wbar, 0.), 0) / B
-                                b_dc = b_fi * b_inv[:, None] - (b_cos * b_sc)[:, None] * b_f
-                                b_g += tl.where((b_cos >= 0)[:, None], cf * b_dc, 0.)
-                            else:
-                                b_px = tl.load(edge_ptr + x * B + o_b, mask=m_b, other=0.)  # [BB]
-                                b_cf = c_dist * (b_px + tl.load(prior_ptr + x).to(ACC)) / B  # [BB]
-                                b_df = b_f - b_fi
-                                if METRIC == 0:
-                                    b_g += b_cf[:, None] * tl.where(b_df > 0, 1., tl.where(b_df < 0, -1., 0.))
-                                else:
-                                    b_g += b_cf[:, None] * 2. * b_df
-                    tl.store(gf_ptr + o_k + (m * B + o_b64[:, None]) * F + o_f[None, :], b_g, mask=m_bf)
+            b_fs, b_ft = _bwd_feat_chunk(f_ptr, s_fm, s_fb, s_ff, F, gf_ptr + o_k, ws_ds + 2 * k * M * B, edge_ptr,
+                                         prior_ptr, ws_d, ws_inv, ws_nrm, B, b_wbar, o_e, b_ua, b_uc, o_f, m_f,
+                                         c_dist, M, METRIC, ACC, BLOCK_B, BLOCK_F)
             tl.store(gw_ptr + o_k + o_g[:, None] * F + o_f[None, :],
                      b_a[:, None] * b_fs[None, :] + b_c[:, None] * b_ft[None, :], mask=m_gf)
             b_ga += tl.sum(b_w * b_fs[None, :], 1)
@@ -239,7 +264,7 @@ def graph_distill_fwd_kernel(
     ws_dr = ws_ptr + EB  # (E, B) repr distance, or cosine
     ws_inv = ws_ptr + 2 * EB  # (E, B) 1/sqrt((|r_j|²+eps)(|r_i|²+eps)) ('cosine')
     ws_nrm = ws_ptr + 3 * EB  # (M, B) |r_m|² ('cosine')
-    ws_ds = ws_ptr + 3 * EB + M * B  # (4, 2, M, B) d s, d t per gradient row
+    ws_ds = ws_ptr + 3 * EB + M * B  # (N_ROWS, 2, M, B) d s, d t per gradient row
 
     # score constant: a·[b_l; b_r] + c·[b_l; b_r] + b_e
     b_bl = tl.load(bl_ptr + o_g, mask=m_g, other=0.).to(ACC)  # [BG]
@@ -282,7 +307,7 @@ def graph_distill_fwd_kernel(
         b_w = b_p + b_prior[None, :]
         b_sp += tl.sum(tl.where(m_be, b_p, 0.), 0)
         b_swl += tl.sum(tl.where(m_be, b_w * b_dl, 0.), 0)
-        if REPR_METRIC == 2:
+        if REPR_METRIC == COSINE:
             b_nj = tl.zeros([BLOCK_B, BLOCK_E], dtype=ACC)
             b_ni = tl.zeros([BLOCK_B, BLOCK_E], dtype=ACC)
             for m in tl.static_range(M):
@@ -306,7 +331,7 @@ def graph_distill_fwd_kernel(
     tl.store(pbar_ptr + o_e, b_pbar, mask=m_e)
     b_wbar = b_pbar + b_prior  # [BE] mean_b w
     loss_logit = w_logit * tl.sum(b_swl, 0) / B
-    if REPR_METRIC == 2:
+    if REPR_METRIC == COSINE:
         loss_repr = w_repr * tl.sum(b_swr / B * b_wbar, 0)
     else:
         loss_repr = w_repr * tl.sum(b_swr, 0) / B
@@ -325,10 +350,10 @@ def graph_distill_fwd_kernel(
         b_gp2 = 2. * reg * (b_pbar - b_prior) / B  # [BE] d L_reg / d p (all b)
         b_gp1c = w_repr * (b_swr / B) / B  # [BE] d L_repr / d p for 'cosine'
         MB = M * B
-        for k in tl.range(4, loop_unroll_factor=1, disable_licm=True):
-            c_l = _row_coef(k, t_logit, 0)
-            c_r = _row_coef(k, t_repr, 1)
-            c_g = _row_coef(k, t_reg, 2)
+        for k in tl.range(N_ROWS, loop_unroll_factor=1, disable_licm=True):
+            c_l = _row_coef(k, t_logit, ROW_LOGIT)
+            c_r = _row_coef(k, t_repr, ROW_REPR)
+            c_g = _row_coef(k, t_reg, ROW_REG)
             b_S = tl.zeros([BLOCK_E], dtype=ACC)  # Σ_b d e
             for b0 in tl.range(0, B, BLOCK_B, loop_unroll_factor=1, disable_licm=True):
                 o_b = b0 + tl.arange(0, BLOCK_B)
@@ -340,7 +365,7 @@ def graph_distill_fwd_kernel(
                 if c_l != 0:
                     b_gp += c_l * w_logit * tl.load(ws_dl + p_eb, mask=m_be, other=0.) / B
                 if c_r != 0:
-                    if REPR_METRIC == 2:
+                    if REPR_METRIC == COSINE:
                         b_gp += c_r * b_gp1c[None, :]
                     else:
                         b_gp += c_r * w_repr * tl.load(ws_dr + p_eb, mask=m_be, other=0.) / B
@@ -359,11 +384,11 @@ def graph_distill_fwd_kernel(
         _bwd_feat(x_ptr, s_xm, s_xb, s_xc, C, wl_ptr, bl_ptr, we_ptr, 0, 2 * G, G,
                   gx_ptr, gwl_ptr, gbl_ptr, gwe_ptr, gbe_ptr, s_gk, edge_ptr, prior_ptr, ws_dl, ws_inv, ws_nrm, ws_ds,
                   B, b_wbar, o_e, w_logit, t_logit,
-                  M, E, 0, LOGIT_METRIC, ACC, BLOCK_B, BLOCK_G, BLOCK_C)
+                  M, E, ROW_LOGIT, LOGIT_METRIC, ACC, BLOCK_B, BLOCK_G, BLOCK_C)
         _bwd_feat(r_ptr, s_rm, s_rb, s_rf, R, wr_ptr, br_ptr, we_ptr, G, 3 * G, G,
                   gr_ptr, gwr_ptr, gbr_ptr, gwe_ptr, gbe_ptr, s_gk, edge_ptr, prior_ptr, ws_dr, ws_inv, ws_nrm, ws_ds,
                   B, b_wbar, o_e, w_repr, t_repr,
-                  M, E, 1, REPR_METRIC, ACC, BLOCK_B, BLOCK_G, BLOCK_R)
+                  M, E, ROW_REPR, REPR_METRIC, ACC, BLOCK_B, BLOCK_G, BLOCK_R)
 
 
 def launch_config(M: int, B: int, C: int, R: int, G: int) -> dict:
@@ -417,7 +442,7 @@ def graph_distill_fwd(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b
     scores = torch.empty(B, E, device=dev, dtype=acc)
     sizes = [math.prod(s) for s in grad_shapes(M, B, C, R, G)]
     N = sum(sizes)
-    grads = torch.empty(4 if need_grad else 0, N, device=dev, dtype=acc)
+    grads = torch.empty(N_ROWS.value if need_grad else 0, N, device=dev, dtype=acc)
     ws = torch.empty((3 * E + 9 * M) * B if need_grad else 1, device=dev, dtype=acc)
     offsets = [0]
     for n in sizes[:-1]:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from dmd_fast.kernels import attention as ka
+from dmd_fast.kernels import grouped
 from dmd_fast.ops.attention import (attention_weights, cross_modal_attention, cross_modal_attention_grouped)
 from dmd_fast.ops.backend import last_backend
 from dmd_fast.reference import cross_modal_attention as reference
@@ -525,13 +526,13 @@ def test_gpu_grouped_cuda_graph_capture_survives_cache_eviction():
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         outs, grads = f()
-    warm_keys = set(ka._DESC_CACHE)
+    warm_keys = grouped.cached_tables()
     alive = []  # distinct live tensors: distinct addresses, so every call makes a new table
-    for _ in range(ka._DESC_CACHE_SIZE + 8):
+    for _ in range(grouped.CACHE_SIZE + 8):
         q, k, v = (torch.randn(1, 1, 16, 5, device="cuda") for _ in range(3))
         alive.append((q, k, v))
         cross_modal_attention_grouped([(q, k, v), (q, k, v)], offset_causal=True)
-    assert warm_keys and not warm_keys & set(ka._DESC_CACHE)  # the eager tables really were evicted
+    assert warm_keys and not warm_keys & grouped.cached_tables()  # the eager tables really were evicted
     graph.replay()
     torch.cuda.synchronize()
     assert all(torch.equal(a, b) for a, b in zip(outs, eager[0]))

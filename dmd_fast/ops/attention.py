@@ -5,7 +5,9 @@
 forward launch that saves O and the row log-sum-exp, and two backward launches. It is registered as
 the custom ops ``dmd_fast::attention_fwd`` / ``dmd_fast::attention_bwd`` (plus ``*_grouped`` and
 ``attention_dropout_mask``) with fake kernels and autograd, so ``torch.compile(fullgraph=True)``
-traces through it.
+traces through it; eager calls run the same bodies through autograd twins
+(``dmd_fast/ops/registration.py``). Launchers (``dmd_fast.kernels.attention.attention_*``) and
+ops (``fwd_op``, ``bwd_op``, ...) have distinct names.
 
 Dropout draws an int64 [seed, offset] pair on q's device from ``generator`` (or torch's default
 generator, so ``torch.manual_seed`` makes runs repeatable and CUDA-graph capture works); the kernels
@@ -23,6 +25,7 @@ import torch
 from torch import Tensor
 
 from dmd_fast.ops.backend import resolve_backend
+from dmd_fast.ops.registration import define_op
 from dmd_fast.reference.attention import cross_modal_attention as reference_attention
 
 OP = "cross_modal_attention"
@@ -32,7 +35,7 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 # ----------------------------------------------------------------------------------------------
-# custom ops
+# ops (dmd_fast/ops/registration.py: custom op + eager twin per body)
 # ----------------------------------------------------------------------------------------------
 
 def _lse_dtype(q: Tensor) -> torch.dtype:
@@ -40,39 +43,15 @@ def _lse_dtype(q: Tensor) -> torch.dtype:
 
 
 def _fwd(q: Tensor, k: Tensor, v: Tensor, key_lengths: Optional[Tensor], seed: Optional[Tensor],
-                  offset_causal: bool, dropout_p: float, scale: float, input_precision: str
-                  ) -> tuple[Tensor, Tensor]:
+         offset_causal: bool, dropout_p: float, scale: float, input_precision: str) -> tuple[Tensor, Tensor]:
     """(o (B, H, Lq, D), lse (B, H, Lq) base-2 log-sum-exp of the scaled scores)."""
     from dmd_fast.kernels.attention import attention_fwd as launch
     return launch(q, k, v, key_lengths=key_lengths, offset_causal=offset_causal, dropout_p=dropout_p,
                   seed=seed, scale=scale, input_precision=input_precision)
 
 
-# The plain functions (_fwd, _bwd, ...) are the op bodies; the eager autograd.Functions below call
-# them directly, torch.compile sees the registered custom ops.
-attention_fwd = torch.library.custom_op("dmd_fast::attention_fwd", mutates_args=())(_fwd)
-
-
-@attention_fwd.register_fake
-def _(q, k, v, key_lengths, seed, offset_causal, dropout_p, scale, input_precision):
+def _fwd_fake(q, k, v, key_lengths, seed, offset_causal, dropout_p, scale, input_precision):
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=_lse_dtype(q))
-
-
-def _bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
-                  key_lengths: Optional[Tensor], seed: Optional[Tensor], offset_causal: bool,
-                  dropout_p: float, scale: float, input_precision: str) -> tuple[Tensor, Tensor, Tensor]:
-    """(dq, dk, dv) shaped like q, k, v."""
-    from dmd_fast.kernels.attention import attention_bwd as launch
-    return launch(do, q, k, v, o, lse, key_lengths=key_lengths, offset_causal=offset_causal,
-                  dropout_p=dropout_p, seed=seed, scale=scale, input_precision=input_precision)
-
-
-attention_bwd = torch.library.custom_op("dmd_fast::attention_bwd", mutates_args=())(_bwd)
-
-
-@attention_bwd.register_fake
-def _(do, q, k, v, o, lse, key_lengths, seed, offset_causal, dropout_p, scale, input_precision):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _fwd_setup(ctx, inputs, output):
@@ -84,17 +63,27 @@ def _fwd_setup(ctx, inputs, output):
 
 def _fwd_backward(ctx, do, _dlse):
     q, k, v, o, lse, key_lengths, seed = ctx.saved_tensors
-    dq, dk, dv = attention_bwd(do, q, k, v, o, lse, key_lengths, seed, ctx.offset_causal, ctx.dropout_p,
-                               ctx.scale, ctx.precision)
+    dq, dk, dv = bwd_op.inner(ctx, do, q, k, v, o, lse, key_lengths, seed, ctx.offset_causal, ctx.dropout_p,
+                              ctx.scale, ctx.precision)
     return dq, dk, dv, None, None, None, None, None, None
 
 
-attention_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup)
+def _bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, key_lengths: Optional[Tensor],
+         seed: Optional[Tensor], offset_causal: bool, dropout_p: float, scale: float,
+         input_precision: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(dq, dk, dv) shaped like q, k, v."""
+    from dmd_fast.kernels.attention import attention_bwd as launch
+    return launch(do, q, k, v, o, lse, key_lengths=key_lengths, offset_causal=offset_causal,
+                  dropout_p=dropout_p, seed=seed, scale=scale, input_precision=input_precision)
 
 
-def _fwd_grouped(qs: list[Tensor], ks: list[Tensor], vs: list[Tensor],
-                          key_lengths: list[Tensor], seed: Optional[Tensor], offset_causal: bool,
-                          dropout_p: list[float], scale: float, input_precision: str) -> list[Tensor]:
+def _bwd_fake(do, q, k, v, o, lse, key_lengths, seed, offset_causal, dropout_p, scale, input_precision):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _fwd_grouped(qs: list[Tensor], ks: list[Tensor], vs: list[Tensor], key_lengths: list[Tensor],
+                 seed: Optional[Tensor], offset_causal: bool, dropout_p: list[float], scale: float,
+                 input_precision: str) -> list[Tensor]:
     """G problems in one launch: [o_0 .. o_{G-1}, lse_0 .. lse_{G-1}]. key_lengths: [] or G int32 (B,)."""
     from dmd_fast.kernels.attention import attention_fwd_grouped as launch
     os_, lses = launch(qs, ks, vs, key_lengths=key_lengths or None, offset_causal=offset_causal, dropout_p=dropout_p,
@@ -102,31 +91,8 @@ def _fwd_grouped(qs: list[Tensor], ks: list[Tensor], vs: list[Tensor],
     return os_ + lses
 
 
-attention_fwd_grouped = torch.library.custom_op("dmd_fast::attention_fwd_grouped", mutates_args=())(_fwd_grouped)
-
-
-@attention_fwd_grouped.register_fake
-def _(qs, ks, vs, key_lengths, seed, offset_causal, dropout_p, scale, input_precision):
+def _fwd_grouped_fake(qs, ks, vs, key_lengths, seed, offset_causal, dropout_p, scale, input_precision):
     return [torch.empty_like(q) for q in qs] + [q.new_empty(q.shape[:3], dtype=_lse_dtype(q)) for q in qs]
-
-
-def _bwd_grouped(dos: list[Tensor], qs: list[Tensor], ks: list[Tensor], vs: list[Tensor],
-                          os_: list[Tensor], lses: list[Tensor], key_lengths: list[Tensor],
-                          seed: Optional[Tensor], offset_causal: bool, dropout_p: list[float], scale: float,
-                          input_precision: str) -> list[Tensor]:
-    """Backward of the grouped op in 2 launches: [dq_0 .., dk_0 .., dv_0 ..]."""
-    from dmd_fast.kernels.attention import attention_bwd_grouped as launch
-    dqs, dks, dvs = launch(dos, qs, ks, vs, os_, lses, key_lengths=key_lengths or None, offset_causal=offset_causal,
-                           dropout_p=dropout_p, seed=seed, scale=scale, input_precision=input_precision)
-    return dqs + dks + dvs
-
-
-attention_bwd_grouped = torch.library.custom_op("dmd_fast::attention_bwd_grouped", mutates_args=())(_bwd_grouped)
-
-
-@attention_bwd_grouped.register_fake
-def _(dos, qs, ks, vs, os_, lses, key_lengths, seed, offset_causal, dropout_p, scale, input_precision):
-    return [torch.empty_like(t) for t in (*qs, *ks, *vs)]
 
 
 def _grouped_setup(ctx, inputs, output):
@@ -142,67 +108,44 @@ def _grouped_backward(ctx, grads):
     qs, ks, vs, os_, lses = (list(saved[i * G:(i + 1) * G]) for i in range(5))
     kls = list(saved[5 * G:6 * G]) if ctx.has_kl else []
     dos = [torch.zeros_like(o) if g is None else g for g, o in zip(grads[:G], os_)]
-    d = attention_bwd_grouped(dos, qs, ks, vs, os_, lses, kls, saved[-1], ctx.offset_causal, ctx.dropout_p,
-                              ctx.scale, ctx.precision)
+    d = bwd_grouped_op.inner(ctx, dos, qs, ks, vs, os_, lses, kls, saved[-1], ctx.offset_causal, ctx.dropout_p,
+                             ctx.scale, ctx.precision)
     return d[:G], d[G:2 * G], d[2 * G:], [None] * len(kls), None, None, None, None, None
 
 
-attention_fwd_grouped.register_autograd(_grouped_backward, setup_context=_grouped_setup)
+def _bwd_grouped(dos: list[Tensor], qs: list[Tensor], ks: list[Tensor], vs: list[Tensor], os_: list[Tensor],
+                 lses: list[Tensor], key_lengths: list[Tensor], seed: Optional[Tensor], offset_causal: bool,
+                 dropout_p: list[float], scale: float, input_precision: str) -> list[Tensor]:
+    """Backward of the grouped op in 2 launches: [dq_0 .., dk_0 .., dv_0 ..]."""
+    from dmd_fast.kernels.attention import attention_bwd_grouped as launch
+    dqs, dks, dvs = launch(dos, qs, ks, vs, os_, lses, key_lengths=key_lengths or None, offset_causal=offset_causal,
+                           dropout_p=dropout_p, seed=seed, scale=scale, input_precision=input_precision)
+    return dqs + dks + dvs
 
 
-@torch.library.custom_op("dmd_fast::attention_dropout_mask", mutates_args=())
-def attention_dropout_mask(seed: Tensor, batch: int, heads: int, len_q: int, len_k: int, dropout_p: float,
-                           group_index: int) -> Tensor:
+def _bwd_grouped_fake(dos, qs, ks, vs, os_, lses, key_lengths, seed, offset_causal, dropout_p, scale,
+                      input_precision):
+    return [torch.empty_like(t) for t in (*qs, *ks, *vs)]
+
+
+def _dropout_mask(seed: Tensor, batch: int, heads: int, len_q: int, len_k: int, dropout_p: float,
+                  group_index: int) -> Tensor:
     """The kernels' keep-mask bool (B, H, Lq, Lk) for ``seed`` (debug/test path)."""
     from dmd_fast.kernels.attention import attention_dropout_mask as launch
     return launch(seed, batch, heads, len_q, len_k, dropout_p, group_index=group_index)
 
 
-@attention_dropout_mask.register_fake
-def _(seed, batch, heads, len_q, len_k, dropout_p, group_index):
+def _dropout_mask_fake(seed, batch, heads, len_q, len_k, dropout_p, group_index):
     return seed.new_empty((batch, heads, len_q, len_k), dtype=torch.bool)
 
 
-class _EagerAttention(torch.autograd.Function):
-    """The same launches as the custom ops, without torch.library's dispatch cost (eager mode only;
-    under torch.compile the registered custom op is used so the graph stays whole)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, key_lengths, seed, offset_causal, dropout_p, scale, precision):
-        o, lse = _fwd(q, k, v, key_lengths, seed, offset_causal, dropout_p, scale, precision)
-        ctx.save_for_backward(q, k, v, o, lse, key_lengths, seed)
-        ctx.options = (offset_causal, dropout_p, scale, precision)
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse, key_lengths, seed = ctx.saved_tensors
-        dq, dk, dv = _bwd(do, q, k, v, o, lse, key_lengths, seed, *ctx.options)
-        return dq, dk, dv, None, None, None, None, None, None
-
-
-class _EagerAttentionGrouped(torch.autograd.Function):
-    """Eager twin of the grouped custom ops; tensors arrive flattened as (*qs, *ks, *vs, *key_lengths)."""
-
-    @staticmethod
-    def forward(ctx, G, has_kl, seed, offset_causal, dropout_p, scale, precision, *tensors):
-        qs, ks, vs = (list(tensors[i * G:(i + 1) * G]) for i in range(3))
-        kls = list(tensors[3 * G:])  # [] without key lengths
-        res = _fwd_grouped(qs, ks, vs, kls, seed, offset_causal, dropout_p, scale, precision)
-        os_, lses = res[:G], res[G:]
-        ctx.save_for_backward(*qs, *ks, *vs, *os_, *lses, *kls, seed)
-        ctx.options = (G, has_kl, offset_causal, dropout_p, scale, precision)
-        return tuple(os_)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        G, has_kl, offset_causal, dropout_p, scale, precision = ctx.options
-        saved = ctx.saved_tensors
-        qs, ks, vs, os_, lses = (list(saved[i * G:(i + 1) * G]) for i in range(5))
-        kls = list(saved[5 * G:6 * G]) if has_kl else []
-        dos = [torch.zeros_like(o) if g is None else g for g, o in zip(grads, os_)]
-        d = _bwd_grouped(dos, qs, ks, vs, os_, lses, kls, saved[-1], offset_causal, dropout_p, scale, precision)
-        return (None,) * 7 + tuple(d) + (None,) * len(kls)
+# registered as dmd_fast::attention_fwd, ..._bwd, ..._fwd_grouped, ..._bwd_grouped, ..._dropout_mask
+bwd_op = define_op("attention_bwd", _bwd, fake=_bwd_fake)
+fwd_op = define_op("attention_fwd", _fwd, fake=_fwd_fake, setup_context=_fwd_setup, backward=_fwd_backward)
+bwd_grouped_op = define_op("attention_bwd_grouped", _bwd_grouped, fake=_bwd_grouped_fake)
+fwd_grouped_op = define_op("attention_fwd_grouped", _fwd_grouped, fake=_fwd_grouped_fake,
+                           setup_context=_grouped_setup, backward=_grouped_backward, list_output=True)
+dropout_mask_op = define_op("attention_dropout_mask", _dropout_mask, fake=_dropout_mask_fake)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,13 +259,9 @@ def cross_modal_attention(q: Tensor, k: Tensor, v: Tensor, *, key_lengths: Optio
                                   dropout_p=dropout_p, scale=scale, keep_mask=keep, generator=generator)
     else:
         seed = _draw_seed(generator, q.device) if dropout_p > 0 else None
-        if torch.compiler.is_compiling():
-            out, _ = attention_fwd(q, k, v, key_lengths, seed, bool(offset_causal), dropout_p, scale, input_precision)
-        else:
-            out = _EagerAttention.apply(q, k, v, key_lengths, seed, bool(offset_causal), dropout_p, scale,
-                                        input_precision)
+        out, _ = fwd_op(q, k, v, key_lengths, seed, bool(offset_causal), dropout_p, scale, input_precision)
         if return_keep_mask and dropout_p > 0:
-            keep = attention_dropout_mask(seed, B, H, Lq, Lk, dropout_p, 0)
+            keep = dropout_mask_op(seed, B, H, Lq, Lk, dropout_p, 0)
     if not return_keep_mask:
         return out
     if dropout_p == 0:
@@ -390,16 +329,11 @@ def cross_modal_attention_grouped(problems: Sequence[tuple[Tensor, Tensor, Tenso
             kls = [torch.full((B,), d[3], dtype=torch.int32, device=q0.device) if kl is None else kl
                    for kl, d in zip(kls, dims)]
         seed = _draw_seed(generator, q0.device) if max(ps) > 0 else None
-        if torch.compiler.is_compiling():
-            res = attention_fwd_grouped([p[0] for p in problems], [p[1] for p in problems], [p[2] for p in problems],
-                                        kls, seed, bool(offset_causal), ps, scale, input_precision)
-            outs = list(res[:G])
-        else:
-            outs = list(_EagerAttentionGrouped.apply(G, bool(kls), seed, bool(offset_causal), ps, scale,
-                                                     input_precision, *[t for i in range(3) for t in
-                                                                        (p[i] for p in problems)], *kls))
+        res = fwd_grouped_op([p[0] for p in problems], [p[1] for p in problems], [p[2] for p in problems], kls,
+                             seed, bool(offset_causal), ps, scale, input_precision)
+        outs = list(res[:G])
         if return_keep_mask:
-            keeps = [attention_dropout_mask(seed, B, H, d[2], d[3], p, g) if p > 0 else
+            keeps = [dropout_mask_op(seed, B, H, d[2], d[3], p, g) if p > 0 else
                      torch.ones((B, H, d[2], d[3]), dtype=torch.bool, device=q0.device)
                      for g, (d, p) in enumerate(zip(dims, ps))]
     return (outs, keeps) if return_keep_mask else outs

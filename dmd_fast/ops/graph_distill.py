@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from dmd_fast.ops.backend import check_backend_name, resolve_backend
+from dmd_fast.ops.registration import define_op
 from dmd_fast.reference.graph_distill import (LOGIT_METRICS, REPR_METRICS, SOFTMAX_SCOPES, GraphDistillResult,
                                               edge_pairs)
 from dmd_fast.reference.graph_distill import graph_distill as reference_graph_distill
@@ -44,32 +45,26 @@ def _acc_dtype(*tensors) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-@torch.library.custom_op("dmd_fast::graph_distill_fwd", mutates_args=())
-def graph_distill_fwd(logits: Tensor, reprs: Tensor, w_logit: Tensor, b_logit: Tensor, w_repr: Tensor,
+def _fwd(logits: Tensor, reprs: Tensor, w_logit: Tensor, b_logit: Tensor, w_repr: Tensor,
                       b_repr: Tensor, w_edge: Tensor, b_edge: Tensor, prior: Tensor, alpha: float,
                       joint: bool, logit_metric: str, repr_metric: str, w_logit_loss: float,
                       w_repr_loss: float, reg: float, need_grad: bool, total_weights: list[float]
                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Fused forward: loss (3,), total (), edges (E, B), scores (B, E), edge means (E,), gradient rows (4, N)
-    (see _grad_shapes)."""
+    (see grad_shapes)."""
     from dmd_fast.kernels.graph_distill import graph_distill_fwd as launch
     return launch(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, alpha=alpha, joint=joint,
                   logit_metric=logit_metric, repr_metric=repr_metric, w_logit_loss=w_logit_loss,
                   w_repr_loss=w_repr_loss, reg=reg, need_grad=need_grad, total_weights=total_weights)
 
 
-def _grad_shapes(M, B, C, R, G):
-    """Blocks of one row of the (4, N) gradient buffer: grads w.r.t. logits .. b_edge, back to back."""
-    return [(M, B, C), (M, B, R), (G, C), (G,), (G, R), (G,), (1, 4 * G), (1,)]
-
-
-@graph_distill_fwd.register_fake
-def _(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, alpha, joint, logit_metric,
+def _fwd_fake(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, alpha, joint, logit_metric,
       repr_metric, w_logit_loss, w_repr_loss, reg, need_grad, total_weights):
     M, B, C = logits.shape
     R, G = reprs.shape[2], w_logit.shape[0]
     acc = _acc_dtype(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior)
-    N = sum(math.prod(s) for s in _grad_shapes(M, B, C, R, G))
+    from dmd_fast.kernels.graph_distill import grad_shapes
+    N = sum(math.prod(s) for s in grad_shapes(M, B, C, R, G))
     new = lambda *shape: logits.new_empty(shape, dtype=acc)  # noqa: E731
     E = M * (M - 1)
     return new(3), new(), new(E, B), new(B, E), new(E), new(4 if need_grad else 0, N)
@@ -79,7 +74,8 @@ def _setup_context(ctx, inputs, output):
     logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior = inputs[:9]
     ctx.alpha, ctx.joint = inputs[9], inputs[10]
     ctx.dtypes = [t.dtype for t in inputs[:8]]
-    ctx.shapes = _grad_shapes(*logits.shape, reprs.shape[2], w_logit.shape[0])
+    from dmd_fast.kernels.graph_distill import grad_shapes
+    ctx.shapes = grad_shapes(*logits.shape, reprs.shape[2], w_logit.shape[0])
     ctx.mark_non_differentiable(output[4], output[5])  # edge means: a detached readout
     ctx.set_materialize_grads(False)  # unused outputs give None: the edge VJP runs only when needed
     ctx.save_for_backward(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, output[2], output[5])
@@ -135,25 +131,8 @@ def _backward(ctx, g_loss, g_total, g_edges, g_scores, _means, _grads):
     return (*out, None, None, None, None, None, None, None, None, None, None)
 
 
-graph_distill_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-class _EagerGraphDistill(torch.autograd.Function):
-    """The same launch and backward as the custom op, without torch.library's dispatch cost (eager
-    mode only; under torch.compile the registered op keeps the graph whole)."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        from dmd_fast.kernels.graph_distill import graph_distill_fwd as launch
-        names = ("alpha", "joint", "logit_metric", "repr_metric", "w_logit_loss", "w_repr_loss", "reg", "need_grad",
-                 "total_weights")
-        out = launch(*inputs[:9], **dict(zip(names, inputs[9:])))
-        _setup_context(ctx, inputs, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, *grads):
-        return _backward(ctx, *grads)
+# registered as dmd_fast::graph_distill_fwd (dmd_fast/ops/registration.py: custom op + eager twin)
+fwd_op = define_op("graph_distill_fwd", _fwd, fake=_fwd_fake, setup_context=_setup_context, backward=_backward)
 
 
 def _shape_error(arg, got, expected, hint=""):
@@ -260,7 +239,7 @@ def graph_distill(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edg
     args = (logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior.detach(), float(alpha),
             softmax_scope == "joint", logit_metric, repr_metric, float(w_losses[0]), float(w_losses[1]), float(reg),
             need_grad, list(total_weights))
-    out = graph_distill_fwd(*args) if torch.compiler.is_compiling() else _EagerGraphDistill.apply(*args)
+    out = fwd_op(*args)
     loss, total, edges, scores, means = out[:5]
     dt = logits.dtype
     for t in inputs[1:]:
