@@ -76,6 +76,7 @@ def compile_one(cfg):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from dmd_fast.kernels import attention as ka
+    from dmd_fast.kernels import attention_dropout as kd
 
     role, D, dt, mask, dropout, grouped, precision = cfg
     row = dict(kernel=role, D_PAD=ka.d_pad(D), D=D, dtype=dt, mask=mask, dropout=dropout, grouped=grouped,
@@ -83,7 +84,7 @@ def compile_one(cfg):
     try:
         causal, has_kl = MASKS[mask]
         if role == "mask":
-            fn = ka.attention_dropout_mask_kernel
+            fn = kd.attention_dropout_mask_kernel
             bm, bn, warps, stages = 64, 64, 4, 3
             consts = dict(BLOCK_M=bm, BLOCK_N=bn)
         else:

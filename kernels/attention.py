@@ -33,7 +33,6 @@ Launchers are thin: no input validation (``dmd_fast.ops.attention`` validates).
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 import struct
 
@@ -41,151 +40,19 @@ import torch
 import triton
 import triton.language as tl
 
-from .grouped import (DescriptorLayout, desc_f32, desc_i32, desc_problem, desc_ptr, desc_strided,
-                      descriptor_table, f32_bits, group_stride_args, unify_last_stride)
+from .attention_dropout import dropout_keep, keep_threshold
+from .attention_tiles import (C_DK, C_DO, C_DQ, C_DV, C_KEY_LEN, LAYOUT, fwd_key_loop, grouped_inputs, grouped_problem,
+                              hilo, jit_unspecialised, key_range, visible_end)
+from .grouped import desc_ptr, desc_strided, descriptor_table, f32_bits, group_stride_args, unify_last_stride
 from .host_math import cdiv, next_pow2
 
 LOG2E = 1.4426950408889634
-
-# Descriptor row of a grouped problem (kernels/grouped.py): lengths, the problem's own dropout (byte
-# threshold and the fp32 bits of its 1/(1-p) hi/lo pair), then a slot per tensor.
-LAYOUT = DescriptorLayout(scalars=("T_q", "T_k", "thresh", "dr_hi", "dr_lo"),
-                          tensors=("q", "k", "v", "o", "lse", "key_len", "do", "dq", "dk", "dv"))
-_W, _T_Q, _T_K, _THRESH, _DR_HI, _DR_LO = (LAYOUT.constexpr(n) for n in ("width", "T_q", "T_k", "thresh", "dr_hi",
-                                                                          "dr_lo"))
-_Q, _K, _V, _O, _LSE, _KEY_LEN, _DO, _DQ, _DK, _DV = (LAYOUT.constexpr(n) for n in LAYOUT.tensors)
-_STRIDED = ("q", "k", "v", "o", "do", "dq", "dk", "dv")  # (B, H, T, D) tensors: b, h, t strides per problem
-
-_STRIDE_ARGS = [f"s_{t}{a}" for t in _STRIDED for a in "bht"]
-_DNS = ["H", "T_q", "T_k", "THRESH", "i_g"] + _STRIDE_ARGS  # never specialised: no recompiles per length
-
-
-def _jit(fn):
-    """triton.jit with lengths, heads, threshold and the length-dependent strides unspecialised."""
-    names = inspect.signature(fn).parameters
-    return triton.jit(fn, do_not_specialize=[n for n in _DNS if n in names])
-
-
-# ----------------------------------------------------------------------------------------------
-# jit helpers
-# ----------------------------------------------------------------------------------------------
-
-@triton.jit
-def _hilo(hi, lo, ACC: tl.constexpr):
-    """A float scalar passed as fp32 hi + lo parts, rebuilt in ACC (keeps fp64 scales exact)."""
-    return tl.cast(hi, ACC) + tl.cast(lo, ACC)
-
-
-@triton.jit
-def _problem(desc, rng, THRESH, dr_hi, dr_lo, DROPOUT: tl.constexpr):
-    """This program's grouped problem (grid axis 2): its descriptor row, lengths, Philox offset and dropout."""
-    i_g = tl.program_id(2)
-    desc = desc_problem(desc, i_g, _W)
-    if DROPOUT:
-        THRESH, dr_hi, dr_lo = desc_i32(desc, _THRESH), desc_f32(desc, _DR_HI), desc_f32(desc, _DR_LO)
-    return desc, desc_i32(desc, _T_Q), desc_i32(desc, _T_K), rng + i_g, THRESH, dr_hi, dr_lo
-
-
-@triton.jit
-def _problem_inputs(desc, q, k, v, o, lse):
-    """The forward's tensors of a grouped problem: q, k, v, o with their (b, h, t) strides, and lse."""
-    q, s_qb, s_qh, s_qt = desc_strided(desc, _Q, q)
-    k, s_kb, s_kh, s_kt = desc_strided(desc, _K, k)
-    v, s_vb, s_vh, s_vt = desc_strided(desc, _V, v)
-    o, s_ob, s_oh, s_ot = desc_strided(desc, _O, o)
-    return (q, k, v, o, desc_ptr(desc, _LSE, lse),
-            s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot)
-
-
-@triton.jit
-def _dropout_keep(seed, rng, i_bh, o_m, n0, THRESH, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Keep-mask tile (BLOCK_M, BLOCK_N) for rows o_m and keys n0 .. n0 + BLOCK_N (n0 % 16 == 0)."""
-    NG: tl.constexpr = BLOCK_N // 16
-    o_g = (n0 // 16 + tl.arange(0, NG)).to(tl.uint32)
-    # (BLOCK_M, NG) counters
-    c0 = tl.zeros((BLOCK_M, NG), dtype=tl.uint32) + o_g[None, :]
-    c1 = tl.zeros((BLOCK_M, NG), dtype=tl.uint32) + o_m.to(tl.uint32)[:, None]
-    c2 = tl.zeros((BLOCK_M, NG), dtype=tl.uint32) + i_bh.to(tl.uint32)
-    c3 = tl.zeros((BLOCK_M, NG), dtype=tl.uint32) + (rng & 0xFFFFFFFF).to(tl.uint32)
-    r0, r1, r2, r3 = tl.philox(seed, c0, c1, c2, c3)
-    # (BLOCK_M, NG, 2, 2) -> (BLOCK_M, BLOCK_N // 4): column 4·g + w holds word w of group g
-    b_w = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (BLOCK_M, BLOCK_N // 4))
-    # (BLOCK_M, BLOCK_N // 4, 2, 2) -> (BLOCK_M, BLOCK_N): column 4·c + y holds byte y of word c
-    b_b = tl.join(tl.join(b_w & 0xFF, (b_w >> 16) & 0xFF), tl.join((b_w >> 8) & 0xFF, b_w >> 24))
-    b_b = tl.reshape(b_b, (BLOCK_M, BLOCK_N))
-    return b_b < THRESH
-
-
-@triton.jit
-def _fwd_loop(b_acc, b_m, b_l, b_q, p_k, p_v, s_kt, s_vt, o_kT, o_v, o_m, m_d, lo, hi, n_vis, off,
-              seed, rng, i_bh, THRESH,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-              DROPOUT: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
-    """Online softmax over key blocks [lo, hi); MASKED blocks apply the visibility mask."""
-    for n0 in range(lo, hi, BLOCK_N):
-        o_n = n0 + tl.arange(0, BLOCK_N)
-        m_n = o_n < n_vis
-        if MASKED:
-            m_kT = m_d[:, None] & m_n[None, :]
-            m_v = m_n[:, None] & m_d[None, :]
-        else:
-            m_kT = m_d[:, None]
-            m_v = m_d[None, :]
-        n0l = tl.cast(n0, tl.int64)
-        # (D_PAD, BLOCK_N), (BLOCK_N, D_PAD)
-        b_kT = tl.load(p_k + n0l * s_kt + o_kT, mask=m_kT, other=0.)
-        b_v = tl.load(p_v + n0l * s_vt + o_v, mask=m_v, other=0.)
-        # (BLOCK_M, BLOCK_N) scores, log2 domain
-        b_s = tl.dot(b_q, b_kT, input_precision=PRECISION, out_dtype=ACC)
-        if MASKED:
-            m_s = m_n[None, :]
-            if CAUSAL:
-                m_s = m_s & (o_n[None, :] <= o_m[:, None] + off)
-            b_s = tl.where(m_s, b_s, float("-inf"))
-        # (BLOCK_M,)
-        b_mn = tl.maximum(b_m, tl.max(b_s, 1))
-        if MASKED:
-            b_mn = tl.where(b_mn == float("-inf"), 0., b_mn)  # finite pivot for empty rows
-        b_p = tl.math.exp2(b_s - b_mn[:, None])
-        b_alpha = tl.math.exp2(b_m - b_mn)
-        b_l = b_l * b_alpha + tl.sum(b_p, 1)
-        if DROPOUT:
-            b_p = tl.where(_dropout_keep(seed, rng, i_bh, o_m, n0, THRESH, BLOCK_M, BLOCK_N), b_p, 0.)
-        # (BLOCK_M, D_PAD)
-        b_acc = tl.dot(b_p.to(b_v.dtype), b_v, b_acc * b_alpha[:, None],
-                       input_precision=PRECISION, out_dtype=ACC)
-        b_m = b_mn
-    return b_acc, b_m, b_l
-
-
-@triton.jit
-def _visible_end(key_len, i_b, T_k, KEY_LEN: tl.constexpr):
-    """Number of keys sample i_b may see before the causal rule: min(T_k, key_len[b]) >= 0."""
-    n_vis = T_k
-    if KEY_LEN:
-        n_vis = tl.maximum(tl.minimum(tl.load(key_len + i_b), T_k), 0)
-    return n_vis
-
-
-@triton.jit
-def _key_range(key_len, i_b, i_m, T_q, T_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               CAUSAL: tl.constexpr, KEY_LEN: tl.constexpr):
-    """Keys of query block i_m: visible count n_vis, blocks [0, n_full) unmasked, [n_full, n_end) masked."""
-    n_vis = _visible_end(key_len, i_b, T_k, KEY_LEN)
-    off = tl.abs(T_k - T_q)
-    n_end = n_vis
-    n_full = n_vis
-    if CAUSAL:
-        n_end = tl.minimum(n_vis, tl.minimum(i_m * BLOCK_M + BLOCK_M, T_q) + off)
-        n_full = tl.minimum(n_vis, i_m * BLOCK_M + off + 1)
-    return n_vis, off, n_full // BLOCK_N * BLOCK_N, n_end
-
 
 # ----------------------------------------------------------------------------------------------
 # kernels (int32 tile offsets inside a block: the launcher checks |stride| · block < 2³¹)
 # ----------------------------------------------------------------------------------------------
 
-@_jit
+@jit_unspecialised
 def attention_fwd_kernel(
     q, k, v, o, lse, key_len, seed_ptr, desc,
     s_qb, s_qh, s_qt, s_qd, s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd,
@@ -201,15 +68,15 @@ def attention_fwd_kernel(
     if DROPOUT:
         seed, rng = tl.load(seed_ptr), tl.load(seed_ptr + 1)
     if GROUPED:
-        desc, T_q, T_k, rng, THRESH, dr_hi, dr_lo = _problem(desc, rng, THRESH, dr_hi, dr_lo, DROPOUT)
+        desc, T_q, T_k, rng, THRESH, dr_hi, dr_lo = grouped_problem(desc, rng, THRESH, dr_hi, dr_lo, DROPOUT)
         (q, k, v, o, lse, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh,
-         s_ot) = _problem_inputs(desc, q, k, v, o, lse)
+         s_ot) = grouped_inputs(desc, q, k, v, o, lse)
         if KEY_LEN:
-            key_len = desc_ptr(desc, _KEY_LEN, key_len)
+            key_len = desc_ptr(desc, C_KEY_LEN, key_len)
     m0 = i_m * BLOCK_M
     if m0 >= T_q:
         return
-    qk_scale = _hilo(qk_hi, qk_lo, ACC)
+    qk_scale = hilo(qk_hi, qk_lo, ACC)
     i_b, i_h = (i_bh // H).to(tl.int64), (i_bh % H).to(tl.int64)
 
     o_i, o_j, o_d = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N), tl.arange(0, D_PAD)
@@ -221,7 +88,7 @@ def attention_fwd_kernel(
     b_q = tl.load(p_q + o_i[:, None] * s_qt + o_d[None, :] * s_qd, mask=m_md, other=0.)
     b_q = (b_q.to(ACC) * qk_scale).to(q.dtype.element_ty)
 
-    n_vis, off, n_full, n_end = _key_range(key_len, i_b, i_m, T_q, T_k, BLOCK_M, BLOCK_N, CAUSAL, KEY_LEN)
+    n_vis, off, n_full, n_end = key_range(key_len, i_b, i_m, T_q, T_k, BLOCK_M, BLOCK_N, CAUSAL, KEY_LEN)
     p_k = k + i_b * s_kb + i_h * s_kh
     p_v = v + i_b * s_vb + i_h * s_vh
     # (D_PAD, BLOCK_N), (BLOCK_N, D_PAD) offsets inside a key block
@@ -230,17 +97,17 @@ def attention_fwd_kernel(
     b_acc = tl.zeros((BLOCK_M, D_PAD), dtype=ACC)
     b_m = tl.full((BLOCK_M,), float("-inf"), dtype=ACC)
     b_l = tl.zeros((BLOCK_M,), dtype=ACC)
-    b_acc, b_m, b_l = _fwd_loop(b_acc, b_m, b_l, b_q, p_k, p_v, s_kt, s_vt, o_kT, o_v, o_m, m_d,
+    b_acc, b_m, b_l = fwd_key_loop(b_acc, b_m, b_l, b_q, p_k, p_v, s_kt, s_vt, o_kT, o_v, o_m, m_d,
                                 0, n_full, n_vis, off, seed, rng, i_bh, THRESH,
                                 BLOCK_M, BLOCK_N, False, CAUSAL, DROPOUT, PRECISION, ACC)
-    b_acc, b_m, b_l = _fwd_loop(b_acc, b_m, b_l, b_q, p_k, p_v, s_kt, s_vt, o_kT, o_v, o_m, m_d,
+    b_acc, b_m, b_l = fwd_key_loop(b_acc, b_m, b_l, b_q, p_k, p_v, s_kt, s_vt, o_kT, o_v, o_m, m_d,
                                 n_full, n_end, n_vis, off, seed, rng, i_bh, THRESH,
                                 BLOCK_M, BLOCK_N, True, CAUSAL, DROPOUT, PRECISION, ACC)
 
     m_empty = b_l == 0.
     b_scale = 1. / tl.where(m_empty, 1., b_l)
     if DROPOUT:
-        b_scale = b_scale * _hilo(dr_hi, dr_lo, ACC)
+        b_scale = b_scale * hilo(dr_hi, dr_lo, ACC)
     # (BLOCK_M, D_PAD)
     b_o = b_acc * b_scale[:, None]
     p_o = o + i_b * s_ob + i_h * s_oh + m0.to(tl.int64) * s_ot
@@ -250,7 +117,7 @@ def attention_fwd_kernel(
     tl.store(lse + i_bh.to(tl.int64) * T_q + o_m, b_lse.to(lse.dtype.element_ty), mask=m_m)
 
 
-@_jit
+@jit_unspecialised
 def attention_bwd_dq_kernel(
     q, k, v, o, lse, do, dq, key_len, seed_ptr, desc,
     s_qb, s_qh, s_qt, s_qd, s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd,
@@ -266,20 +133,20 @@ def attention_bwd_dq_kernel(
     if DROPOUT:
         seed, rng = tl.load(seed_ptr), tl.load(seed_ptr + 1)
     if GROUPED:
-        desc, T_q, T_k, rng, THRESH, dr_hi, dr_lo = _problem(desc, rng, THRESH, dr_hi, dr_lo, DROPOUT)
+        desc, T_q, T_k, rng, THRESH, dr_hi, dr_lo = grouped_problem(desc, rng, THRESH, dr_hi, dr_lo, DROPOUT)
         (q, k, v, o, lse, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh,
-         s_ot) = _problem_inputs(desc, q, k, v, o, lse)
+         s_ot) = grouped_inputs(desc, q, k, v, o, lse)
         if KEY_LEN:
-            key_len = desc_ptr(desc, _KEY_LEN, key_len)
-        do, s_dob, s_doh, s_dot = desc_strided(desc, _DO, do)
-        dq, s_dqb, s_dqh, s_dqt = desc_strided(desc, _DQ, dq)
+            key_len = desc_ptr(desc, C_KEY_LEN, key_len)
+        do, s_dob, s_doh, s_dot = desc_strided(desc, C_DO, do)
+        dq, s_dqb, s_dqh, s_dqt = desc_strided(desc, C_DQ, dq)
     m0 = i_m * BLOCK_M
     if m0 >= T_q:
         return
-    qk_scale = _hilo(qk_hi, qk_lo, ACC)
+    qk_scale = hilo(qk_hi, qk_lo, ACC)
     drop_scale = 1.
     if DROPOUT:
-        drop_scale = _hilo(dr_hi, dr_lo, ACC)
+        drop_scale = hilo(dr_hi, dr_lo, ACC)
     i_b, i_h = (i_bh // H).to(tl.int64), (i_bh % H).to(tl.int64)
 
     o_i, o_j, o_d = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N), tl.arange(0, D_PAD)
@@ -299,7 +166,7 @@ def attention_bwd_dq_kernel(
     b_delta = tl.sum(b_do.to(ACC) * b_o.to(ACC), 1)
     b_lse = tl.load(lse + i_bh.to(tl.int64) * T_q + o_m, mask=m_m, other=float("inf")).to(ACC)
 
-    n_vis, off, n_full, n_end = _key_range(key_len, i_b, i_m, T_q, T_k, BLOCK_M, BLOCK_N, CAUSAL, KEY_LEN)
+    n_vis, off, n_full, n_end = key_range(key_len, i_b, i_m, T_q, T_k, BLOCK_M, BLOCK_N, CAUSAL, KEY_LEN)
     p_k = k + i_b * s_kb + i_h * s_kh
     p_v = v + i_b * s_vb + i_h * s_vh
     # (D_PAD, BLOCK_N) offsets inside a key block
@@ -323,17 +190,17 @@ def attention_bwd_dq_kernel(
             b_p = tl.where(m_s, b_p, 0.)
         b_dp = tl.dot(b_do, b_vT, input_precision=PRECISION, out_dtype=ACC)
         if DROPOUT:
-            b_dp = tl.where(_dropout_keep(seed, rng, i_bh, o_m, n0, THRESH, BLOCK_M, BLOCK_N),
+            b_dp = tl.where(dropout_keep(seed, rng, i_bh, o_m, n0, THRESH, BLOCK_M, BLOCK_N),
                             b_dp * drop_scale, 0.)
         b_ds = b_p * (b_dp - b_delta[:, None])
         # (BLOCK_M, D_PAD)
         b_dq = tl.dot(b_ds.to(b_kT.dtype), tl.trans(b_kT), b_dq, input_precision=PRECISION, out_dtype=ACC)
-    b_dq = b_dq * _hilo(sm_hi, sm_lo, ACC)
+    b_dq = b_dq * hilo(sm_hi, sm_lo, ACC)
     p_dq = dq + i_b * s_dqb + i_h * s_dqh + m0l * s_dqt
     tl.store(p_dq + o_i[:, None] * s_dqt + o_d[None, :] * s_dqd, b_dq.to(dq.dtype.element_ty), mask=m_md)
 
 
-@_jit
+@jit_unspecialised
 def attention_bwd_dkv_kernel(
     q, k, v, o, lse, do, dk, dv, key_len, seed_ptr, desc,
     s_qb, s_qh, s_qt, s_qd, s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd,
@@ -350,26 +217,26 @@ def attention_bwd_dkv_kernel(
     if DROPOUT:
         seed, rng = tl.load(seed_ptr), tl.load(seed_ptr + 1)
     if GROUPED:
-        desc, T_q, T_k, rng, THRESH, dr_hi, dr_lo = _problem(desc, rng, THRESH, dr_hi, dr_lo, DROPOUT)
+        desc, T_q, T_k, rng, THRESH, dr_hi, dr_lo = grouped_problem(desc, rng, THRESH, dr_hi, dr_lo, DROPOUT)
         (q, k, v, o, lse, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh,
-         s_ot) = _problem_inputs(desc, q, k, v, o, lse)
+         s_ot) = grouped_inputs(desc, q, k, v, o, lse)
         if KEY_LEN:
-            key_len = desc_ptr(desc, _KEY_LEN, key_len)
-        do, s_dob, s_doh, s_dot = desc_strided(desc, _DO, do)
-        dk, s_dkb, s_dkh, s_dkt = desc_strided(desc, _DK, dk)
-        dv, s_dvb, s_dvh, s_dvt = desc_strided(desc, _DV, dv)
+            key_len = desc_ptr(desc, C_KEY_LEN, key_len)
+        do, s_dob, s_doh, s_dot = desc_strided(desc, C_DO, do)
+        dk, s_dkb, s_dkh, s_dkt = desc_strided(desc, C_DK, dk)
+        dv, s_dvb, s_dvh, s_dvt = desc_strided(desc, C_DV, dv)
     n0 = i_n * BLOCK_N
     if n0 >= T_k:
         return
-    qk_scale = _hilo(qk_hi, qk_lo, ACC)
+    qk_scale = hilo(qk_hi, qk_lo, ACC)
     drop_scale = 1.
     if DROPOUT:
-        drop_scale = _hilo(dr_hi, dr_lo, ACC)
+        drop_scale = hilo(dr_hi, dr_lo, ACC)
     i_b, i_h = (i_bh // H).to(tl.int64), (i_bh % H).to(tl.int64)
 
     o_i, o_j, o_d = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N), tl.arange(0, D_PAD)
     o_n = n0 + o_j
-    n_vis = _visible_end(key_len, i_b, T_k, KEY_LEN)
+    n_vis = visible_end(key_len, i_b, T_k, KEY_LEN)
     m_n, m_d = o_n < n_vis, o_d < D
     m_nd = m_n[:, None] & m_d[None, :]
     n0l = tl.cast(n0, tl.int64)
@@ -424,7 +291,7 @@ def attention_bwd_dkv_kernel(
             b_pT = tl.where(m_sT, b_pT, 0.)
         b_dpT = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION, out_dtype=ACC)
         if DROPOUT:
-            m_keepT = tl.trans(_dropout_keep(seed, rng, i_bh, o_m, n0, THRESH, BLOCK_M, BLOCK_N))
+            m_keepT = tl.trans(dropout_keep(seed, rng, i_bh, o_m, n0, THRESH, BLOCK_M, BLOCK_N))
             b_pdT = tl.where(m_keepT, b_pT * drop_scale, 0.)
             b_dpT = tl.where(m_keepT, b_dpT * drop_scale, 0.)
         else:
@@ -434,28 +301,13 @@ def attention_bwd_dkv_kernel(
         b_dsT = b_pT * (b_dpT - b_delta[None, :])
         b_dk = tl.dot(b_dsT.to(b_qT.dtype), tl.trans(b_qT), b_dk, input_precision=PRECISION, out_dtype=ACC)
     # the scores used q·scale·log2(e): dk = scale · dSᵀ Q = dSᵀ (Q · qk_scale) · scale / qk_scale
-    b_dk = b_dk * (_hilo(sm_hi, sm_lo, ACC) / qk_scale)
+    b_dk = b_dk * (hilo(sm_hi, sm_lo, ACC) / qk_scale)
     m_st = (o_n < T_k)[:, None] & m_d[None, :]
     p_dk = dk + i_b * s_dkb + i_h * s_dkh + n0l * s_dkt
     p_dv = dv + i_b * s_dvb + i_h * s_dvh + n0l * s_dvt
     tl.store(p_dk + o_j[:, None] * s_dkt + o_d[None, :] * s_dkd, b_dk.to(dk.dtype.element_ty), mask=m_st)
     tl.store(p_dv + o_j[:, None] * s_dvt + o_d[None, :] * s_dvd, b_dv.to(dv.dtype.element_ty), mask=m_st)
 
-
-@_jit
-def attention_dropout_mask_kernel(seed_ptr, keep, H, T_q, T_k, THRESH, i_g,
-                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Grid (cdiv(Lq, BLOCK_M), cdiv(Lk, BLOCK_N), B·H). Writes the keep-mask int8 (B, H, Lq, Lk)."""
-    i_m, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    seed = tl.load(seed_ptr)
-    rng = tl.load(seed_ptr + 1) + i_g
-    o_i, o_j = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N)
-    o_m, o_n = i_m * BLOCK_M + o_i, i_n * BLOCK_N + o_j
-    # (BLOCK_M, BLOCK_N)
-    b_keep = _dropout_keep(seed, rng, i_bh, o_m, i_n * BLOCK_N, THRESH, BLOCK_M, BLOCK_N)
-    p_keep = keep + (i_bh.to(tl.int64) * T_q + i_m * BLOCK_M) * T_k + i_n * BLOCK_N
-    tl.store(p_keep + o_i[:, None] * T_k + o_j[None, :], b_keep.to(tl.int8),
-             mask=(o_m < T_q)[:, None] & (o_n < T_k)[None, :])
 
 # ----------------------------------------------------------------------------------------------
 # launchers
@@ -516,11 +368,6 @@ def _hilo_split(x: float):
     """x as fp32 hi + lo (lo: the fp32 rounding error), without a tensor round trip."""
     hi = struct.unpack("f", struct.pack("f", x))[0]
     return hi, float(x - hi)
-
-
-def keep_threshold(dropout_p: float) -> int:
-    """Byte threshold: a key is kept iff its random byte < round(256 · (1 − p))."""
-    return int(round(256.0 * (1.0 - dropout_p)))
 
 
 @functools.lru_cache(maxsize=256)
@@ -712,17 +559,3 @@ def attention_bwd_grouped(dos, qs, ks, vs, os_, lses, *, key_lengths=None, offse
             **_constexprs(D, qs[0].dtype, bm, bn, offset_causal, has_kl, drop, True, input_precision),
             **launch)
     return dqs, dks, dvs
-
-
-def attention_dropout_mask(seed, batch, heads, len_q, len_k, dropout_p, *, group_index=0,
-                           block_m=None, block_n=None):
-    """Debug path: the keep-mask bool (B, H, Lq, Lk) the kernels use for this seed and problem."""
-    keep = _empty((batch, heads, len_q, len_k), torch.int8, seed.device)
-    if keep.numel() == 0:
-        return keep.bool()
-    bm = block_m or 64
-    bn = block_n or 64
-    grid = (cdiv(len_q, bm), cdiv(len_k, bn), batch * heads)
-    attention_dropout_mask_kernel[grid](seed, keep, heads, len_q, len_k, keep_threshold(dropout_p),
-                                        group_index, BLOCK_M=bm, BLOCK_N=bn)
-    return keep.view(torch.bool)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from dmd_fast.kernels import attention as ka
+from dmd_fast.kernels import attention_dropout as kd
 from dmd_fast.kernels import grouped
 from dmd_fast.ops.attention import (attention_weights, cross_modal_attention, cross_modal_attention_grouped)
 from dmd_fast.ops.backend import last_backend
@@ -114,7 +115,7 @@ def test_kernel_small_blocks(Lq, Lk, mask):
     opts = dict(key_lengths=kl, offset_causal=causal, dropout_p=0.25, seed=seed, block_m=16, block_n=16)
     o, lse = ka.attention_fwd(q, k, v, **opts)
     dq, dk, dv = ka.attention_bwd(do, q, k, v, o, lse, **opts)
-    keep = ka.attention_dropout_mask(seed, 2, 2, Lq, Lk, 0.25)
+    keep = kd.attention_dropout_mask(seed, 2, 2, Lq, Lk, 0.25)
     out_x, grads_x = ref64(q, k, v, do, key_lengths=kl, offset_causal=causal, dropout_p=0.25, keep_mask=keep)
     for name, a, x in zip(("O", "dq", "dk", "dv"), (o, dq, dk, dv), (out_x, *grads_x)):
         assert_rule(name, a, x, x, 1e-12)
@@ -215,7 +216,7 @@ def test_dropout_mask_matches_documented_philox():
     import numpy as np
     B, H, Lq, Lk, p = 2, 2, 5, 40, 0.3
     seed_v, off_v = 2 ** 40 + 12345, 2 ** 33 + 77
-    keep = ka.attention_dropout_mask(torch.tensor([seed_v, off_v], device=DEV), B, H, Lq, Lk, p).cpu()
+    keep = kd.attention_dropout_mask(torch.tensor([seed_v, off_v], device=DEV), B, H, Lq, Lk, p).cpu()
     bh, i, j = np.meshgrid(np.arange(B * H), np.arange(Lq), np.arange(Lk), indexing="ij")
     u = lambda x: np.asarray(x, dtype=np.uint64)  # noqa: E731
     words = _philox4x32_10((u(j // 16), u(i), u(bh), u(np.full_like(j, off_v & 0xFFFFFFFF))),
@@ -228,9 +229,9 @@ def test_dropout_mask_matches_documented_philox():
 
 def test_dropout_mask_independent_of_blocks():
     seed = torch.tensor([2 ** 40 + 17, 3], device=DEV)
-    a = ka.attention_dropout_mask(seed, 1, 2, 37, 80, 0.4)
-    b = ka.attention_dropout_mask(seed, 1, 2, 37, 80, 0.4, block_m=16, block_n=32)
-    c = ka.attention_dropout_mask(seed, 1, 2, 37, 80, 0.4, group_index=1)
+    a = kd.attention_dropout_mask(seed, 1, 2, 37, 80, 0.4)
+    b = kd.attention_dropout_mask(seed, 1, 2, 37, 80, 0.4, block_m=16, block_n=32)
+    c = kd.attention_dropout_mask(seed, 1, 2, 37, 80, 0.4, group_index=1)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert not torch.equal(a[0, 0], a[0, 1])  # heads differ
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dmd_fast.reference.margin import pairwise_cosine
+from dmd_fast.common.cosine import pairwise_cosine
 
 ORT_SEMANTICS = ("torch19", "per_sample")
 _COS_EPS = 1e-12

@@ -127,9 +127,9 @@ class MultiheadAttention(nn.Module):
     def head_averaged_weights(self, qh, kh, vh, *, offset_causal=False, key_lengths=None):
         """Visualisation path: softmax weights (B, Tq, Tk) averaged over heads, without dropout, by the
         reference (the fast path never materialises them); kept in ``last_weights`` when recording."""
-        from dmd_fast.reference.attention import cross_modal_attention as reference_attention
-        probs = reference_attention(qh, kh, vh, key_lengths=key_lengths, offset_causal=offset_causal,
-                                    scale=self.attention_scale(qh.device), return_weights=True)[1]
+        from dmd_fast.ops.attention import attention_weights
+        probs = attention_weights(qh, kh, vh, key_lengths=key_lengths, offset_causal=offset_causal,
+                                  scale=self.attention_scale(qh.device))
         weights = probs.mean(dim=1)
         if self.record_weights:
             self.last_weights = weights

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from dmd_fast.ops.graph_distill import check_total_weights, graph_distill
-from dmd_fast.reference.graph_distill import GraphDistillResult, edge_names
+from dmd_fast.common.graph_distill import GraphDistillResult, edge_names
 
 PRIOR_TEMPERATURE = 0.25
 HOMO_PRIOR_LOGITS = (0, 0, 1, 0, 1, 0)      # run.py: favours L→V, L→A

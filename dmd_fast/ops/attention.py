@@ -131,7 +131,7 @@ def _bwd_grouped_fake(dos, qs, ks, vs, os_, lses, key_lengths, seed, offset_caus
 def _dropout_mask(seed: Tensor, batch: int, heads: int, len_q: int, len_k: int, dropout_p: float,
                   group_index: int) -> Tensor:
     """The kernels' keep-mask bool (B, H, Lq, Lk) for ``seed`` (debug/test path)."""
-    from dmd_fast.kernels.attention import attention_dropout_mask as launch
+    from dmd_fast.kernels.attention_dropout import attention_dropout_mask as launch
     return launch(seed, batch, heads, len_q, len_k, dropout_p, group_index=group_index)
 
 

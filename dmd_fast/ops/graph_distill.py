@@ -17,8 +17,8 @@ from torch import Tensor
 
 from dmd_fast.ops.backend import check_backend_name, resolve_backend
 from dmd_fast.ops.registration import define_op
-from dmd_fast.reference.graph_distill import (LOGIT_METRICS, REPR_METRICS, SOFTMAX_SCOPES, GraphDistillResult,
-                                              edge_pairs)
+from dmd_fast.common.graph_distill import (LOGIT_METRICS, REPR_METRICS, SOFTMAX_SCOPES, GraphDistillResult,
+                                          edge_pairs)
 from dmd_fast.reference.graph_distill import graph_distill as reference_graph_distill
 
 OP = "graph_distill"

@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import torch
 
-
-def pairwise_cosine(feats: torch.Tensor) -> torch.Tensor:
-    """(N, d) → (N, N) cosine with upstream's norms sqrt(Σx² + 1e-8), clamped ≥ 1e-8."""
-    norm = torch.sqrt(feats.pow(2).sum(1) + 1e-8).clamp_min(1e-8)
-    return (feats @ feats.t()) / (norm.unsqueeze(1) * norm.unsqueeze(0))
+from dmd_fast.common.cosine import pairwise_cosine
 
 
 def margin_loss_loop(ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from dmd_fast.reference.graph_distill import edge_names
+from dmd_fast.common.graph_distill import edge_names
 from dmd_fast.train.edges import aggregate_edges, format_edge_table
 
 SUMMARY_METRICS = ("Non0_acc_2", "Non0_F1_score", "Has0_acc_2", "Acc_7", "MAE", "Corr")
