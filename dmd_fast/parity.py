@@ -1,4 +1,4 @@
-"""Parity against vectors produced by the real upstream DMD (``shared/fixtures/README.md`` format).
+"""Parity against vectors produced by the real upstream DMD (``docs/fixture-format.md`` format).
 
 Checks, in order: state_dict layout (names and order), a strict load (upstream's 24 encoder
 buffers included), eval-mode forward outputs, every loss term and every stored gradient of the
@@ -97,7 +97,7 @@ def load_fixture(path) -> dict:
         raise FixtureError(f"fixture: expected a dict, got {type(fx).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in fx]
     if missing:
-        raise FixtureError(f"fixture: missing keys {missing}; expected the format of shared/fixtures/README.md")
+        raise FixtureError(f"fixture: missing keys {missing}; expected the format of docs/fixture-format.md, 'Top-level keys'")
     return fx
 
 

@@ -1,6 +1,6 @@
 """Fused graph-distillation (GD-unit) kernel: the loss terms, edge weights AND every gradient, one launch.
 
-Semantics: ``dmd_fast.reference.graph_distill`` (upstream DMD, dmd-spec.md §5). Per sample b and
+Semantics: ``dmd_fast.reference.graph_distill`` (upstream DMD, docs/upstream-semantics.md, "GD unit (graph distillation)"). Per sample b and
 modality m, with w_edge = [a_l, a_r, c_l, c_r] (each g wide; a_* scores the target node, c_* the
 source node):
 

@@ -54,8 +54,8 @@ def test_peak_memory_on_cpu_is_reported_as_unmeasured():
 # floors
 # ------------------------------------------------------------------------------------------------
 
-def test_floor_terms_match_kernel_anchors_section6():
-    # kernel-anchors.md §6.1, 500x500, B=32, H=6, d=5: exp 12.3 us, ~8 ops/score 11.5 us,
+def test_floor_terms_match_the_documented_floor():
+    # docs/performance-floor.md, "Floor terms at DMD's shapes", 500x500, B=32, H=6, d=5: exp 12.3 us, ~8 ops/score 11.5 us,
     # HBM bf16 fwd 4.2 MB -> 1.3 us, bwd 8.5 MB -> 2.5 us, fp32 fwd 2.4 us, bwd 4.8 us.
     r = fl.device_rates()
     t = fl.attention_terms(32, 6, 500, 500, 5, dtype="bf16", pass_="fwd", rates=r)
@@ -72,7 +72,7 @@ def test_floor_terms_match_kernel_anchors_section6():
     assert t32["alu"] == pytest.approx(t["alu"] * (8 + 10) / 8)
     assert t32["mma"] == 0.0
     td = fl.attention_terms(32, 6, 500, 500, 5, dtype="bf16", pass_="fwd", dropout=True, rates=r)
-    assert td["rng"] * 1e6 == pytest.approx(19.4, rel=0.01)  # 8-bit thresholds, §6.1
+    assert td["rng"] * 1e6 == pytest.approx(19.4, rel=0.01)  # 8-bit thresholds (docs/performance-floor.md, "Floor terms at DMD's shapes")
 
 
 def test_floor_sums_passes_and_takes_the_binding_term():

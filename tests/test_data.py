@@ -1,4 +1,4 @@
-"""MMSA pickle loader, synthetic generator and DataLoaders (spec §1)."""
+"""MMSA pickle loader, synthetic generator and DataLoaders (docs/upstream-semantics.md, "Input data")."""
 import copy
 import pickle
 

@@ -1,4 +1,4 @@
-"""Regression metrics (spec §7), checked against hand computations."""
+"""Regression metrics (docs/upstream-semantics.md, "Metrics"), checked against hand computations."""
 import math
 
 import numpy as np

@@ -16,7 +16,7 @@ def _count(cfg):
 @pytest.mark.parametrize("name,millions", [("mosi-aligned", 4.7), ("mosi-unaligned", 12.6),
                                            ("mosei-aligned", 1.8), ("mosei-unaligned", 5.1)])
 def test_preset_parameter_counts(name, millions):
-    """dmd-spec.md §2.6: non-BERT parameter counts per preset."""
+    """docs/upstream-semantics.md, "Parameter counts": non-BERT parameter counts per preset."""
     assert abs(_count(get_preset(name)) / 1e6 - millions) < 0.05
 
 

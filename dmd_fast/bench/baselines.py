@@ -1,7 +1,7 @@
 """The implementations we compare ("providers") for the attention core and the GD op.
 
 Attention providers, all on (B, H, L, D) inputs with DMD's offset-causal mask and dropout on the
-attention weights (kernel-anchors.md §8.2):
+attention weights (docs/performance-floor.md, "How benchmarks compare providers"):
 
 ========================  ==========================================================================
 ``ours``                  ``dmd_fast.ops.attention.cross_modal_attention(backend="triton")``
@@ -124,7 +124,7 @@ def _build_ours(case: AttnCase, device, sample) -> Built:
             raise Unsupported("ours on the CPU needs the Triton interpreter: set TRITON_INTERPRET=1 "
                               "before starting (skipped)")
         if case.dtype in ("bf16", "fp16"):
-            raise Unsupported(f"{case.dtype} under the Triton interpreter is unreliable (DESIGN.md §3)")
+            raise Unsupported(f"{case.dtype} under the Triton interpreter is unreliable (docs/testing.md, 'The interpreter and 16-bit dtypes')")
     try:
         from dmd_fast.ops.attention import cross_modal_attention
     except ImportError as exc:

@@ -1,6 +1,6 @@
 """What the card can do at our shapes: measured copy bandwidth and the per-score floor.
 
-kernel-anchors.md §6: at DMD's head dims (5, 10) neither the HBM roofline nor the tensor cores
+docs/performance-floor.md, "What binds at DMD's head dims": at DMD's head dims (5, 10) neither the HBM roofline nor the tensor cores
 bind once the scores stay on chip; per-score scalar work does. For N = B·H·Lq·Lk scores a pass
 costs at least the largest of
 
@@ -60,7 +60,7 @@ def device_rates(sm_count: int | None = None, clock_hz: float | None = None,
         source = f"H100 anchors scaled to {sm_count} SMs x {clock_hz / 1e9:.3g} GHz (x{f:.3g})"
     else:
         f = 1.0
-        source = "H100 SXM anchors (kernel-anchors.md §6); SM count/clock not read"
+        source = "H100 SXM anchors (docs/performance-floor.md, 'Device rates (H100 SXM anchors)'); SM count/clock not read"
     if copy_bytes_per_s:
         bw, bw_src = float(copy_bytes_per_s), "measured device-to-device copy"
     else:

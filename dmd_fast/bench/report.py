@@ -227,7 +227,7 @@ def markdown(results: dict, compact: bool = False) -> str:
                  "*eager-launched*: synchronised per call, host enqueue "
                  "included; *graph*: CUDA-graph replay (device time). fwd is the training forward "
                  "(inputs need grad). Peak: extra MiB allocated during one fwd+bwd. Speedup: eager "
-                 "fwd+bwd / this fwd+bwd. Floor: kernel-anchors.md §6 (floor / graph fwd+bwd).")
+                 "fwd+bwd / this fwd+bwd. Floor: docs/performance-floor.md, 'Floor terms at DMD's shapes' (floor / graph fwd+bwd).")
     att = _sorted_rows([r for r in rows if r.get("suite") == "attention"])
     if att:
         sp = speedups(rows, "attention")

@@ -5,7 +5,7 @@ through the sets so that repeated calls do not all hit one buffer in cache. Warm
 (compilation, autotuning, allocator growth) are excluded; the first call's wall time is reported
 separately as ``first_call_ms`` so that compilation cost stays visible.
 
-Two CUDA views of the same function (kernel-anchors.md §8.2):
+Two CUDA views of the same function (docs/performance-floor.md, "How benchmarks compare providers"):
 
 - :func:`time_cuda` ("eager-launched"): per call, flush L2 (as ``triton.testing.do_bench``),
   synchronise, record a start event, call ``fn``, record an end event. Because the device is idle

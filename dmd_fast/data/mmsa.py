@@ -1,4 +1,4 @@
-"""Loader for MMSA "Processed" pickles (CMU-MOSI / CMU-MOSEI), spec §1.
+"""Loader for MMSA "Processed" pickles (CMU-MOSI / CMU-MOSEI), docs/upstream-semantics.md, "Input data".
 
 File layout (``aligned_50.pkl`` / ``unaligned_50.pkl``): a top-level dict with
 splits ``train``, ``valid``, ``test``; each split is a dict with
@@ -52,7 +52,7 @@ SPLITS = ("train", "valid", "test")
 MODALITY_KEYS = ("text", "audio", "vision")
 REQUIRED_KEYS = ("text", "audio", "vision", "regression_labels")
 
-#: Known shapes (spec §1.2): name -> {"feature_dims": (L, A, V), "seq_lens": (L, A, V)}.
+#: Known shapes (docs/upstream-semantics.md, "Input data"): name -> {"feature_dims": (L, A, V), "seq_lens": (L, A, V)}.
 DATASET_SHAPES: dict[str, dict[str, tuple[int, int, int]]] = {
     "mosi_aligned": {"feature_dims": (768, 5, 20), "seq_lens": (50, 50, 50)},
     "mosi_unaligned": {"feature_dims": (768, 5, 20), "seq_lens": (50, 375, 500)},

@@ -1,4 +1,4 @@
-"""DMD hyperparameters and presets (upstream ``config/config.json``, dmd-spec.md §6.1)."""
+"""DMD hyperparameters and presets (upstream ``config/config.json``, docs/upstream-semantics.md, "Presets")."""
 from __future__ import annotations
 
 import dataclasses
@@ -98,7 +98,7 @@ def get_preset(name: str) -> DMDConfig:
 
 
 def config_from_fixture(fx_config: dict) -> DMDConfig:
-    """DMDConfig from a parity fixture's ``config`` dict (fixtures/README.md format)."""
+    """DMDConfig from a parity fixture's ``config`` dict (docs/fixture-format.md, "config")."""
     try:
         d, h = fx_config["dst_feature_dim_nheads"]
         drops = fx_config["dropouts"]
@@ -120,4 +120,4 @@ def config_from_fixture(fx_config: dict) -> DMDConfig:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"fixture config: missing or malformed entry ({exc!r}); expected the format "
-                         "of shared/fixtures/README.md") from exc
+                         "of docs/fixture-format.md, 'config'") from exc

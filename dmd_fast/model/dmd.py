@@ -24,7 +24,7 @@ def _conv(cin, cout, k):
 
 class DMD(nn.Module):
     """forward(text (B, T_l, 768) | (B, 3, T_l) with BERT, audio (B, T_a, d_a), vision (B, T_v, d_v))
-    → dict of every upstream output (see dmd-spec.md §2.5)."""
+    → dict of every upstream output (see docs/upstream-semantics.md, "Model outputs")."""
 
     def __init__(self, config: DMDConfig, backend: str = "auto", grouped: bool | None = None):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Every DMD loss term with upstream weights (``trains/singleTask/DMD.py``, dmd-spec.md §4).
+"""Every DMD loss term with upstream weights (``trains/singleTask/DMD.py``, docs/upstream-semantics.md, "Loss terms").
 
 No host synchronisation and no Python loop over samples: the margin loss is vectorised
 (equal to ``dmd_fast.reference.margin.margin_loss_loop``).

@@ -1,7 +1,7 @@
 """Reference graph-distillation (GD-unit) edge aggregation, as upstream DMD computes it.
 
 Upstream: ``trains/singleTask/distillnets/get_distillation_kernel{,_homo}.py`` and
-``utils/misc.py`` (dmd-spec.md §5). Edges are the ordered pairs (to j, from i), i != j, in the
+``utils/misc.py`` (docs/upstream-semantics.md, "GD unit (graph distillation)"). Edges are the ordered pairs (to j, from i), i != j, in the
 loop order ``for j in range(M): for i in range(M)``; for M = 3 that is
 V→L, A→L, L→V, A→V, L→A, V→A.
 """

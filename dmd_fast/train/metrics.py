@@ -1,4 +1,4 @@
-"""Regression metrics for MOSI/MOSEI as in MMSA's ``metricsTop`` (spec §7), numpy only.
+"""Regression metrics for MOSI/MOSEI as in MMSA's ``metricsTop`` (docs/upstream-semantics.md, "Metrics"), numpy only.
 
 Inputs are flattened, so (B,), (B, 1) or any shape works; torch tensors (any dtype, any device)
 and numpy arrays/lists are accepted. Computation is in float64 (exact for float32 inputs, so

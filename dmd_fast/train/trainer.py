@@ -1,4 +1,4 @@
-"""DMD training with upstream's procedure (``trains/singleTask/DMD.py``, dmd-spec.md §6).
+"""DMD training with upstream's procedure (``trains/singleTask/DMD.py``, docs/upstream-semantics.md, "Training procedure").
 
 Adam(lr) over DMD + both GD units; gradients summed over windows of ``update_epochs``
 mini-batches (a trailing partial window is discarded, as upstream); ``clip_grad_value_`` after
