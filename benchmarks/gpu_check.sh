@@ -8,7 +8,7 @@
 # usage: bash benchmarks/gpu_check.sh [OUTDIR]     (default: $OUT if set, else benchmarks/results/<date>)
 # env:   DMD_FAST_FIXTURE  parity fixture (default .gpu_carry/upstream_dmd_mosei_aligned.pt)
 #        GPU_CHECK_SECONDS total wall budget (default 330)
-#        BENCH_SUITE       op | gd | model | all (default all)
+#        BENCH_SUITE       attention | graph_distill | model | all (op, gd: earlier names) (default all)
 #        BENCH_ARGS        extra arguments for the bench command (e.g. "--quick" for a CPU dry run)
 #        SKIP_INSTALL=1    use the current environment as it is
 #        PYTHON            interpreter (default python3)

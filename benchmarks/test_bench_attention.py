@@ -3,7 +3,7 @@
 CPU tier (CI): tiny shapes in fp32, our kernels in the Triton interpreter (``backend='reference'``
 when TRITON_INTERPRET is off). GPU: DMD's shapes (B=16, H=10; 46x496 and 496x371 at head dim 5,
 496x496 at head dim 10, aligned 46x46), fp32 and bf16. Offset-causal mask and dropout 0.3 always.
-The full comparison (compiled, flash, flex, CUDA graphs, floors) is ``dmd-fast bench --suite op``.
+The full comparison (compiled, flash, flex, CUDA graphs, floors) is ``dmd-fast bench --suite attention``.
 """
 import pytest
 import torch

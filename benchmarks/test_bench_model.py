@@ -7,7 +7,8 @@ in the Triton interpreter takes tens of seconds; the op-level benchmarks cover t
 import pytest
 import torch
 
-from dmd_fast.bench import suites as st
+from dmd_fast.bench import baselines as bl
+from dmd_fast.bench.suites import model as sm
 
 CUDA = torch.cuda.is_available()
 
@@ -16,11 +17,11 @@ CUDA = torch.cuda.is_available()
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("what", ["hetero", "step"])
 def test_model(bench, benchmark, bench_device, what, backend):
-    build = st._build_model_step if what == "step" else st._build_hetero_step
+    build = sm._build_model_step if what == "step" else sm._build_hetero_step
     try:
         fn, sets, samples, note = build("ours" if backend == "triton" else "eager", torch.device(bench_device),
                                         quick=not CUDA)
-    except st.bl.Unsupported as exc:
+    except bl.Unsupported as exc:
         pytest.skip(str(exc))
     benchmark.group = f"model {what}"
     benchmark.extra_info.update(backend=backend, samples_per_call=samples, note=note)

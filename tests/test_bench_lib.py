@@ -264,7 +264,7 @@ def test_cli_quick_runs_on_cpu(tmp_path, capsys):
     assert "## Attention core" in out and "## Model level" in out
     data = json.loads((tmp_path / "results.json").read_text())
     ran = {(r["suite"], r["provider"]) for r in data["rows"] if r["status"] == "ok"}
-    assert {("attention", "eager"), ("attention", "reference"), ("gd", "eager"), ("model", "eager")} <= ran
+    assert {("attention", "eager"), ("attention", "reference"), ("graph_distill", "eager"), ("model", "eager")} <= ran
     assert (tmp_path / "results.md").exists()
     assert set(os.listdir(tmp_path)) <= set(report.RESULT_FILES)
 
@@ -273,12 +273,12 @@ def test_cli_quick_without_interpreter_skips_ours_with_reason(tmp_path, capsys):
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") or torch.cuda.is_available():
         # the interpreter is on in this process: run the command in a child without it
         env = dict(os.environ, TRITON_INTERPRET="0", CUDA_VISIBLE_DEVICES="")
-        proc = subprocess.run([sys.executable, "-m", "dmd_fast.bench.cli", "--quick", "--suite", "op",
+        proc = subprocess.run([sys.executable, "-m", "dmd_fast.bench.cli", "--quick", "--suite", "attention",
                                "--backend-list", "ours,eager", "--out", str(tmp_path), "--rep-ms", "5",
                                "--no-plots"], capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 0, proc.stderr
     else:
-        assert bench_main(["--quick", "--suite", "op", "--backend-list", "ours,eager", "--out", str(tmp_path),
+        assert bench_main(["--quick", "--suite", "attention", "--backend-list", "ours,eager", "--out", str(tmp_path),
                            "--rep-ms", "5", "--no-plots"]) == 0
     data = json.loads((tmp_path / "results.json").read_text())
     ours = [r for r in data["rows"] if r["provider"] == "ours"]
@@ -312,7 +312,7 @@ def test_cli_unknown_provider_and_gpu_only_configurations(tmp_path, capsys):
     assert bench_main(["--quick", "--suite", "op", "--backend-list", "cudagraph", "--out", str(tmp_path)]) == 2
     assert "applies" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        assert bench_main(["--suite", "op", "--out", str(tmp_path)]) == 2
+        assert bench_main(["--suite", "attention", "--out", str(tmp_path)]) == 2
         assert "--quick" in capsys.readouterr().err
         assert bench_main(["--quick", "--device", "cuda", "--out", str(tmp_path)]) == 2
         assert "CUDA" in capsys.readouterr().err
@@ -324,7 +324,7 @@ def test_cli_unknown_provider_and_gpu_only_configurations(tmp_path, capsys):
 def test_recompile_counter_reads_triton_jit_caches():
     from triton.runtime.jit import JITFunction
 
-    from dmd_fast.bench import suites as st
+    from dmd_fast.bench.suites import attention as sa
 
     def kern(x_ptr):
         pass
@@ -332,17 +332,18 @@ def test_recompile_counter_reads_triton_jit_caches():
     wrapper = type("Autotuned", (), {"fn": jf})()   # autotuner/heuristics wrappers expose .fn
     module = type(sys)("fake_kernels")
     module.kern, module.tuned, module.other = jf, wrapper, 3
-    found = st._jit_functions(module)
+    found = sa._jit_functions(module)
     assert set(found) == {"kern", "tuned"} and found["tuned"] is jf
-    assert st._variant_count({"kern": jf}) == 0
+    assert sa._variant_count({"kern": jf}) == 0
     # Triton 3.6: device_caches[device] = (kernel_cache, kernel_key_cache, target, backend, binder)
     jf.device_caches = {0: ({"a": 1, "b": 2}, {}, None, None, None)}
-    assert st._variant_count({"kern": jf}) == 2
+    assert sa._variant_count({"kern": jf}) == 2
 
 
 def test_recompile_check_skips_on_cpu():
     from dmd_fast.bench import suites as st
-    out = st.recompile_check(st.SuiteOptions(quick=True), torch.device("cpu"), st.Budget(None))
+    from dmd_fast.bench.suites import attention as sa
+    out = sa.recompile_check(st.SuiteOptions(quick=True), torch.device("cpu"), st.Budget(None))
     assert out["status"] == "skipped" and "interpreter" in out["reason"]
 
 
@@ -365,3 +366,11 @@ def test_launches_cli_bad_batch(capsys):
     from dmd_fast.bench.launches import main
     assert main(["--batch", "0"]) == 2
     assert "--batch: expected >= 1, got 0" in capsys.readouterr().err
+
+
+def test_suite_names_and_their_earlier_aliases():
+    from dmd_fast.bench import suites as st
+    assert [st.canonical_suite(s) for s in ("op", "gd", "attention", "graph_distill", "model")] == [
+        "attention", "graph_distill", "attention", "graph_distill", "model"]
+    assert set(st.BUDGET_S) >= {("attention", "plain"), ("graph_distill", "compiled"), ("model", "cudagraph")}
+    assert report._suite({"suite": "gd"}) == "graph_distill"

@@ -4,7 +4,7 @@ Wiring into the main CLI (``dmd_fast/cli.py``, in ``build_parser`` after ``sub``
 
     from dmd_fast.bench.cli import add_bench_parser; add_bench_parser(sub)
 
-It also runs on its own: ``python -m dmd_fast.bench.cli --suite op --quick``.
+It also runs on its own: ``python -m dmd_fast.bench.cli --suite attention --quick``.
 Exit codes: 0 ran (individual rows may still record skips or errors), 2 bad arguments or a
 configuration that cannot run here, 1 an unexpected failure (message, no traceback).
 """
@@ -15,7 +15,7 @@ import datetime as _dt
 import os
 import sys
 
-SUITE_CHOICES = ("op", "gd", "model", "all")
+SUITE_CHOICES = ("attention", "graph_distill", "model", "all", "op", "gd")  # op, gd: earlier names
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -116,14 +116,13 @@ def _run(args) -> int:
             return _err("--device: CUDA requested but no CUDA device is available")
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
-    suites = ("op", "gd", "model") if args.suite == "all" else (args.suite,)
+    suite = st.canonical_suite(args.suite)
+    suites = ("attention", "graph_distill", "model") if suite == "all" else (suite,)
     if device.type != "cuda" and not args.quick:
         return _err(f"--suite {args.suite}: the full-size suites need a CUDA GPU and none is available here; "
                     "use --quick for tiny shapes on the CPU")
     if providers is not None:
-        known = {"op": st.bl.ATTENTION_PROVIDERS, "gd": st.bl.GD_PROVIDERS,
-                 "model": dict.fromkeys(st.MODEL_PROVIDERS)}
-        if not any(p in known[s] for s in suites for p in providers):
+        if not any(p in st.KNOWN_PROVIDERS[s] for s in suites for p in providers):
             return _err(f"--backend-list: none of {', '.join(providers)} applies to --suite {args.suite}")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     out_dir = args.out or _default_out(device_name)

@@ -138,12 +138,17 @@ def _median(row, mode):
     return m.get("median_us") if m.get("status") == "ok" else None
 
 
+def _suite(row: dict) -> str:
+    """A row's suite, earlier names ('gd' in results written before the rename) resolved."""
+    return {"gd": "graph_distill", "op": "attention"}.get(row.get("suite"), row.get("suite"))
+
+
 def speedups(rows: list, suite: str, mode: str = "fwdbwd", baseline: str = "eager") -> dict:
     """{(case, provider): t_baseline / t_provider} for rows of one suite where both ran."""
-    base = {r["case"]: _median(r, mode) for r in rows if r.get("suite") == suite and r.get("provider") == baseline}
+    base = {r["case"]: _median(r, mode) for r in rows if _suite(r) == suite and r.get("provider") == baseline}
     out = {}
     for r in rows:
-        if r.get("suite") != suite:
+        if _suite(r) != suite:
             continue
         t, b = _median(r, mode), base.get(r["case"])
         if t and b:
@@ -256,9 +261,9 @@ def markdown(results: dict, compact: bool = False) -> str:
                          f"{chk.get('pairs')}; compiled variants before: {chk.get('variants_before')}; {per}")
         else:
             lines.append(f"{chk.get('status')}: {chk.get('reason')}")
-    gd = _sorted_rows([r for r in rows if r.get("suite") == "gd"])
+    gd = _sorted_rows([r for r in rows if _suite(r) == "graph_distill"])
     if gd:
-        sp = speedups(rows, "gd")
+        sp = speedups(rows, "graph_distill")
         lines += ["", "## Graph distillation (GD unit)", "",
                   "| case | provider | fwd | fwd+bwd | graph fwd+bwd | peak MiB | vs eager | notes |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -331,7 +336,7 @@ def plot_speedup(results: dict, path: str) -> str | None:
     panels = []
     for suite, mode, title in (("attention", "fwdbwd", "attention fwd+bwd, eager-launched"),
                                ("attention", "graph_fwdbwd", "attention fwd+bwd, CUDA graph"),
-                               ("gd", "fwdbwd", "GD fwd+bwd, eager-launched")):
+                               ("graph_distill", "fwdbwd", "GD fwd+bwd, eager-launched")):
         sp = speedups(rows, suite, mode)
         if any(p != "eager" for _, p in sp):
             panels.append((sp, title))
