@@ -41,9 +41,9 @@ import triton
 import triton.language as tl
 
 from .attention_dropout import dropout_keep, keep_threshold
-from .attention_tiles import (C_DK, C_DO, C_DQ, C_DV, C_KEY_LEN, LAYOUT, fwd_key_loop, grouped_inputs, grouped_problem,
-                              hilo, jit_unspecialised, key_range, visible_end)
-from .grouped import desc_ptr, desc_strided, descriptor_table, f32_bits, group_stride_args, unify_last_stride
+from .attention_tiles import (C_DK, C_DO, C_DQ, C_DV, C_KEY_LEN, C_W, LAYOUT, fwd_key_loop, hilo, jit_unspecialised, key_range,
+                              problem_prologue, visible_end)
+from .grouped import desc_problem, desc_ptr, desc_strided, descriptor_table, f32_bits, group_stride_args, unify_last_stride
 from .host_math import cdiv, next_pow2
 
 LOG2E = 1.4426950408889634
@@ -64,13 +64,12 @@ def attention_fwd_kernel(
 ):
     """Grid (cdiv(Lq, BLOCK_M), B·H, G). Writes o (B, H, Lq, D) and lse (B, H, Lq)."""
     i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    seed, rng = 0, 0
-    if DROPOUT:
-        seed, rng = tl.load(seed_ptr), tl.load(seed_ptr + 1)
+    (seed, rng, T_q, T_k, THRESH, dr_hi, dr_lo, q, k, v, o, lse, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh,
+     s_vt, s_ob, s_oh, s_ot) = problem_prologue(
+        seed_ptr, desc, q, k, v, o, lse, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot,
+        T_q, T_k, THRESH, dr_hi, dr_lo, GROUPED, DROPOUT)
     if GROUPED:
-        desc, T_q, T_k, rng, THRESH, dr_hi, dr_lo = grouped_problem(desc, rng, THRESH, dr_hi, dr_lo, DROPOUT)
-        (q, k, v, o, lse, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh,
-         s_ot) = grouped_inputs(desc, q, k, v, o, lse)
+        desc = desc_problem(desc, tl.program_id(2), C_W)
         if KEY_LEN:
             key_len = desc_ptr(desc, C_KEY_LEN, key_len)
     m0 = i_m * BLOCK_M
@@ -129,13 +128,12 @@ def attention_bwd_dq_kernel(
 ):
     """Grid (cdiv(Lq, BLOCK_M), B·H, G). Writes dq (B, H, Lq, D); a program walks the key blocks."""
     i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    seed, rng = 0, 0
-    if DROPOUT:
-        seed, rng = tl.load(seed_ptr), tl.load(seed_ptr + 1)
+    (seed, rng, T_q, T_k, THRESH, dr_hi, dr_lo, q, k, v, o, lse, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh,
+     s_vt, s_ob, s_oh, s_ot) = problem_prologue(
+        seed_ptr, desc, q, k, v, o, lse, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot,
+        T_q, T_k, THRESH, dr_hi, dr_lo, GROUPED, DROPOUT)
     if GROUPED:
-        desc, T_q, T_k, rng, THRESH, dr_hi, dr_lo = grouped_problem(desc, rng, THRESH, dr_hi, dr_lo, DROPOUT)
-        (q, k, v, o, lse, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh,
-         s_ot) = grouped_inputs(desc, q, k, v, o, lse)
+        desc = desc_problem(desc, tl.program_id(2), C_W)
         if KEY_LEN:
             key_len = desc_ptr(desc, C_KEY_LEN, key_len)
         do, s_dob, s_doh, s_dot = desc_strided(desc, C_DO, do)
@@ -213,13 +211,12 @@ def attention_bwd_dkv_kernel(
 ):
     """Grid (cdiv(Lk, BLOCK_N), B·H, G). Writes dk, dv (B, H, Lk, D); a program walks the query blocks."""
     i_n, i_bh = tl.program_id(0), tl.program_id(1)
-    seed, rng = 0, 0
-    if DROPOUT:
-        seed, rng = tl.load(seed_ptr), tl.load(seed_ptr + 1)
+    (seed, rng, T_q, T_k, THRESH, dr_hi, dr_lo, q, k, v, o, lse, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh,
+     s_vt, s_ob, s_oh, s_ot) = problem_prologue(
+        seed_ptr, desc, q, k, v, o, lse, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot,
+        T_q, T_k, THRESH, dr_hi, dr_lo, GROUPED, DROPOUT)
     if GROUPED:
-        desc, T_q, T_k, rng, THRESH, dr_hi, dr_lo = grouped_problem(desc, rng, THRESH, dr_hi, dr_lo, DROPOUT)
-        (q, k, v, o, lse, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh,
-         s_ot) = grouped_inputs(desc, q, k, v, o, lse)
+        desc = desc_problem(desc, tl.program_id(2), C_W)
         if KEY_LEN:
             key_len = desc_ptr(desc, C_KEY_LEN, key_len)
         do, s_dob, s_doh, s_dot = desc_strided(desc, C_DO, do)
@@ -336,7 +333,7 @@ def d_pad(head_dim: int) -> int:
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per (kernel role, dtype class) and D_PAD, chosen offline
-# with benchmarks/compile_check.py (no spills on sm_90); no runtime autotune. fp32 covers fp64.
+# with benchmarks/compile_check_attention.py (no spills on sm_90); no runtime autotune. fp32 covers fp64.
 _GPU_BLOCKS = {
     ("fwd", "fp32"): {16: (64, 64, 8, 2), 32: (32, 32, 4, 2), 64: (16, 32, 4, 1), 128: (16, 16, 4, 1)},
     ("fwd", "16"): {16: (64, 64, 4, 3), 32: (64, 64, 4, 3), 64: (64, 64, 8, 3), 128: (16, 16, 4, 1)},

@@ -60,6 +60,25 @@ def grouped_inputs(desc, q, k, v, o, lse):
 
 
 @triton.jit
+def problem_prologue(seed_ptr, desc, q, k, v, o, lse, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt,
+                     s_ob, s_oh, s_ot, T_q, T_k, THRESH, dr_hi, dr_lo,
+                     GROUPED: tl.constexpr, DROPOUT: tl.constexpr):
+    """Every attention kernel's start: the Philox seed and offset, and with GROUPED this program's
+    problem from its descriptor row (lengths, dropout, q, k, v, o with their strides, lse); otherwise
+    the arguments as given. (Optional tensors — key_len, the row itself — stay with the caller: a jit
+    function cannot return None.)"""
+    seed, rng = 0, 0
+    if DROPOUT:
+        seed, rng = tl.load(seed_ptr), tl.load(seed_ptr + 1)
+    if GROUPED:
+        desc, T_q, T_k, rng, THRESH, dr_hi, dr_lo = grouped_problem(desc, rng, THRESH, dr_hi, dr_lo, DROPOUT)
+        (q, k, v, o, lse, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh,
+         s_ot) = grouped_inputs(desc, q, k, v, o, lse)
+    return (seed, rng, T_q, T_k, THRESH, dr_hi, dr_lo, q, k, v, o, lse,
+            s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot)
+
+
+@triton.jit
 def fwd_key_loop(b_acc, b_m, b_l, b_q, p_k, p_v, s_kt, s_vt, o_kT, o_v, o_m, m_d, lo, hi, n_vis, off,
               seed, rng, i_bh, THRESH,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,

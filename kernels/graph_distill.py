@@ -401,7 +401,7 @@ def _launch_config(M: int, B: int, C: int, R: int, G: int) -> dict:
     """Tile sizes and launch options. The edge tile holds all M(M−1) edges; batch and feature chunks
     bound the registers. 8 warps with maxnreg=255 (256 threads × 255 ≤ 64K registers: one CTA fits;
     without it ptxas caps at 128 and spills). No spills on sm_90 for the configurations in
-    benchmarks/compile_check_gd.py (DMD's, and M up to 8 with g = 128, R = 1024)."""
+    benchmarks/compile_check_graph_distill.py (DMD's, and M up to 8 with g = 128, R = 1024)."""
     E = M * (M - 1)
     BLOCK_E = next_pow2(E)
     BLOCK_G = max(next_pow2(G), 2)

@@ -5,7 +5,7 @@ Runs without a GPU: ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90
 per configuration: registers, STACK and LOCAL (spill) bytes, static and dynamic shared memory, the matrix
 instructions used. Exits 1 on any spill, compile error or shared-memory overflow.
 
-    python benchmarks/compile_check.py [--quick] [--jobs N]
+    python benchmarks/compile_check_attention.py [--quick] [--jobs N]
 
 Must run WITHOUT ``TRITON_INTERPRET`` (the block-size table then gives the GPU blocks).
 """

@@ -1,6 +1,6 @@
 """Compile the GD-unit kernel for Hopper (sm_90) on the CPU; report registers, spills and shared memory.
 
-    python benchmarks/compile_check_gd.py [--out benchmarks/results/compile_check_gd.md]
+    python benchmarks/compile_check_graph_distill.py [--out benchmarks/results/compile_check_graph_distill.md]
 
 Needs no GPU: ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))`` with the tiles and
 options of ``launch_config``, then the cuobjdump bundled with Triton (``--dump-resource-usage``).
