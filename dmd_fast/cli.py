@@ -141,6 +141,19 @@ def _predict(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from dmd_fast.inference.export import export_model, save_exported
+    from dmd_fast.inference.loading import load_model
+    from dmd_fast.train.trainer import pick_device
+
+    model = load_model(args.checkpoint, backend=args.backend, device=pick_device(args.device))
+    program = export_model(model, batch_size=args.batch_size)
+    meta = save_exported(program, args.out, model, args.batch_size)
+    print(f"dmd-fast export: {args.out} (preset {model.config.name}, batch size {args.batch_size}, backend "
+          f"{meta['backend']}, {meta['device']}, torch {meta['torch']}); load with dmd_fast.load_exported")
+    return 0
+
+
 def _seed_list(text: str):
     try:
         seeds = [int(x) for x in text.split(",") if x.strip()]
@@ -235,6 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, metavar="PREDS.csv",
                    help="CSV path (default: CSV on stdout, metrics on stderr)")
     r.set_defaults(func=_predict)
+
+    e = sub.add_parser("export", help="torch.export the pruned inference forward of a trained model (.pt2)")
+    e.add_argument("--checkpoint", required=True, help="a dmd-fast checkpoint (OUT/best.pt or OUT/last.pt)")
+    e.add_argument("--out", required=True, metavar="MODEL.pt2")
+    e.add_argument("--batch-size", type=int, default=1, help="the program's static batch size (default 1)")
+    e.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"),
+                   help="triton keeps the grouped attention as the custom op dmd_fast::attention_fwd_grouped")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=_export)
 
     from dmd_fast.bench.cli import add_bench_parser
     add_bench_parser(sub)

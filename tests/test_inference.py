@@ -44,11 +44,11 @@ def _inputs(cfg, B=3, seed=1, dtype=torch.float64):
 def test_pruned_forward_equals_full_eval_forward(backend):
     model64 = _model(backend).double()
     cfg = model64.config
-    x64 = _inputs(cfg)
+    x64 = _inputs(cfg, B=2)
     with torch.no_grad():
         full64 = model64(*x64)["output_logit"]
         pruned64 = model64.predict(*x64)
-        assert pruned64.shape == full64.shape == (3, 1)
+        assert pruned64.shape == full64.shape == (2, 1)
         torch.testing.assert_close(pruned64, full64, rtol=0, atol=1e-12)
         torch.testing.assert_close(model64(*x64, inference=True)["output_logit"], pruned64, rtol=0, atol=0)
         model32 = model64.float()
@@ -102,11 +102,11 @@ def test_predict_refuses_training_mode_and_keeps_no_graph():
         model(*x, inference=True)
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_inference_path_traces_whole_under_torch_compile(backend):
+def test_inference_path_traces_whole_under_torch_compile():
     """torch.compile(fullgraph=True) through the inference path (dynamo with the eager backend: a graph
-    break would raise), same numbers as eager."""
-    model = _model(backend)
+    break would raise), same numbers as eager. (The Triton backend's traced path, the grouped custom op,
+    is exercised by tests/test_export.py.)"""
+    model = _model("reference")
     x = _inputs(model.config, dtype=torch.float32)
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="eager", fullgraph=True)
