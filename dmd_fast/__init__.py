@@ -4,6 +4,7 @@ Public entry points (imported lazily so ``import dmd_fast`` stays light):
     cross_modal_attention, cross_modal_attention_grouped  (dmd_fast.ops.attention)
     graph_distill                                          (dmd_fast.ops.graph_distill)
     DMD, DMDSystem, DMDConfig, get_preset                  (dmd_fast.model)
+    load_exported                                          (dmd_fast.inference.export)
 """
 __version__ = "0.1.0"
 
@@ -16,6 +17,7 @@ _LAZY = {
     "DMDSystem": "dmd_fast.model.system",
     "DMDConfig": "dmd_fast.model.config",
     "get_preset": "dmd_fast.model.config",
+    "load_exported": "dmd_fast.inference.export",
 }
 
 

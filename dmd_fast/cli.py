@@ -1,4 +1,4 @@
-"""``dmd-fast`` command line: train, parity, bench."""
+"""``dmd-fast`` command line: train, parity, attention-map, predict, export, bench."""
 from __future__ import annotations
 
 import argparse
@@ -91,17 +91,11 @@ def _attention_map(args) -> int:
 
     from dmd_fast.data.mmsa import load_mmsa
     from dmd_fast.data.synthetic import synthetic_datasets
+    from dmd_fast.inference.loading import load_model
     from dmd_fast.model.attention_maps import cross_modal_maps, save_map_pngs
-    from dmd_fast.model.config import DMDConfig
-    from dmd_fast.model.system import DMDSystem
-    from dmd_fast.train.checkpoint import read_checkpoint
 
-    ckpt = read_checkpoint(args.checkpoint)
-    cfg = DMDConfig.from_dict(ckpt["config"])
-    if cfg.use_bert:  # the weights come from the checkpoint: build BERT from its config, not its folder
-        cfg = cfg.replace(bert_path=None)
-    system = DMDSystem(cfg, backend="reference")
-    system.load_state_dict(ckpt["model"], strict=True)
+    model = load_model(args.checkpoint, backend="reference")
+    cfg = model.config
     text_key = "text_bert" if cfg.use_bert else "text"
     if args.data == "synthetic":
         datasets = synthetic_datasets(cfg, 1, 1, max(args.sample + 1, 1), seed=args.data_seed, text_key=text_key)
@@ -111,11 +105,52 @@ def _attention_map(args) -> int:
     if not 0 <= args.sample < len(split):
         raise ValueError(f"--sample: expected 0 <= sample < {len(split)} for split {args.split!r}, got {args.sample}")
     item = split[args.sample]
-    maps = cross_modal_maps(system.dmd, item["text"][None], item["audio"][None], item["vision"][None],
+    maps = cross_modal_maps(model, item["text"][None], item["audio"][None], item["vision"][None],
                             layer=args.layer)
     paths = save_map_pngs(maps, args.out, prefix=f"{args.split}{args.sample}_layer{args.layer}")
     for p in paths:
         print(p)
+    return 0
+
+
+def _predict(args) -> int:
+    from dmd_fast.inference.loading import load_model
+    from dmd_fast.inference.predict import load_split, predict_dataset
+    from dmd_fast.train.trainer import pick_device
+
+    device = pick_device(args.device)
+    model = load_model(args.checkpoint, backend=args.backend, device=device)
+    dataset = load_split(args.data, model.config, args.split, synthetic_sizes=args.synthetic_sizes,
+                         data_seed=args.data_seed)
+    batch_size = model.config.batch_size if args.batch_size is None else args.batch_size
+    result = predict_dataset(model, dataset, batch_size=batch_size, device=device, amp=args.amp)
+    table = result.metrics_table()
+    if args.out is None:  # CSV on stdout, the rest on stderr
+        sys.stdout.write(result.csv_text())
+        if table:
+            print(table, file=sys.stderr)
+        return 0
+    import pathlib
+    out = pathlib.Path(args.out)
+    if out.parent != pathlib.Path("."):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(result.csv_text(), encoding="utf-8")
+    if table:
+        print(table)
+    print(f"dmd-fast predict: {len(result.pred)} rows ({args.split} split) written to {out}")
+    return 0
+
+
+def _export(args) -> int:
+    from dmd_fast.inference.export import export_model, save_exported
+    from dmd_fast.inference.loading import load_model
+    from dmd_fast.train.trainer import pick_device
+
+    model = load_model(args.checkpoint, backend=args.backend, device=pick_device(args.device))
+    program = export_model(model, batch_size=args.batch_size)
+    meta = save_exported(program, args.out, model, args.batch_size)
+    print(f"dmd-fast export: {args.out} (preset {model.config.name}, batch size {args.batch_size}, backend "
+          f"{meta['backend']}, {meta['device']}, torch {meta['torch']}); load with dmd_fast.load_exported")
     return 0
 
 
@@ -198,6 +233,30 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--layer", type=int, default=-1, help="encoder layer (default: last)")
     m.add_argument("--out", default="attention_maps")
     m.set_defaults(func=_attention_map)
+
+    r = sub.add_parser("predict", help="predict with a trained model: one CSV row per sample, metrics with labels")
+    r.add_argument("--checkpoint", required=True, help="a dmd-fast checkpoint (OUT/best.pt or OUT/last.pt)")
+    r.add_argument("--data", default="synthetic", help="'synthetic' (default) or an MMSA pickle (labels optional)")
+    r.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    r.add_argument("--synthetic-sizes", type=_sizes, default=(480, 96, 96), metavar="TRAIN,VALID,TEST",
+                   help="synthetic data as `dmd-fast train` made it (default 480,96,96)")
+    r.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data set")
+    r.add_argument("--batch-size", type=int, default=None, help="default: the checkpoint's batch size")
+    r.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"))
+    r.add_argument("--device", default="auto")
+    r.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="autocast dtype")
+    r.add_argument("--out", default=None, metavar="PREDS.csv",
+                   help="CSV path (default: CSV on stdout, metrics on stderr)")
+    r.set_defaults(func=_predict)
+
+    e = sub.add_parser("export", help="torch.export the pruned inference forward of a trained model (.pt2)")
+    e.add_argument("--checkpoint", required=True, help="a dmd-fast checkpoint (OUT/best.pt or OUT/last.pt)")
+    e.add_argument("--out", required=True, metavar="MODEL.pt2")
+    e.add_argument("--batch-size", type=int, default=1, help="the program's static batch size (default 1)")
+    e.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"),
+                   help="triton keeps the grouped attention as the custom op dmd_fast::attention_fwd_grouped")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=_export)
 
     from dmd_fast.bench.cli import add_bench_parser
     add_bench_parser(sub)

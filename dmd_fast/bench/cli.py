@@ -15,13 +15,14 @@ import datetime as _dt
 import os
 import sys
 
-SUITE_CHOICES = ("attention", "graph_distill", "model", "all", "op", "gd")  # op, gd: earlier names
+SUITE_CHOICES = ("attention", "graph_distill", "model", "latency", "all", "op", "gd")  # op, gd: earlier names
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--suite", default="all", choices=SUITE_CHOICES,
                    help="op: attention core (+ zero-recompile check); gd: graph distillation; "
-                        "model: DMD train step and hetero branch; all (default)")
+                        "model: DMD train step and hetero branch; all (default: op, gd, model); "
+                        "latency: inference latency per batch size (dmd_fast.bench.latency)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output folder (default: $OUT if set, else benchmarks/results/<date>-<card>)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and few repetitions (runs on a CPU)")
@@ -86,6 +87,8 @@ def run_bench(args) -> int:
 
 
 def _run(args) -> int:
+    if args.suite == "latency":
+        return _run_latency(args)
     if args.backend_list is not None and args.backend_list.strip() == "list":
         from dmd_fast.bench.suites import PROVIDER_HELP
         for name, text in PROVIDER_HELP.items():
@@ -103,19 +106,10 @@ def _run(args) -> int:
     import torch
 
     from dmd_fast.bench import suites as st
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            device = torch.device(args.device)
-        except (RuntimeError, ValueError) as exc:
-            return _err(f"--device: {exc}")
-        if device.type not in ("cuda", "cpu"):
-            return _err(f"--device: expected auto, cpu or cuda[:N], got {args.device!r}")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            return _err("--device: CUDA requested but no CUDA device is available")
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)
+    try:
+        device = _device(args.device)
+    except ValueError as exc:
+        return _err(str(exc))
     suite = st.canonical_suite(args.suite)
     suites = ("attention", "graph_distill", "model") if suite == "all" else (suite,)
     if device.type != "cuda" and not args.quick:
@@ -138,6 +132,62 @@ def _run(args) -> int:
     from dmd_fast.bench.report import markdown, write_report
     written = write_report(results, out_dir, plots=not args.no_plots)
     print(markdown(results))
+    print(f"dmd-fast bench: wrote {', '.join(written)}", file=sys.stderr)
+    return 0
+
+
+def _device(text: str):
+    """torch.device from ``--device`` (auto, cpu, cuda[:N]; made current on CUDA); ValueError if unusable."""
+    import torch
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"--device: {exc}") from None
+    if device.type not in ("cuda", "cpu"):
+        raise ValueError(f"--device: expected auto, cpu or cuda[:N], got {text!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device: CUDA requested but no CUDA device is available")
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return device
+
+
+def _run_latency(args) -> int:
+    """``--suite latency``: its own providers, rows and files (latency.json, latency.md, latency.png)."""
+    import torch
+
+    from dmd_fast.bench import latency as lt
+    try:
+        providers = lt.parse_providers(None if args.backend_list == "list" else args.backend_list)
+        device = _device(args.device)
+    except ValueError as exc:
+        return _err(str(exc))
+    if args.backend_list is not None and args.backend_list.strip() == "list":
+        for name, text in lt.PROVIDERS.items():
+            print(f"{name:16s} {text}")
+        return 0
+    if args.time_budget is not None and args.time_budget <= 0:
+        return _err(f"--time-budget: expected a positive number of seconds, got {args.time_budget:g}")
+    if device.type != "cuda" and not args.quick:
+        return _err("--suite latency: the full suite (mosi-unaligned, B up to 64, 200 calls per row) needs a CUDA "
+                    "GPU and none is available here; use --quick for the tiny preset on the CPU")
+    out_dir = args.out or _default_out(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        return _err(f"--out: cannot create {out_dir!r} ({exc})")
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # as the other suites: spinning OpenMP threads on a shared CPU
+    try:
+        results = lt.run_latency(args.quick, device, providers=providers, time_budget_s=args.time_budget,
+                                 log=lambda m: print(m, file=sys.stderr, flush=True))
+    finally:
+        torch.set_num_threads(threads)
+    written = lt.write_latency_report(results, out_dir, plots=not args.no_plots)
+    print(lt.markdown(results))
     print(f"dmd-fast bench: wrote {', '.join(written)}", file=sys.stderr)
     return 0
 

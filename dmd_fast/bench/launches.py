@@ -11,6 +11,7 @@ the interpreter. On a GPU the profiler's count (``baselines.count_kernel_launche
 authority; this is the dispatch-level view of the same step.
 
     python -m dmd_fast.bench.launches [--preset mosi-unaligned] [--batch 16] [--out DIR]
+    python -m dmd_fast.bench.launches --mode inference [--batch 1]   (full eval forward vs DMD.predict)
 """
 from __future__ import annotations
 
@@ -109,10 +110,7 @@ def step_launch_counts(preset: str = "mosi-unaligned", batch: int = 16, backends
     from dmd_fast.model.config import get_preset
     from dmd_fast.model.system import DMDSystem
     cfg = get_preset(preset)
-    (tl, ta, tv), (dl, da, dv) = cfg.seq_lens, cfg.feature_dims
-    gen = torch.Generator().manual_seed(0)
-    batch_t = [t.to(device) for t in (torch.randn(batch, tl, dl, generator=gen), torch.randn(batch, ta, da, generator=gen),
-                                      torch.randn(batch, tv, dv, generator=gen), torch.randn(batch, generator=gen))]
+    batch_t = _random_batch(cfg, batch, device)
     out = {}
     for backend in backends:
         torch.manual_seed(0)
@@ -125,12 +123,50 @@ def step_launch_counts(preset: str = "mosi-unaligned", batch: int = 16, backends
                 _, losses = system(*batch_t)
                 losses["total"].backward()
                 torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
-        out[backend] = {"kernels": c.total, "aten": len(c.aten_ops), "triton": len(c.triton),
-                        "host_syncs": len(c.syncs),
-                        "top_aten": dict(collections.Counter(c.aten_ops).most_common(10)),
-                        "triton_by_kernel": dict(collections.Counter(c.triton))}
+        out[backend] = _summary(c)
     return {"preset": preset, "batch": batch, "device": device, "triton_executed": execute_triton,
             "torch": torch.__version__, "commit": _git_commit(), "backends": out}
+
+
+def _random_batch(cfg, batch: int, device) -> list:
+    """[text (B, T_l, d_l), audio, vision, labels (B,)] drawn from a fixed seed."""
+    (tl, ta, tv), (dl, da, dv) = cfg.seq_lens, cfg.feature_dims
+    gen = torch.Generator().manual_seed(0)
+    return [t.to(device) for t in (torch.randn(batch, tl, dl, generator=gen), torch.randn(batch, ta, da, generator=gen),
+                                   torch.randn(batch, tv, dv, generator=gen), torch.randn(batch, generator=gen))]
+
+
+def _summary(c: LaunchCounter) -> dict:
+    return {"kernels": c.total, "aten": len(c.aten_ops), "triton": len(c.triton), "host_syncs": len(c.syncs),
+            "top_aten": dict(collections.Counter(c.aten_ops).most_common(10)),
+            "triton_by_kernel": dict(collections.Counter(c.triton))}
+
+
+def inference_launch_counts(preset: str = "mosi-unaligned", batch: int = 1, backends=("reference", "triton"),
+                            device: str = "cpu", execute_triton: bool = False) -> dict:
+    """Kernels of one inference call under ``torch.no_grad`` in eval mode, after a warm-up call: the full
+    eval forward (every upstream output; what upstream runs at test time) and the pruned
+    ``DMD.predict`` per backend. ``reduction`` is the reference full forward's count over each pruned one."""
+    from dmd_fast.model.config import get_preset
+    from dmd_fast.model.dmd import DMD
+    cfg = get_preset(preset)
+    text, audio, vision, _ = _random_batch(cfg, batch, device)
+    out = {}
+    for backend in backends:
+        torch.manual_seed(0)
+        model = DMD(cfg, backend=backend).to(device).eval()
+        kernels = dmd_kernels() if backend != "reference" else []
+        for mode, fn in (("full_eval_forward", lambda: model(text, audio, vision)),
+                         ("predict", lambda: model.predict(text, audio, vision))):
+            for _ in range(2):  # warm-up, then counted
+                with torch.no_grad(), count_launches(*kernels, execute_triton=execute_triton) as c:
+                    fn()
+            out[f"{backend} {mode}"] = _summary(c)
+    base = out.get("reference full_eval_forward", {}).get("kernels")
+    reduction = {k: round(base / v["kernels"], 2) for k, v in out.items() if base and k.endswith(" predict")}
+    return {"mode": "inference", "preset": preset, "batch": batch, "device": device,
+            "triton_executed": execute_triton, "torch": torch.__version__, "commit": _git_commit(),
+            "backends": out, "reduction_vs_reference_full_forward": reduction}
 
 
 def _git_commit() -> str | None:
@@ -143,6 +179,8 @@ def _git_commit() -> str | None:
 
 
 def format_counts(res: dict) -> str:
+    if res.get("mode") == "inference":
+        return _format_inference(res)
     lines = [f"Kernels per DMD mini-batch (preset {res['preset']}, B={res['batch']}; forward, every loss, "
              f"backward into existing gradients, clip), counted at dispatch on {res['device']}"
              + ("" if res["triton_executed"] else " with Triton launches counted, not run") + ":", "",
@@ -152,18 +190,36 @@ def format_counts(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _format_inference(res: dict) -> str:
+    lines = [f"Kernels per inference call (preset {res['preset']}, B={res['batch']}, eval mode, no_grad), counted "
+             f"at dispatch on {res['device']}" + ("" if res["triton_executed"] else
+                                                  " with Triton launches counted, not run") + ":", "",
+             "| backend and path | kernels | ATen | Triton | host scalar reads | reference full forward / this |",
+             "|---|---:|---:|---:|---:|---:|"]
+    red = res["reduction_vs_reference_full_forward"]
+    for name, r in res["backends"].items():
+        ratio = f"{red[name]:.2f}x" if name in red else "-"
+        lines.append(f"| {name} | {r['kernels']} | {r['aten']} | {r['triton']} | {r['host_syncs']} | {ratio} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="mosi-unaligned")
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=None, help="default 16 (train), 1 (inference)")
+    p.add_argument("--mode", default="train", choices=("train", "inference"),
+                   help="train: one training mini-batch; inference: full eval forward vs DMD.predict")
     p.add_argument("--out", default=None, help="folder for launches.json / launches.md")
     args = p.parse_args(argv)
+    if args.batch is None:
+        args.batch = 16 if args.mode == "train" else 1
     if args.batch < 1:
         print(f"launches: error: --batch: expected >= 1, got {args.batch}", file=sys.stderr)
         return 2
     os.environ.setdefault("TRITON_INTERPRET", "1")  # CPU tensors may take the Triton backend (not run)
     try:
-        res = step_launch_counts(args.preset, args.batch)
+        counter = step_launch_counts if args.mode == "train" else inference_launch_counts
+        res = counter(args.preset, args.batch)
     except (KeyError, ValueError) as exc:
         print(f"launches: error: {exc}", file=sys.stderr)
         return 2

@@ -212,6 +212,41 @@ def time_cuda_graph(fn: Callable, arg_sets, *, rep_ms: float = 75.0, min_reps: i
     return summarize(samples, f"cuda graph replay ({k} calls per graph)", first_ms)
 
 
+def call_samples(fn: Callable, arg_sets, *, device, n_calls: int, warmup_calls: int = 3) -> tuple[list, float]:
+    """(per-call times in ms of ``n_calls`` calls after ``warmup_calls``, first call's ms). Each call is
+    isolated: on CUDA a synchronize, a start event, ``fn``, an end event (host enqueue included, as
+    :func:`time_cuda` without the L2 flush: repeated inference keeps its weights in cache); on the CPU
+    ``time.perf_counter`` around the call. The first call (compilation, capture) is timed on its own."""
+    import torch
+    sets = _check_sets(arg_sets)
+    cuda = getattr(device, "type", str(device).split(":")[0]) == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    fn(*sets[0])
+    sync()
+    first_ms = (time.perf_counter() - t0) * 1e3
+    for i in range(warmup_calls):
+        fn(*sets[(i + 1) % len(sets)])
+    sync()
+    samples = []
+    for j in range(n_calls):
+        args = sets[j % len(sets)]
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            fn(*args)
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn(*args)
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return samples, first_ms
+
+
 def time_fn(fn: Callable, arg_sets, *, device, warmup_ms: float = 25.0, rep_ms: float = 75.0,
             min_reps: int = 5, graph: bool = False) -> Timing:
     """Dispatch: CUDA events (or graph replays with ``graph=True``) on CUDA, perf_counter on the CPU."""

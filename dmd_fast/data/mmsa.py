@@ -149,8 +149,13 @@ def _check_finite(split: str, key: str, arr: np.ndarray, note: str = "") -> None
         )
 
 
-def validate_splits(data: Any, expected: Any = None, source: str = "data") -> dict[str, dict[str, Any]]:
-    """Validate and clean an MMSA-style dict; return ``{split: {key: array}}``.
+def validate_splits(data: Any, expected: Any = None, source: str = "data", splits: tuple = SPLITS,
+                    require_labels: bool = True) -> dict[str, dict[str, Any]]:
+    """Validate and clean an MMSA-style dict; return ``{split: {key: array}}`` for ``splits``.
+
+    ``splits``: the splits that must be there (default all three; others are ignored).
+    ``require_labels=False`` accepts splits without ``regression_labels`` (inference on unlabelled
+    data); such a split has no ``label`` entry.
 
     Output per split: ``text`` (N,T_l,d_l), ``audio`` (N,T_a,d_a) with -inf -> 0,
     ``vision`` (N,T_v,d_v), ``label`` (N,) - all float32 - plus, when present,
@@ -164,22 +169,23 @@ def validate_splits(data: Any, expected: Any = None, source: str = "data") -> di
     exp = resolve_shapes(expected) if expected is not None else None
     if not isinstance(data, Mapping):
         raise DataError(f"{source}: expected a dict with splits {list(SPLITS)}; received {type(data).__name__}")
-    missing = [s for s in SPLITS if s not in data]
+    missing = [s for s in splits if s not in data]
     if missing:
         raise DataError(
-            f"{source}: missing split(s) {missing}; expected keys {list(SPLITS)}, received {sorted(map(str, data))}"
+            f"{source}: missing split(s) {missing}; expected keys {list(splits)}, received {sorted(map(str, data))}"
         )
 
     out: dict[str, dict[str, Any]] = {}
     ref: dict[str, tuple[int, int]] = {}  # key -> (T, d) from the first split
-    for split in SPLITS:
+    required = REQUIRED_KEYS if require_labels else MODALITY_KEYS
+    for split in splits:
         raw = data[split]
         if not isinstance(raw, Mapping):
             raise DataError(f"split {split!r}: expected a dict of arrays; received {type(raw).__name__}")
-        miss = [k for k in REQUIRED_KEYS if k not in raw]
+        miss = [k for k in required if k not in raw]
         if miss:
             raise DataError(
-                f"split {split!r}: missing key(s) {miss}; expected {list(REQUIRED_KEYS)}, "
+                f"split {split!r}: missing key(s) {miss}; expected {list(required)}, "
                 f"received {sorted(map(str, raw))}"
             )
         clean: dict[str, Any] = {}
@@ -201,14 +207,15 @@ def validate_splits(data: Any, expected: Any = None, source: str = "data") -> di
                 _check_finite(split, key, arr)
             clean[key] = arr
         # --- labels (N,) or (N, 1)
-        lab = _as_float32(split, "regression_labels", raw["regression_labels"])
-        if not (lab.ndim == 1 or (lab.ndim == 2 and lab.shape[1] == 1)):
-            raise DataError(
-                f"split {split!r} key 'regression_labels': expected shape (N,) or (N, 1); received {lab.shape}"
-            )
-        lab = lab.reshape(-1)
-        _check_finite(split, "regression_labels", lab)
-        clean["label"] = lab
+        if raw.get("regression_labels") is not None:
+            lab = _as_float32(split, "regression_labels", raw["regression_labels"])
+            if not (lab.ndim == 1 or (lab.ndim == 2 and lab.shape[1] == 1)):
+                raise DataError(
+                    f"split {split!r} key 'regression_labels': expected shape (N,) or (N, 1); received {lab.shape}"
+                )
+            lab = lab.reshape(-1)
+            _check_finite(split, "regression_labels", lab)
+            clean["label"] = lab
         # --- optional numeric keys
         if raw.get("text_bert") is not None:
             tb = _as_float32(split, "text_bert", raw["text_bert"])
@@ -285,7 +292,7 @@ class MMSADataset(Dataset):
         text   (T_l, d_l) float32   (or (3, T_l) float32 with text_key="text_bert")
         audio  (T_a, d_a) float32
         vision (T_v, d_v) float32
-        label  (1,)       float32   regression label
+        label  (1,)       float32   regression label (absent when the split has no labels)
         index  ()         int64     position in the split
 
     so the default collate gives ``label`` (B, 1) and ``index`` (B,). Optional per-split
@@ -309,7 +316,8 @@ class MMSADataset(Dataset):
         self.text = torch.from_numpy(np.ascontiguousarray(split[text_key], dtype=np.float32))
         self.audio = torch.from_numpy(np.ascontiguousarray(split["audio"], dtype=np.float32))
         self.vision = torch.from_numpy(np.ascontiguousarray(split["vision"], dtype=np.float32))
-        self.labels = torch.from_numpy(np.ascontiguousarray(split["label"], dtype=np.float32).reshape(-1, 1))
+        self.labels = (None if split.get("label") is None else
+                       torch.from_numpy(np.ascontiguousarray(split["label"], dtype=np.float32).reshape(-1, 1)))
         self.text_bert = split.get("text_bert")
         self.audio_lengths = split.get("audio_lengths")
         self.vision_lengths = split.get("vision_lengths")
@@ -320,16 +328,18 @@ class MMSADataset(Dataset):
         self.raw_text = split.get("raw_text")
 
     def __len__(self) -> int:
-        return self.labels.shape[0]
+        return self.text.shape[0]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {
+        item = {
             "text": self.text[index],
             "audio": self.audio[index],
             "vision": self.vision[index],
-            "label": self.labels[index],
             "index": torch.tensor(index, dtype=torch.int64),
         }
+        if self.labels is not None:
+            item["label"] = self.labels[index]
+        return item
 
     @property
     def feature_dims(self) -> tuple[int, int, int]:
@@ -346,19 +356,22 @@ class MMSADataset(Dataset):
                 f"audio={tuple(self.audio.shape[1:])}, vision={tuple(self.vision.shape[1:])})")
 
 
-def datasets_from_splits(splits: Any, expected: Any = None, text_key: str = "text",
-                         source: str = "data") -> dict[str, MMSADataset]:
-    """Validate an in-memory MMSA dict (see :func:`validate_splits`); return ``{split: MMSADataset}``."""
-    clean = validate_splits(splits, expected=expected, source=source)
-    return {s: MMSADataset(clean[s], name=s, text_key=text_key) for s in SPLITS}
+def datasets_from_splits(splits: Any, expected: Any = None, text_key: str = "text", source: str = "data",
+                         names: tuple = SPLITS, require_labels: bool = True) -> dict[str, MMSADataset]:
+    """Validate an in-memory MMSA dict (see :func:`validate_splits`, ``names`` = its ``splits``);
+    return ``{split: MMSADataset}``."""
+    clean = validate_splits(splits, expected=expected, source=source, splits=names, require_labels=require_labels)
+    return {s: MMSADataset(clean[s], name=s, text_key=text_key) for s in names}
 
 
-def load_mmsa(path: str | os.PathLike, expected: Any = None, text_key: str = "text") -> dict[str, MMSADataset]:
+def load_mmsa(path: str | os.PathLike, expected: Any = None, text_key: str = "text", splits: tuple = SPLITS,
+              require_labels: bool = True) -> dict[str, MMSADataset]:
     """Load ``aligned_50.pkl``/``unaligned_50.pkl``; return ``{"train"|"valid"|"test": MMSADataset}``.
 
     ``expected``: optional shape check, a preset name (``"mosei_aligned"``) or an object/dict with
-    ``feature_dims``/``seq_lens`` in (L, A, V) order. Raises ``FileNotFoundError`` for a missing
-    path and :class:`DataError` for anything that is not a valid MMSA pickle.
+    ``feature_dims``/``seq_lens`` in (L, A, V) order. ``splits`` / ``require_labels``: see
+    :func:`validate_splits` (inference reads one split, labels optional). Raises ``FileNotFoundError``
+    for a missing path and :class:`DataError` for anything that is not a valid MMSA pickle.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -375,7 +388,8 @@ def load_mmsa(path: str | os.PathLike, expected: Any = None, text_key: str = "te
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError,
             TypeError, ValueError, UnicodeDecodeError) as e:
         raise DataError(f"{path!r}: not a readable pickle ({type(e).__name__}: {e}); expected an MMSA .pkl") from None
-    return datasets_from_splits(data, expected=expected, text_key=text_key, source=repr(path))
+    return datasets_from_splits(data, expected=expected, text_key=text_key, source=repr(path), names=tuple(splits),
+                                require_labels=require_labels)
 
 
 # --------------------------------------------------------------------------- loaders

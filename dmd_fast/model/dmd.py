@@ -24,7 +24,10 @@ def _conv(cin, cout, k):
 
 class DMD(nn.Module):
     """forward(text (B, T_l, 768) | (B, 3, T_l) with BERT, audio (B, T_a, d_a), vision (B, T_v, d_v))
-    → dict of every upstream output (see docs/upstream-semantics.md, "Model outputs")."""
+    → dict of every upstream output (see docs/upstream-semantics.md, "Model outputs").
+
+    ``forward(..., inference=True)`` (eval mode only) → {"output_logit": (B, 1)} computed by the pruned
+    inference path; ``predict(text, audio, vision)`` → (B, 1) runs it without autograd."""
 
     def __init__(self, config: DMDConfig, backend: str = "auto", grouped: bool | None = None):
         super().__init__()
@@ -114,11 +117,12 @@ class DMD(nn.Module):
             if x.device != text.device:
                 raise ValueError(f"{name}: on {x.device}, expected the same device as text ({text.device})")
 
-    def _run(self, encoders, streams):
-        """Independent encoders: grouped launches, or one after another (as upstream)."""
+    def _run(self, encoders, streams, last_row=False):
+        """Independent encoders: grouped launches, or one after another (as upstream). ``last_row``: the
+        last layer computes only the last query row, each output is (1, B, E)."""
         if self.grouped:
-            return run_encoders_grouped(encoders, streams)
-        return [enc(*stream) if stream[1] is not None else enc(stream[0]) for enc, stream in zip(encoders, streams)]
+            return run_encoders_grouped(encoders, streams, last_row=last_row)
+        return [enc(*stream, last_row=last_row) for enc, stream in zip(encoders, streams)]
 
     @staticmethod
     def flatten_channel_major(x):
@@ -130,17 +134,48 @@ class DMD(nn.Module):
         """(T', B, d) → (B, T'·d), time-major (upstream's homo-head and proj_cosine input)."""
         return x.transpose(0, 1).reshape(x.shape[1], -1)
 
-    def hetero_branch(self, s_seq: dict) -> dict:
+    def hetero_branch(self, s_seq: dict, last_row: bool = False) -> dict:
         """The six cross-modal encoders then the three memory encoders on the private features
-        s_seq[m] (T'_m, B, d) → {m: (T'_m, B, 2d)} (grouped launches unless the backend is the reference)."""
+        s_seq[m] (T'_m, B, d) → {m: (T'_m, B, 2d)} (grouped launches unless the backend is the reference);
+        ``last_row``: the memory encoders' last layer computes only the last row, {m: (1, B, 2d)}."""
         pairs = [(tgt, src) for tgt, srcs in (("l", "av"), ("a", "lv"), ("v", "la")) for src in srcs]
         cross = self._run([getattr(self, f"trans_{t}_with_{s}") for t, s in pairs],
                           [(s_seq[t], s_seq[s], s_seq[s]) for t, s in pairs])
         mem_in = [torch.cat([cross[2 * i], cross[2 * i + 1]], dim=2) for i in range(3)]  # l, a, v
-        mem = self._run([self.trans_l_mem, self.trans_a_mem, self.trans_v_mem], [(x, None, None) for x in mem_in])
+        mem = self._run([self.trans_l_mem, self.trans_a_mem, self.trans_v_mem], [(x, None, None) for x in mem_in],
+                        last_row=last_row)
         return dict(zip("lav", mem))
 
-    def forward(self, text, audio, vision):
+    def inference_logit(self, text, audio, vision):
+        """The pruned eval forward → output_logit (B, 1): only what the fusion head reads. No decoders,
+        reconstructions, re-encodings, c_sim, proj_cosine, homogeneous/hetero/c heads; the self-attention
+        and memory encoders compute only the last query row in their last layer; no dropout."""
+        if self.training:
+            raise RuntimeError("inference: the model is in training mode; call .eval() first (the inference "
+                               "forward has no dropout, so it equals the eval forward only)")
+        self.check_inputs(text, audio, vision)
+        if self.config.use_bert:
+            text = self.text_model(text)
+        x = {"l": text.transpose(1, 2), "a": audio.transpose(1, 2), "v": vision.transpose(1, 2)}
+        origin = {m: getattr(self, f"proj_{m}")(x[m]) for m in MODALITIES}  # (B, d, T')
+        s_seq = {m: getattr(self, f"encoder_s_{m}")(origin[m]).permute(2, 0, 1) for m in MODALITIES}  # (T', B, d)
+        c_seq = {m: self.encoder_c(origin[m]).permute(2, 0, 1) for m in MODALITIES}
+        c_att = self._run([getattr(self, f"self_attentions_c_{m}") for m in MODALITIES],
+                          [(c_seq[m], None, None) for m in MODALITIES], last_row=True)  # (1, B, d) each
+        c_fusion = torch.cat([h[-1] for h in c_att], dim=1)  # (B, 3d)
+        h = self.hetero_branch(s_seq, last_row=True)  # {m: (1, B, 2d)}
+        gates = [torch.sigmoid(getattr(self, f"weight_{m}")(h[m][-1])) for m in MODALITIES]
+        z = torch.cat(gates + [torch.sigmoid(self.weight_c(c_fusion))], dim=1)  # (B, 9d)
+        return self.out_layer(self.proj2(F.relu(self.proj1(z))) + z)
+
+    @torch.no_grad()
+    def predict(self, text, audio, vision):
+        """output_logit (B, 1) of the eval forward, by the pruned path, without autograd (eval mode)."""
+        return self.inference_logit(text, audio, vision)
+
+    def forward(self, text, audio, vision, inference: bool = False):
+        if inference:
+            return {"output_logit": self.inference_logit(text, audio, vision)}
         self.check_inputs(text, audio, vision)
         c = self.config
         if c.use_bert:

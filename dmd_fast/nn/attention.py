@@ -73,8 +73,11 @@ class MultiheadAttention(nn.Module):
     def project(self, query, key, value):
         """Upstream projections: one fused GEMM when q, k, v are one tensor, else three (whose packed
         weight gradient is written in place, see ``packed_in_projection``). q is multiplied by
-        ``scaling`` unless the kernel applies it (``attention_scale``)."""
-        if query.data_ptr() == key.data_ptr() == value.data_ptr() and query.shape == key.shape:
+        ``scaling`` unless the kernel applies it (``attention_scale``). One tensor: the same object, or
+        (eagerly) the same memory and shape; torch.compile cannot compare data pointers without a graph break."""
+        one = query is key is value or (not torch.compiler.is_compiling() and query.shape == key.shape == value.shape
+                                        and query.data_ptr() == key.data_ptr() == value.data_ptr())
+        if one:
             q, k, v = self._in_proj_all(query).chunk(3, dim=-1)
         else:
             q, k, v = packed_in_projection(query, key, value, self.in_proj_weight, self.in_proj_bias)

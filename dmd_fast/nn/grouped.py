@@ -26,9 +26,10 @@ def _check_groupable(encoders):
                                  "one shape can share launches")
 
 
-def run_encoders_grouped(encoders, streams):
+def run_encoders_grouped(encoders, streams, last_row=False):
     """encoders: G TransformerEncoders of one shape; streams: G tuples (x_in, x_in_k, x_in_v), the
-    last two None for self-attention, all sequence-first (T, B, E). Returns G outputs (Tq, B, E)."""
+    last two None for self-attention, all sequence-first (T, B, E). Returns G outputs (Tq, B, E), or
+    with ``last_row=True`` (last layer computes only the last query row) G outputs (1, B, E)."""
     from dmd_fast.ops.attention import cross_modal_attention_grouped
 
     if not encoders or len(encoders) != len(streams):
@@ -41,9 +42,11 @@ def run_encoders_grouped(encoders, streams):
         sources.append(None if k_in is None else (enc.embed(k_in), enc.embed(v_in)))
     backend = encoders[0].layers[0].self_attn.backend
     offset_causal = encoders[0].attn_mask
-    for i in range(len(encoders[0].layers)):
+    n_layers = len(encoders[0].layers)
+    for i in range(n_layers):
         layers = [enc.layers[i] for enc in encoders]
-        problems = [layer.heads(x) if src is None else layer.heads(x, *src)
+        lr = last_row and i == n_layers - 1
+        problems = [layer.heads(x, last_row=lr) if src is None else layer.heads(x, *src, last_row=lr)
                     for layer, x, src in zip(layers, xs, sources)]
         ps = [layer.self_attn.attn_dropout if layer.training else 0.0 for layer in layers]
         scale = layers[0].self_attn.attention_scale(problems[0][0].device)  # one head_dim per group
@@ -52,5 +55,5 @@ def run_encoders_grouped(encoders, streams):
         for layer, problem in zip(layers, problems):
             if layer.self_attn.record_weights:  # visualisation path, as the ungrouped layer does
                 layer.self_attn.head_averaged_weights(*problem, offset_causal=offset_causal)
-        xs = [layer.finish(x, o) for layer, x, o in zip(layers, xs, outs)]
+        xs = [layer.finish(x[-1:] if lr else x, o) for layer, x, o in zip(layers, xs, outs)]
     return [enc.layer_norm(x) for enc, x in zip(encoders, xs)]

@@ -41,15 +41,17 @@ class TransformerEncoderLayer(nn.Module):
         self.fc2 = xavier_linear(4 * embed_dim, embed_dim)
         self.layer_norms = nn.ModuleList([nn.LayerNorm(embed_dim) for _ in range(2)])
 
-    def heads(self, x, x_k=None, x_v=None):
+    def heads(self, x, x_k=None, x_v=None, last_row=False):
         """LN0 then the attention projections: (q, k, v) as (B, H, L, D) views; q is pre-scaled unless the
-        kernel applies the scale (``self_attn.attention_scale``)."""
+        kernel applies the scale (``self_attn.attention_scale``). ``last_row``: q of the last query row
+        only, (B, H, 1, D) (keys and values still come from every row)."""
         mha = self.self_attn
         h = self.layer_norms[0](x)
+        h_q = h[-1:] if last_row else h
         if x_k is None and x_v is None:
-            q, k, v = mha.project(h, h, h)
+            q, k, v = mha.project(h_q, h, h)
         else:
-            q, k, v = mha.project(h, self.layer_norms[0](x_k), self.layer_norms[0](x_v))
+            q, k, v = mha.project(h_q, self.layer_norms[0](x_k), self.layer_norms[0](x_v))
         return mha._heads(q), mha._heads(k), mha._heads(v)
 
     def finish(self, x, o):
@@ -59,12 +61,14 @@ class TransformerEncoderLayer(nn.Module):
         h = F.dropout(h, p=self.relu_dropout, training=self.training)
         return x + F.dropout(self.fc2(h), p=self.res_dropout, training=self.training)
 
-    def forward(self, x, x_k=None, x_v=None, key_lengths=None):
-        qh, kh, vh = self.heads(x, x_k, x_v)
+    def forward(self, x, x_k=None, x_v=None, key_lengths=None, last_row=False):
+        """``last_row=True``: only the last query row, (1, B, E), equal to ``forward(...)[-1:]`` (the
+        last row sees every key under the offset-causal rule, as does a single query row)."""
+        qh, kh, vh = self.heads(x, x_k, x_v, last_row=last_row)
         o = self.self_attn.attend(qh, kh, vh, offset_causal=self.attn_mask, key_lengths=key_lengths)
         if self.self_attn.record_weights:
             self.self_attn.head_averaged_weights(qh, kh, vh, offset_causal=self.attn_mask, key_lengths=key_lengths)
-        return self.finish(x, o)
+        return self.finish(x[-1:] if last_row else x, o)
 
 
 class TransformerEncoder(nn.Module):
@@ -97,11 +101,16 @@ class TransformerEncoder(nn.Module):
         x = self.embed_scale * x_in + self.embed_positions(x_in)
         return F.dropout(x, p=self.dropout, training=self.training)
 
-    def forward(self, x_in, x_in_k=None, x_in_v=None, key_lengths=None):
+    def forward(self, x_in, x_in_k=None, x_in_v=None, key_lengths=None, last_row=False):
+        """(Tq, B, E) out; ``last_row=True`` computes only the last query row in the last layer and
+        returns (1, B, E), equal to the full output's ``[-1:]`` (inference: DMD reads ``h[-1]`` only)."""
         x = self.embed(x_in)
         cross = x_in_k is not None and x_in_v is not None
         if cross:
             x_k, x_v = self.embed(x_in_k), self.embed(x_in_v)
-        for layer in self.layers:
-            x = layer(x, x_k, x_v, key_lengths=key_lengths) if cross else layer(x, key_lengths=key_lengths)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            lr = last_row and i == last
+            x = (layer(x, x_k, x_v, key_lengths=key_lengths, last_row=lr) if cross
+                 else layer(x, key_lengths=key_lengths, last_row=lr))
         return self.layer_norm(x)

@@ -1,0 +1,118 @@
+"""The pruned inference forward (DMD.predict / forward(inference=True)) against the full eval forward.
+
+Tolerances: in float64 the two paths must agree to 1e-12 (their only difference is which rows and
+GEMM shapes are computed; fp64 rounding over a few hundred ops stays near 1e-15, while any semantic
+slip moves the output by far more: a wrong query row or a missing sigmoid moved it by 1e-2 to 0.6).
+In float32 each path is compared with the float64 full forward of the same weights: the pruned
+path's largest error may be 2x the full fp32 forward's own error (DESIGN.md's "within 2x of what
+PyTorch makes"), or 1e-6 absolute when that is larger: with one or two samples per batch the two
+paths' rounding (different GEMM shapes) can differ by a few ulps by chance (seen: 1.6e-7 against
+6.7e-8 for the full path, at logits of magnitude ~0.3).
+"""
+import pytest
+import torch
+
+from dmd_fast.model.config import get_preset
+from dmd_fast.model.dmd import DMD, MODALITIES
+from tiers import HAS_CUDA
+
+DEV = "cuda" if HAS_CUDA else "cpu"
+FP32_ATOL = 1e-6  # ~10 fp32 ulps of these O(0.1-1) logits; a semantic slip moves them by 1e-2 or more
+
+
+def _model(backend, seed=0):
+    """tiny preset (offset-causal mask on), every parameter perturbed (biases are not left at 0)."""
+    torch.manual_seed(seed)
+    model = DMD(get_preset("tiny"), backend=backend).to(DEV)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def _inputs(cfg, B=3, seed=1, dtype=torch.float64):
+    """Random features with zero (padded) trailing frames, as MMSA data has."""
+    g = torch.Generator().manual_seed(seed)
+    (tl, ta, tv), (dl, da, dv) = cfg.seq_lens, cfg.feature_dims
+    xs = []
+    for T, d in ((tl, dl), (ta, da), (tv, dv)):
+        x = torch.randn(B, T, d, generator=g, dtype=dtype)
+        lengths = torch.randint(max(1, T // 3), T + 1, (B,), generator=g)
+        x[torch.arange(T)[None, :] >= lengths[:, None]] = 0
+        xs.append(x.to(DEV))
+    return xs
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_pruned_forward_equals_full_eval_forward(backend):
+    model64 = _model(backend).double()
+    cfg = model64.config
+    x64 = _inputs(cfg, B=2)
+    with torch.no_grad():
+        full64 = model64(*x64)["output_logit"]
+        pruned64 = model64.predict(*x64)
+        assert pruned64.shape == full64.shape == (2, 1)
+        torch.testing.assert_close(pruned64, full64, rtol=0, atol=1e-12)
+        torch.testing.assert_close(model64(*x64, inference=True)["output_logit"], pruned64, rtol=0, atol=0)
+        model32 = model64.float()
+        x32 = [x.float() for x in x64]
+        err_full = (model32(*x32)["output_logit"].double() - full64).abs().max().item()
+        err_pruned = (model32.predict(*x32).double() - full64).abs().max().item()
+    bound = max(2 * err_full, FP32_ATOL)
+    assert err_pruned <= bound, (err_pruned, err_full, bound)
+
+
+def test_pruned_forward_skips_everything_output_logit_does_not_read():
+    """No decoder, re-encoding, c_sim, proj_cosine or head other than the fusion head runs; the
+    self-attention and memory encoders compute one query row in their last layer, the cross-modal
+    encoders (whose every row feeds the memory encoders) all rows."""
+    model = _model("reference")
+    cfg = model.config
+    called, rows = [], {}
+    unused = [f"{p}_{m}" for m in MODALITIES for p in ("decoder", "proj_cosine", "align_c")]
+    unused += [f"{p}_{m}_{lvl}" for m in MODALITIES for p in ("proj1", "proj2", "out_layer") for lvl in ("low", "high")]
+    unused += ["proj1_c", "proj2_c", "out_layer_c"]
+    for name in unused:
+        getattr(model, name).register_forward_hook(lambda mod, inp, out, name=name: called.append(name))
+    for name, enc in model.encoders().items():
+        for i, layer in enumerate(enc.layers):
+            layer.fc1.register_forward_hook(
+                lambda mod, inp, out, key=(name, i): rows.__setitem__(key, inp[0].shape[0]))
+    x = _inputs(cfg, dtype=torch.float32)
+    model.predict(*x)
+    assert called == []
+    T = dict(zip("lav", cfg.conv_out_lens))
+    for name, enc in model.encoders().items():
+        last = len(enc.layers) - 1
+        for i in range(len(enc.layers)):
+            pruned = i == last and (name.startswith("self_attentions_c_") or name.endswith("_mem"))
+            target = name[-1] if name.startswith("self_attentions") else name.split("_")[1]
+            assert rows[(name, i)] == (1 if pruned else T[target]), (name, i, rows[(name, i)])
+    model.train()
+    model(*x)
+    assert set(called) == set(unused)  # the hooks do fire on the full forward
+
+
+def test_predict_refuses_training_mode_and_keeps_no_graph():
+    model = _model("reference")
+    x = _inputs(model.config, dtype=torch.float32)
+    out = model.predict(*x)
+    assert not out.requires_grad and out.grad_fn is None
+    model.train()
+    with pytest.raises(RuntimeError, match="training mode"):
+        model.predict(*x)
+    with pytest.raises(RuntimeError, match="training mode"):
+        model(*x, inference=True)
+
+
+def test_inference_path_traces_whole_under_torch_compile():
+    """torch.compile(fullgraph=True) through the inference path (dynamo with the eager backend: a graph
+    break would raise), same numbers as eager. (The Triton backend's traced path, the grouped custom op,
+    is exercised by tests/test_export.py.)"""
+    model = _model("reference")
+    x = _inputs(model.config, dtype=torch.float32)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        out = compiled(*x, inference=True)["output_logit"]
+        torch.testing.assert_close(out, model.predict(*x), rtol=0, atol=0)
