@@ -4,6 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dmd_fast import validation as check
+
+# Failures the user can fix: one line on stderr and exit code 2. Anything else is an internal error:
+# one line and exit code 1, the traceback with --debug.
+KNOWN_ERRORS = (ValueError, TypeError, RuntimeError, OSError, FloatingPointError, ImportError, MemoryError)
+
 
 def _train(args) -> int:
     import pathlib
@@ -18,11 +24,12 @@ def _train(args) -> int:
     from dmd_fast.train.seeds import summarize_seeds
     from dmd_fast.train.trainer import Trainer, TrainOptions, pick_device
 
+    check.output_dir(args.out, "--out")
     cfg = get_preset(args.preset)
     overrides = {}
-    if args.batch_size:
+    if args.batch_size is not None:
         overrides["batch_size"] = args.batch_size
-    if args.lr:
+    if args.lr is not None:
         overrides["learning_rate"] = args.lr
     if args.ort == "per_sample":
         overrides["ort_semantics"] = "per_sample"
@@ -94,14 +101,19 @@ def _attention_map(args) -> int:
     from dmd_fast.model.attention_maps import cross_modal_maps, save_map_pngs
     from dmd_fast.model.config import DMDConfig
     from dmd_fast.model.system import DMDSystem
-    from dmd_fast.train.checkpoint import read_checkpoint
+    from dmd_fast.train.checkpoint import CheckpointError, read_checkpoint
 
-    ckpt = read_checkpoint(args.checkpoint)
+    check.output_dir(args.out, "--out")
+    ckpt = read_checkpoint(args.checkpoint)  # checks the config and model keys, naming the file
     cfg = DMDConfig.from_dict(ckpt["config"])
     if cfg.use_bert:  # the weights come from the checkpoint: build BERT from its config, not its folder
         cfg = cfg.replace(bert_path=None)
     system = DMDSystem(cfg, backend="reference")
-    system.load_state_dict(ckpt["model"], strict=True)
+    try:
+        system.load_state_dict(ckpt["model"], strict=True)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"checkpoint: {args.checkpoint}: 'model' does not match its config "
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     text_key = "text_bert" if cfg.use_bert else "text"
     if args.data == "synthetic":
         datasets = synthetic_datasets(cfg, 1, 1, max(args.sample + 1, 1), seed=args.data_seed, text_key=text_key)
@@ -129,6 +141,11 @@ def _seed_list(text: str):
     return seeds
 
 
+POSITIVE_INT = check.cli_type(int, check.dim, "a positive integer")
+NON_NEGATIVE_INT = check.cli_type(int, lambda v, n: check.integer(v, n, low=0), "an integer >= 0")
+POSITIVE_FLOAT = check.cli_type(float, check.positive, "a positive finite number")
+
+
 def _parity(args) -> int:
     from dmd_fast.parity import FixtureError, run_parity
 
@@ -153,22 +170,23 @@ def _sizes(text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dmd-fast", description="Fast DMD: train, check parity, benchmark")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train DMD with upstream's procedure")
     t.add_argument("--preset", default="tiny", help="tiny | mosi-aligned | mosi-unaligned | mosei-aligned | mosei-unaligned")
     t.add_argument("--data", default="synthetic", help="'synthetic' (default) or a path to an MMSA pickle")
     t.add_argument("--synthetic-sizes", type=_sizes, default=(480, 96, 96), metavar="TRAIN,VALID,TEST")
-    t.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: tiny preset 12, else until early stop)")
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--epochs", type=POSITIVE_INT, default=None, help="maximum epochs (default: tiny preset 12, else until early stop)")
+    t.add_argument("--batch-size", type=POSITIVE_INT, default=None)
+    t.add_argument("--lr", type=POSITIVE_FLOAT, default=None)
     t.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"))
     t.add_argument("--device", default="auto")
     t.add_argument("--seed", type=int, default=1111)
     t.add_argument("--seeds", type=_seed_list, default=None, metavar="S1,S2,...",
                    help="run one training per seed and write OUT/seeds.md (metrics and edges, mean ± STD)")
     t.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data set")
-    t.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: 1 for the tiny preset)")
+    t.add_argument("--threads", type=POSITIVE_INT, default=None, help="CPU threads for torch (default: 1 for the tiny preset)")
     t.add_argument("--bert", default=None, metavar="DIR",
                    help="fine-tune an in-model BERT from a local folder (upstream use_bert=True) on the data's "
                         "text_bert token ids; default: precomputed text features")
@@ -185,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("parity", help="compare against an upstream fixture")
     q.add_argument("--fixture", required=True)
     q.add_argument("--backend", default="reference", choices=("auto", "triton", "reference"))
-    q.add_argument("--tol", type=float, default=None, help="max relative error (default 1e-5 reference, 1e-4 triton)")
+    q.add_argument("--tol", type=POSITIVE_FLOAT, default=None, help="max relative error (default 1e-5 reference, 1e-4 triton)")
     q.add_argument("--device", default="cpu")
     q.set_defaults(func=_parity)
 
@@ -194,13 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--data", default="synthetic", help="'synthetic' or an MMSA pickle")
     m.add_argument("--data-seed", type=int, default=0)
     m.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    m.add_argument("--sample", type=int, default=0)
+    m.add_argument("--sample", type=NON_NEGATIVE_INT, default=0)
     m.add_argument("--layer", type=int, default=-1, help="encoder layer (default: last)")
     m.add_argument("--out", default="attention_maps")
     m.set_defaults(func=_attention_map)
 
     from dmd_fast.bench.cli import add_bench_parser
     add_bench_parser(sub)
+    for sp in sub.choices.values():  # --debug also after the subcommand
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
@@ -210,9 +230,20 @@ def main(argv=None) -> int:
         args.epochs = 12
     try:
         return args.func(args)
-    except (ValueError, TypeError, RuntimeError, FileNotFoundError, FloatingPointError, ImportError) as exc:
-        print(f"dmd-fast {args.command}: error: {exc}", file=sys.stderr)
+    except KNOWN_ERRORS as exc:
+        print(f"dmd-fast {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"dmd-fast {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} (a bug in "
+              "dmd_fast; rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 600 else text[:597] + "..."
 
 
 if __name__ == "__main__":
