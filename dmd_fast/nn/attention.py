@@ -25,8 +25,8 @@ class MultiheadAttention(nn.Module):
     forward(query (Tq, B, E), key (Tk, B, E), value (Tk, B, E), attn_mask=None, *,
             offset_causal=False, key_lengths=None, need_weights=False)
         attn_mask: optional additive float mask (Tq, Tk) as upstream passes (0 visible, -inf masked);
-            a dense mask always runs the reference core; a row masked everywhere gives output 0. ``offset_causal=True`` expresses DMD's mask without a
-            tensor and runs the kernel.
+            a dense mask always runs the reference core; a row masked everywhere gives output 0.
+            ``offset_causal=True`` expresses DMD's mask without a tensor and runs the kernel.
         Returns (out (Tq, B, E), weights (B, Tq, Tk) head-averaged or None).
     """
 

@@ -307,6 +307,7 @@ def cross_modal_attention(q: Tensor, k: Tensor, v: Tensor, *, key_lengths: Optio
     dropout_p, scale = _check_options(dropout_p, scale, input_precision, D, q.dtype)
     key_lengths = _check_key_lengths(key_lengths, B, Lk, q.device)
     check.generator(generator, "generator", q.device)
+    check.boolean(offset_causal, "offset_causal")
     if resolve_backend(backend, q.device, OP) == "reference":
         keep = None
         if return_keep_mask and dropout_p > 0:
@@ -378,6 +379,7 @@ def cross_modal_attention_grouped(problems: Sequence[tuple[Tensor, Tensor, Tenso
     kls = [_check_key_lengths(kl, B, d[3], q0.device, f"key_lengths[{g}]")
            for g, (kl, d) in enumerate(zip(key_lengths or [None] * G, dims))]
     check.generator(generator, "generator", q0.device)
+    check.boolean(offset_causal, "offset_causal")
     if resolve_backend(backend, q0.device, OP) == "reference":
         outs, keeps = [], []
         for (q, k, v), kl, d, p in zip(problems, kls, dims, ps):
