@@ -4,6 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dmd_fast import validation as check
+
+# Failures the user can fix: one line on stderr and exit code 2. Anything else is an internal error:
+# one line and exit code 1, the traceback with --debug.
+KNOWN_ERRORS = (ValueError, TypeError, RuntimeError, OSError, FloatingPointError, ImportError, MemoryError)
+
 
 def _train(args) -> int:
     import pathlib
@@ -18,11 +24,12 @@ def _train(args) -> int:
     from dmd_fast.train.seeds import summarize_seeds
     from dmd_fast.train.trainer import Trainer, TrainOptions, pick_device
 
+    check.output_dir(args.out, "--out")
     cfg = get_preset(args.preset)
     overrides = {}
-    if args.batch_size:
+    if args.batch_size is not None:
         overrides["batch_size"] = args.batch_size
-    if args.lr:
+    if args.lr is not None:
         overrides["learning_rate"] = args.lr
     if args.ort == "per_sample":
         overrides["ort_semantics"] = "per_sample"
@@ -94,6 +101,7 @@ def _attention_map(args) -> int:
     from dmd_fast.inference.loading import load_model
     from dmd_fast.model.attention_maps import cross_modal_maps, save_map_pngs
 
+    check.output_dir(args.out, "--out")
     model = load_model(args.checkpoint, backend="reference")
     cfg = model.config
     text_key = "text_bert" if cfg.use_bert else "text"
@@ -164,6 +172,11 @@ def _seed_list(text: str):
     return seeds
 
 
+POSITIVE_INT = check.cli_type(int, check.dim, "a positive integer")
+NON_NEGATIVE_INT = check.cli_type(int, lambda v, n: check.integer(v, n, low=0), "an integer >= 0")
+POSITIVE_FLOAT = check.cli_type(float, check.positive, "a positive finite number")
+
+
 def _parity(args) -> int:
     from dmd_fast.parity import FixtureError, run_parity
 
@@ -188,22 +201,23 @@ def _sizes(text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dmd-fast", description="Fast DMD: train, check parity, benchmark")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train DMD with upstream's procedure")
     t.add_argument("--preset", default="tiny", help="tiny | mosi-aligned | mosi-unaligned | mosei-aligned | mosei-unaligned")
     t.add_argument("--data", default="synthetic", help="'synthetic' (default) or a path to an MMSA pickle")
     t.add_argument("--synthetic-sizes", type=_sizes, default=(480, 96, 96), metavar="TRAIN,VALID,TEST")
-    t.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: tiny preset 12, else until early stop)")
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--epochs", type=POSITIVE_INT, default=None, help="maximum epochs (default: tiny preset 12, else until early stop)")
+    t.add_argument("--batch-size", type=POSITIVE_INT, default=None)
+    t.add_argument("--lr", type=POSITIVE_FLOAT, default=None)
     t.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"))
     t.add_argument("--device", default="auto")
     t.add_argument("--seed", type=int, default=1111)
     t.add_argument("--seeds", type=_seed_list, default=None, metavar="S1,S2,...",
                    help="run one training per seed and write OUT/seeds.md (metrics and edges, mean ± STD)")
     t.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data set")
-    t.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: 1 for the tiny preset)")
+    t.add_argument("--threads", type=POSITIVE_INT, default=None, help="CPU threads for torch (default: 1 for the tiny preset)")
     t.add_argument("--bert", default=None, metavar="DIR",
                    help="fine-tune an in-model BERT from a local folder (upstream use_bert=True) on the data's "
                         "text_bert token ids; default: precomputed text features")
@@ -220,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("parity", help="compare against an upstream fixture")
     q.add_argument("--fixture", required=True)
     q.add_argument("--backend", default="reference", choices=("auto", "triton", "reference"))
-    q.add_argument("--tol", type=float, default=None, help="max relative error (default 1e-5 reference, 1e-4 triton)")
+    q.add_argument("--tol", type=POSITIVE_FLOAT, default=None, help="max relative error (default 1e-5 reference, 1e-4 triton)")
     q.add_argument("--device", default="cpu")
     q.set_defaults(func=_parity)
 
@@ -229,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--data", default="synthetic", help="'synthetic' or an MMSA pickle")
     m.add_argument("--data-seed", type=int, default=0)
     m.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    m.add_argument("--sample", type=int, default=0)
+    m.add_argument("--sample", type=NON_NEGATIVE_INT, default=0)
     m.add_argument("--layer", type=int, default=-1, help="encoder layer (default: last)")
     m.add_argument("--out", default="attention_maps")
     m.set_defaults(func=_attention_map)
@@ -260,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from dmd_fast.bench.cli import add_bench_parser
     add_bench_parser(sub)
+    for sp in sub.choices.values():  # --debug also after the subcommand
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
@@ -269,9 +285,20 @@ def main(argv=None) -> int:
         args.epochs = 12
     try:
         return args.func(args)
-    except (ValueError, TypeError, RuntimeError, FileNotFoundError, FloatingPointError, ImportError) as exc:
-        print(f"dmd-fast {args.command}: error: {exc}", file=sys.stderr)
+    except KNOWN_ERRORS as exc:
+        print(f"dmd-fast {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"dmd-fast {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} (a bug in "
+              "dmd_fast; rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 600 else text[:597] + "..."
 
 
 if __name__ == "__main__":

@@ -235,7 +235,7 @@ def test_seeded_shuffle_reproducible(small):
 
 
 def test_make_loaders_bad_args(small):
-    with pytest.raises(ValueError, match="batch_size: expected >= 1; received 0"):
+    with pytest.raises(ValueError, match="batch_size: expected an integer >= 1, got 0"):
         make_loaders(datasets_from_splits(small), batch_size=0)
 
 

@@ -15,7 +15,10 @@ import datetime as _dt
 import os
 import sys
 
+from dmd_fast import validation as check
+
 SUITE_CHOICES = ("attention", "graph_distill", "model", "latency", "all", "op", "gd")  # op, gd: earlier names
+POSITIVE_FLOAT = check.cli_type(float, check.positive, "a positive finite number")
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -29,9 +32,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--backend-list", default=None, metavar="LIST",
                    help="comma-separated providers to run (default: each suite's own); 'list' prints them")
     p.add_argument("--device", default="auto", help="auto (default), cuda, cuda:N or cpu")
-    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--time-budget", type=POSITIVE_FLOAT, default=None, metavar="SECONDS",
                    help="stop starting new measurements after this long (what is left is recorded as skipped)")
-    p.add_argument("--rep-ms", type=float, default=None, metavar="MS",
+    p.add_argument("--rep-ms", type=POSITIVE_FLOAT, default=None, metavar="MS",
                    help="timed repetitions per measurement, in ms of run time (default 60; quick 20)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     return p
@@ -81,7 +84,9 @@ def run_bench(args) -> int:
     except KeyboardInterrupt:
         print("dmd-fast bench: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # the promise: a clear message, never a traceback
+    except Exception as exc:  # the promise: a clear message, the traceback only with --debug
+        if getattr(args, "debug", False):
+            raise
         print(f"dmd-fast bench: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 
@@ -98,10 +103,12 @@ def _run(args) -> int:
         providers = _providers(args.backend_list)
     except ValueError as exc:
         return _err(str(exc))
-    if args.time_budget is not None and args.time_budget <= 0:
-        return _err(f"--time-budget: expected a positive number of seconds, got {args.time_budget:g}")
-    if args.rep_ms is not None and args.rep_ms <= 0:
-        return _err(f"--rep-ms: expected a positive number, got {args.rep_ms:g}")
+    for flag, value in (("--time-budget", args.time_budget), ("--rep-ms", args.rep_ms)):
+        if value is not None:  # argparse checks them; a caller may build ``args`` itself
+            try:
+                check.positive(value, flag)
+            except (TypeError, ValueError) as exc:
+                return _err(str(exc))
 
     import torch
 

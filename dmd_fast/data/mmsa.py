@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dmd_fast import validation as check
+
 __all__ = [
     "DataError",
     "SPLITS",
@@ -385,8 +387,9 @@ def load_mmsa(path: str | os.PathLike, expected: Any = None, text_key: str = "te
             except UnicodeDecodeError:  # python-2 era pickle
                 f.seek(0)
                 data = pickle.load(f, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError,
-            TypeError, ValueError, UnicodeDecodeError) as e:
+    except Exception as e:  # a corrupt pickle raises anything: MemoryError/OverflowError on a bad length field
+        if isinstance(e, OSError):  # the file itself could not be read (permissions, I/O)
+            raise
         raise DataError(f"{path!r}: not a readable pickle ({type(e).__name__}: {e}); expected an MMSA .pkl") from None
     return datasets_from_splits(data, expected=expected, text_key=text_key, source=repr(path), names=tuple(splits),
                                 require_labels=require_labels)
@@ -409,8 +412,9 @@ def make_loaders(datasets: Mapping[str, Dataset], batch_size: int = 16, shuffle_
     """
     if not isinstance(datasets, Mapping) or not datasets:
         raise ValueError(f"datasets: expected a non-empty dict split -> Dataset; received {type(datasets).__name__}")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size: expected >= 1; received {batch_size}")
+    check.dim(batch_size, "batch_size")
+    check.integer(seed, "seed")
+    check.integer(num_workers, "num_workers", low=0)
     loaders: dict[str, DataLoader] = {}
     for split, ds in datasets.items():
         is_train = split == "train"

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from dmd_fast import validation as check
+
 from .mmsa import SPLITS, MMSADataset, datasets_from_splits, resolve_shapes
 
 __all__ = ["make_synthetic", "synthetic_datasets"]
@@ -71,9 +73,10 @@ def make_synthetic(preset_name_or_dims: Any = "mosi_aligned", n_train: int = 256
     for split, n in sizes.items():
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n_{split}: expected an integer >= 1; received {n!r}")
-    if not 0.0 <= audio_inf_frac <= 1.0:
-        raise ValueError(f"audio_inf_frac: expected a fraction in [0, 1]; received {audio_inf_frac}")
-    seed = int(seed)
+    check.real(audio_inf_frac, "audio_inf_frac", low=0.0, high=1.0)
+    check.real(label_noise, "label_noise", low=0.0)
+    check.real(frame_noise, "frame_noise", low=0.0)
+    seed = check.integer(seed, "seed")
     aligned = Tl == Ta == Tv
     dims = {"text": dl, "audio": da, "vision": dv}
     lens = {"text": Tl, "audio": Ta, "vision": Tv}

@@ -9,6 +9,7 @@ import pathlib
 
 import torch
 
+from dmd_fast import validation as check
 from dmd_fast.model.dmd import DMD
 
 CROSS_PAIRS = ("l_with_a", "l_with_v", "a_with_l", "a_with_v", "v_with_l", "v_with_a")
@@ -18,6 +19,10 @@ _NAMES = {"l": "language", "a": "audio", "v": "vision"}
 @torch.no_grad()
 def cross_modal_maps(model: DMD, text, audio, vision, layer: int = -1) -> dict:
     """{pair: (Lq, Lk) head-averaged attention of sample 0 at ``layer``} for the six encoders."""
+    n = len(model.trans_l_with_a.layers)
+    if check.integer(layer, "layer") < -n or layer >= n:
+        raise ValueError(f"layer: expected an encoder layer in [-{n}, {n - 1}] (the cross-modal encoders have "
+                         f"{n} layers), got {layer}")
     mhas = {p: getattr(model, f"trans_{p}").layers[layer].self_attn for p in CROSS_PAIRS}
     was_training = model.training
     model.eval()

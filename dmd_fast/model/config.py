@@ -4,6 +4,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from dmd_fast import validation as check
+from dmd_fast.model.losses import ORT_SEMANTICS
+
+_DROPOUTS = ("attn_dropout", "attn_dropout_a", "attn_dropout_v", "relu_dropout", "res_dropout", "embed_dropout",
+             "text_dropout", "output_dropout")
+
 
 @dataclass
 class DMDConfig:
@@ -45,6 +51,34 @@ class DMDConfig:
     early_stop: int = 10
     ort_semantics: str = "torch19"
     extras: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise TypeError/ValueError naming the first field out of range (``config.<field>``)."""
+        for name in ("feature_dims", "seq_lens", "conv_kernels"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not hasattr(value, "__len__") or len(value) != 3:
+                raise TypeError(f"config.{name}: expected 3 positive integers (L, A, V), got {value!r}")
+            for i, v in enumerate(value):
+                check.dim(v, f"config.{name}[{i}]")
+        for name in ("d_model", "num_heads", "nlevels", "gd_size_homo", "gd_size_hetero", "batch_size",
+                     "update_epochs", "early_stop"):
+            check.dim(getattr(self, name), f"config.{name}")
+        check.divisible(self.d_model, self.num_heads, "config.d_model")
+        check.integer(self.patience, "config.patience", low=0)
+        for name in _DROPOUTS:
+            check.probability(getattr(self, name), f"config.{name}")
+        check.boolean(self.attn_mask, "config.attn_mask")
+        check.boolean(self.use_bert, "config.use_bert")
+        check.real(self.gd_reg, "config.gd_reg")
+        check.real(self.gd_alpha, "config.gd_alpha")
+        check.reals(self.gd_w_losses, "config.gd_w_losses", 2)
+        check.positive(self.learning_rate, "config.learning_rate")
+        if check.real(self.grad_clip, "config.grad_clip") != -1.0:
+            check.positive(self.grad_clip, "config.grad_clip (-1 turns the clip off)")
+        check.choice(self.ort_semantics, "config.ort_semantics", ORT_SEMANTICS)
 
     @property
     def conv_out_lens(self) -> tuple:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmd_fast import validation as check
 from dmd_fast.model.config import DMDConfig
 from dmd_fast.nn.grouped import run_encoders_grouped
 from dmd_fast.nn.transformer import TransformerEncoder
@@ -31,6 +32,8 @@ class DMD(nn.Module):
 
     def __init__(self, config: DMDConfig, backend: str = "auto", grouped: bool | None = None):
         super().__init__()
+        if not isinstance(config, DMDConfig):
+            raise TypeError(f"config: expected a DMDConfig (dmd_fast.model.get_preset(...)), got {type(config).__name__}")
         self.config = c = config
         self.backend = check_backend_name(backend)
         # grouped launches: the 3 self-attention, 6 cross-modal and 3 memory encoders each share
@@ -101,6 +104,7 @@ class DMD(nn.Module):
         c = self.config
         (Tl, Ta, Tv), (dl, da, dv) = c.seq_lens, c.feature_dims
         text_shape = ("B", 3, Tl) if c.use_bert else ("B", Tl, dl)
+        weight = self.proj_a.weight
         B = None
         for name, x, want in (("text", text, text_shape), ("audio", audio, ("B", Ta, da)),
                               ("vision", vision, ("B", Tv, dv))):
@@ -111,11 +115,14 @@ class DMD(nn.Module):
             if name != "text" or not c.use_bert:
                 if not x.is_floating_point():
                     raise TypeError(f"{name}: expected a floating tensor, got {x.dtype}")
+                check.module_dtype(x, name, weight, "the model")
             B = x.shape[0] if B is None else B
             if x.shape[0] != B:
                 raise ValueError(f"{name}: batch size {x.shape[0]} differs from text's {B}")
-            if x.device != text.device:
-                raise ValueError(f"{name}: on {x.device}, expected the same device as text ({text.device})")
+            if B < 1:
+                raise ValueError(f"{name}: expected a batch of at least 1 sample, got shape {tuple(x.shape)}")
+            if x.device != weight.device:
+                raise ValueError(f"{name}: on {x.device}, expected the model's device {weight.device}")
 
     def _run(self, encoders, streams, last_row=False):
         """Independent encoders: grouped launches, or one after another (as upstream). ``last_row``: the

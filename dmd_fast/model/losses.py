@@ -2,20 +2,46 @@
 
 No host synchronisation and no Python loop over samples: the margin loss is vectorised
 (equal to ``dmd_fast.reference.margin.margin_loss_loop``).
+
+Margin loss on a batch where no anchor has both a positive and a negative (all labels equal):
+upstream's HingeLoss returns the Python float 0.0, so ``align_c_{l,v,a}`` get no gradient at all
+(``grad`` stays None; Adam then skips them). Knowing that needs the labels' values on the host,
+a sync on CUDA, so it is an option, ``margin_no_anchor``:
+- ``"zero"`` (default, no host sync): the loss is a 0 that still depends on the features, so
+  ``align_c_*`` get a zero gradient (Adam still steps them with its running moments);
+- ``"upstream"``: the labels are read on the host (free for CPU labels, a sync on CUDA) and such a
+  batch returns a constant 0 with no graph, as upstream (``dmd-fast parity`` uses this).
 """
 from __future__ import annotations
+
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
 
+from dmd_fast import validation as check
 from dmd_fast.common.cosine import pairwise_cosine
 
 ORT_SEMANTICS = ("torch19", "per_sample")
+MARGIN_NO_ANCHOR = ("zero", "upstream")
 _COS_EPS = 1e-12
 
 
-def margin_loss(ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-    """ids (N, 1), feats (N, d) → 0-d HingeLoss value, all anchors at once."""
+def has_margin_anchor(ids: torch.Tensor) -> bool:
+    """Whether some anchor has a positive (another row with its exact label) and a negative (a row with
+    another label). Reads ``ids`` on the host: a sync when it lives on a GPU."""
+    counts = Counter(ids.reshape(-1).tolist())
+    return len(counts) >= 2 and max(counts.values()) >= 2
+
+
+def margin_loss(ids: torch.Tensor, feats: torch.Tensor, no_anchor: str = "zero") -> torch.Tensor:
+    """ids (N, 1), feats (N, d) → 0-d HingeLoss value, all anchors at once.
+
+    no_anchor: what a batch without a valid anchor gives (see the module doc): "zero" a 0 connected to
+    ``feats`` (zero gradient, no host sync) or "upstream" a constant 0 (no gradient; reads ``ids``)."""
+    check.choice(no_anchor, "no_anchor", MARGIN_NO_ANCHOR)
+    if no_anchor == "upstream" and not has_margin_anchor(ids):
+        return feats.new_zeros(())
     N = feats.shape[0]
     cos = pairwise_cosine(feats)                                   # (N, N)
     y = ids.reshape(N)
@@ -69,21 +95,35 @@ TASK_TERMS = ("all", "l_homo", "v_homo", "a_homo", "l_hetero", "v_hetero", "a_he
 _TASK_KEYS = {"all": "output_logit", "c": "logits_c"}
 
 
-def dmd_losses(outputs: dict, labels: torch.Tensor, gd_homo, gd_hetero, ort_semantics="torch19") -> dict:
+def dmd_losses(outputs: dict, labels: torch.Tensor, gd_homo, gd_hetero, ort_semantics="torch19",
+               margin_no_anchor="zero") -> dict:
     """All loss terms under upstream's trainer variable names, plus ``total``.
 
     gd_homo / gd_hetero: callables (logits (3,B,1), reprs (3,B,h)) → GraphDistillResult.
     total = task + 0.05·(logit+reg)_homo + 0.05·(logit+repr+reg)_hetero
             + 0.1·(cycle + recon + 0.1·(margin + ort)).
     Under autocast the losses still run in fp32 (bf16/fp16 outputs are upcast; fp16 squared norms
-    overflow in the orthogonality cosine).
+    overflow in the orthogonality cosine). labels: (B,) or (B, 1) for the outputs' batch of B.
+    margin_no_anchor: "zero" | "upstream", see the module doc.
     """
+    check_labels(labels, outputs["output_logit"])
+    check.choice(margin_no_anchor, "margin_no_anchor", MARGIN_NO_ANCHOR)
     outputs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
     with torch.autocast(labels.device.type, enabled=False):
-        return _dmd_losses(outputs, labels.float(), gd_homo, gd_hetero, ort_semantics)
+        return _dmd_losses(outputs, labels.float(), gd_homo, gd_hetero, ort_semantics, margin_no_anchor)
 
 
-def _dmd_losses(outputs: dict, labels: torch.Tensor, gd_homo, gd_hetero, ort_semantics) -> dict:
+def check_labels(labels, like: torch.Tensor) -> None:
+    """Regression labels (B,) or (B, 1), floating, on ``like``'s device, B = like.shape[0]."""
+    B = like.shape[0]
+    check.tensor(labels, "labels", layout=f"(B={B},) or (B, 1)", floating=True)
+    if tuple(labels.shape) not in ((B,), (B, 1)):
+        raise ValueError(f"labels: expected shape ({B},) or ({B}, 1) (one regression label per sample), got "
+                         f"{tuple(labels.shape)}")
+    check.same_device(labels, "labels", like.device, "the model outputs")
+
+
+def _dmd_losses(outputs: dict, labels: torch.Tensor, gd_homo, gd_hetero, ort_semantics, margin_no_anchor) -> dict:
     labels = labels.reshape(-1, 1)
     L = {}
     for t in TASK_TERMS:
@@ -98,7 +138,7 @@ def _dmd_losses(outputs: dict, labels: torch.Tensor, gd_homo, gd_hetero, ort_sem
     for m in "lva":
         L[f"loss_ort_{m}"] = orthogonality_loss(outputs[f"s_{m}"], outputs[f"c_{m}"], ort_semantics)
     L["loss_ort"] = L["loss_ort_l"] + L["loss_ort_v"] + L["loss_ort_a"]
-    L["loss_sim"] = margin_loss(*hinge_inputs(outputs, labels))
+    L["loss_sim"] = margin_loss(*hinge_inputs(outputs, labels), no_anchor=margin_no_anchor)
     homo = gd_homo(*gd_inputs(outputs, "homo"))
     hetero = gd_hetero(*gd_inputs(outputs, "hetero"))
     L["loss_reg_homo"], L["loss_logit_homo"], L["loss_repr_homo"] = homo.loss_reg, homo.loss_logit, homo.loss_repr

@@ -8,20 +8,23 @@ from __future__ import annotations
 
 from torch import nn
 
+from dmd_fast import validation as check
 from dmd_fast.model.config import DMDConfig
 from dmd_fast.model.dmd import DMD
-from dmd_fast.model.losses import dmd_losses
+from dmd_fast.model.losses import MARGIN_NO_ANCHOR, dmd_losses
 from dmd_fast.nn.gd_unit import (HETERO_PRIOR_LOGITS, HETERO_TOTAL_WEIGHTS, HOMO_PRIOR_LOGITS, HOMO_TOTAL_WEIGHTS,
                                  GDUnit, prior_from_logits)
-
 
 
 class DMDSystem(nn.Module):
     """forward(text, audio, vision, labels=None) → (outputs dict, losses dict or None)."""
 
-    def __init__(self, config: DMDConfig, backend: str = "auto", homo_prior=None, hetero_prior=None):
+    def __init__(self, config: DMDConfig, backend: str = "auto", homo_prior=None, hetero_prior=None,
+                 margin_no_anchor: str = "zero"):
         super().__init__()
         self.config = config
+        # "zero" (no host sync) or "upstream" (no gradient on a batch without a margin anchor, see losses)
+        self.margin_no_anchor = check.choice(margin_no_anchor, "margin_no_anchor", MARGIN_NO_ANCHOR)
         self.dmd = DMD(config, backend=backend)
         d = config.d_model
         common = dict(n_classes=1, to_idx=[0, 1, 2], from_idx=[0, 1, 2], gd_reg=config.gd_reg,
@@ -39,5 +42,5 @@ class DMDSystem(nn.Module):
         if labels is None:
             return outputs, None
         losses = dmd_losses(outputs, labels, self.gd_homo, self.gd_hetero,
-                            ort_semantics=self.config.ort_semantics)
+                            ort_semantics=self.config.ort_semantics, margin_no_anchor=self.margin_no_anchor)
         return outputs, losses

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn import Parameter
 
+from dmd_fast import validation as check
 from dmd_fast.nn.packed_projection import packed_in_projection
 from dmd_fast.ops.backend import check_backend_name, resolve_backend
 
@@ -23,19 +24,20 @@ class MultiheadAttention(nn.Module):
         backend: "auto" | "triton" | "reference" for the attention core.
     forward(query (Tq, B, E), key (Tk, B, E), value (Tk, B, E), attn_mask=None, *,
             offset_causal=False, key_lengths=None, need_weights=False)
-        attn_mask: optional additive float mask (Tq, Tk) as upstream passes; a dense mask always
-            runs the reference core. ``offset_causal=True`` expresses DMD's mask without a
-            tensor and runs the kernel.
+        attn_mask: optional additive float mask (Tq, Tk) as upstream passes (0 visible, -inf masked);
+            a dense mask always runs the reference core; a row masked everywhere gives output 0.
+            ``offset_causal=True`` expresses DMD's mask without a tensor and runs the kernel.
         Returns (out (Tq, B, E), weights (B, Tq, Tk) head-averaged or None).
     """
 
     def __init__(self, embed_dim, num_heads, attn_dropout=0.0, bias=True, backend="auto"):
         super().__init__()
-        if embed_dim % num_heads != 0:
-            raise ValueError(f"embed_dim: must be divisible by num_heads={num_heads}, got {embed_dim}")
+        embed_dim, num_heads = check.dim(embed_dim, "embed_dim"), check.dim(num_heads, "num_heads")
+        check.divisible(embed_dim, num_heads)
         self.embed_dim = embed_dim
         self.num_heads = num_heads
-        self.attn_dropout = attn_dropout
+        self.attn_dropout = check.probability(attn_dropout, "attn_dropout")
+        check.boolean(bias, "bias")
         self.head_dim = embed_dim // num_heads
         self.scaling = self.head_dim ** -0.5
         self.backend = check_backend_name(backend)
@@ -100,15 +102,22 @@ class MultiheadAttention(nn.Module):
         B, H, Tq, D = o.shape
         return self.out_proj(o.permute(2, 0, 1, 3).reshape(Tq, B, H * D))
 
-    def forward(self, query, key, value, attn_mask=None, *, offset_causal=False, key_lengths=None,
-                need_weights=False):
-        if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
-            raise ValueError(f"query/key/value: expected (T, B, E) tensors, got {tuple(query.shape)}, "
-                             f"{tuple(key.shape)}, {tuple(value.shape)}")
-        if query.shape[2] != self.embed_dim:
-            raise ValueError(f"query: expected last dim embed_dim={self.embed_dim}, got {query.shape[2]}")
+    def check_inputs(self, query, key, value):
+        """(T, B, E) floating tensors: E = embed_dim, one batch size, key and value alike, module dtype."""
+        E = self.embed_dim
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            check.tensor(t, name, ndim=3, layout=f"(T, B, E={E})", floating=True)
+            if t.shape[2] != E or t.shape[1] != query.shape[1]:
+                raise ValueError(f"{name}: expected shape (T, B={query.shape[1]}, E={E}), got {tuple(t.shape)}")
+            check.module_dtype(t, name, self.in_proj_weight)
         if key.shape != value.shape:
             raise ValueError(f"key/value: expected equal shapes, got {tuple(key.shape)} and {tuple(value.shape)}")
+
+    def forward(self, query, key, value, attn_mask=None, *, offset_causal=False, key_lengths=None,
+                need_weights=False):
+        self.check_inputs(query, key, value)
+        if attn_mask is not None:
+            check.dense_mask(attn_mask, "attn_mask", query.shape[0], key.shape[0], query.device)
         q, k, v = self.project(query, key, value)
         qh, kh, vh = self._heads(q), self._heads(k), self._heads(v)
         if attn_mask is not None and (offset_causal or key_lengths is not None or need_weights
@@ -140,8 +149,13 @@ class MultiheadAttention(nn.Module):
 
 
 def _dense_mask_attention(q, k, v, attn_mask, dropout_p):
-    """Upstream math with an additive (Lq, Lk) mask: bmm, + mask, softmax(float), dropout, bmm."""
+    """Upstream math with an additive (Lq, Lk) mask: bmm, + mask, softmax(float), dropout, bmm.
+
+    A row whose mask is -inf everywhere (no visible key) gives output 0 and zero gradients (upstream:
+    NaN), as the kernel and the reference do for offset_causal / key_lengths."""
+    row_has_key = (attn_mask != float("-inf")).any(-1, keepdim=True)  # (Lq, 1), no host sync
     scores = torch.matmul(q, k.transpose(-1, -2)) + attn_mask.to(q.dtype)
-    probs = F.softmax(scores.float(), dim=-1).type_as(scores)
+    scores = torch.where(row_has_key, scores, torch.zeros((), dtype=scores.dtype, device=scores.device))
+    probs = (F.softmax(scores.float(), dim=-1) * row_has_key).type_as(scores)
     probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0)
     return torch.matmul(probs, v)

@@ -10,8 +10,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from dmd_fast import validation as check
+from dmd_fast.ops.backend import check_backend_name
 from dmd_fast.ops.graph_distill import check_total_weights, graph_distill
-from dmd_fast.common.graph_distill import GraphDistillResult, edge_names
+from dmd_fast.common.graph_distill import (LOGIT_METRICS, REPR_METRICS, SOFTMAX_SCOPES, GraphDistillResult,
+                                          edge_names)
 
 PRIOR_TEMPERATURE = 0.25
 HOMO_PRIOR_LOGITS = (0, 0, 1, 0, 1, 0)      # run.py: favours L→V, L→A
@@ -44,16 +47,30 @@ class GDUnit(nn.Module):
                  alpha=1 / 8, *, repr_metric=None, softmax_scope="joint", backend="auto", check_finite=True,
                  total_weights=(1.0, 1.0, 1.0)):
         super().__init__()
+        n_classes, hidden_size = check.dim(n_classes, "n_classes"), check.dim(hidden_size, "hidden_size")
+        gd_size = check.dim(gd_size, "gd_size")
+        check.choice(metric, "metric", LOGIT_METRICS)
+        check.choice(metric if repr_metric is None else repr_metric, "repr_metric", REPR_METRICS)
+        check.choice(softmax_scope, "softmax_scope", SOFTMAX_SCOPES)
+        check_backend_name(backend)
+        check.boolean(check_finite, "check_finite")
         to_idx, from_idx = list(to_idx), list(from_idx)
         M = len(to_idx)
         if to_idx != list(range(M)) or from_idx != list(range(M)):
             raise ValueError(f"to_idx/from_idx: expected both to be range(M) = {list(range(M))}, got to_idx="
                              f"{to_idx}, from_idx={from_idx} (only the full graph over M modalities is supported)")
-        prior = torch.as_tensor(gd_prior, dtype=torch.float32).flatten()
+        if M < 2:
+            raise ValueError(f"to_idx/from_idx: expected at least 2 modalities, got M={M}")
+        try:
+            prior = torch.as_tensor(gd_prior, dtype=torch.float32).flatten()
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"gd_prior: expected {M * (M - 1)} numbers, got {gd_prior!r} ({exc})") from None
         if prior.numel() != M * (M - 1):
             raise ValueError(f"gd_prior: expected {M * (M - 1)} values (M(M-1) for M={M}), got {prior.numel()}")
+        if not bool(torch.isfinite(prior).all() and (prior >= 0).all()):
+            raise ValueError(f"gd_prior: expected finite values >= 0, got {prior.tolist()}")
         sums = prior.double().sum(0, keepdim=True) if softmax_scope == "joint" else prior.double().view(M, -1).sum(1)
-        if (sums - 1).abs().max() > 1e-4:
+        if not (sums - 1).abs().max() <= 1e-4:
             raise ValueError(f"gd_prior: expected to sum to 1 (per target node for softmax_scope='target'), got "
                              f"sums {sums.tolist()}")
         self.W_logit = nn.Linear(n_classes, gd_size)
@@ -63,9 +80,9 @@ class GDUnit(nn.Module):
         self.num_modalities = M
         self.gd_size = gd_size
         self.to_idx, self.from_idx = to_idx, from_idx
-        self.alpha = float(alpha)
-        self.gd_reg = float(gd_reg)
-        self.w_losses = tuple(float(w) for w in w_losses)
+        self.alpha = check.real(alpha, "alpha")
+        self.gd_reg = check.real(gd_reg, "gd_reg")
+        self.w_losses = check.reals(w_losses, "w_losses", 2, "weights (logit, repr)")
         self.metric = metric
         self.repr_metric = metric if repr_metric is None else repr_metric
         self.softmax_scope = softmax_scope
@@ -81,6 +98,8 @@ class GDUnit(nn.Module):
 
     def forward(self, logits: torch.Tensor, reprs: torch.Tensor) -> GraphDistillResult:
         """logits (M, B, C), reprs (M, B, R) -> GraphDistillResult (edges (E, B) without the prior)."""
+        check.tensor(logits, "logits", layout="(M, B, C)")
+        check.tensor(reprs, "reprs", layout="(M, B, R)")
         if logits.dim() != 3 or logits.shape[0] != self.num_modalities:
             raise ValueError(f"logits: expected shape ({self.num_modalities}, B, C), got {tuple(logits.shape)}")
         res = graph_distill(logits, reprs, self.W_logit.weight, self.W_logit.bias, self.W_repr.weight,

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from dmd_fast import validation as check
+
 
 def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
     """(num_positions, dim) fp32 table: [sin | cos] concatenated, zero column if dim is odd, row 0 zero."""
@@ -34,7 +36,7 @@ class SinusoidalPositionalEmbedding(nn.Module):
 
     def __init__(self, embedding_dim: int):
         super().__init__()
-        self.embedding_dim = embedding_dim
+        self.embedding_dim = check.dim(embedding_dim, "embedding_dim")
         self.register_buffer("_float_tensor", torch.zeros(1))
         self._tables: dict[tuple, torch.Tensor] = {}
 
@@ -47,9 +49,10 @@ class SinusoidalPositionalEmbedding(nn.Module):
         return table
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check.tensor(x, "x", ndim=3, layout="(T, B, E)")
         T = x.shape[0]
         table = self._table(T + 1, x.device)
         steps = torch.arange(1, T + 1, device=x.device).unsqueeze(1)  # (T, 1)
         positions = torch.where(x[:, :, 0] != 0, steps, torch.zeros_like(steps))  # (T, B) int64
-        pe = table[:T + 1].index_select(0, positions.reshape(-1)).view(T, x.shape[1], -1)
+        pe = table[:T + 1].index_select(0, positions.reshape(-1)).view(T, x.shape[1], self.embedding_dim)
         return pe.to(self._float_tensor.dtype).detach()

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmd_fast import validation as check
 from dmd_fast.nn.attention import MultiheadAttention
 from dmd_fast.nn.positional import SinusoidalPositionalEmbedding
 
@@ -34,9 +35,9 @@ class TransformerEncoderLayer(nn.Module):
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.self_attn = MultiheadAttention(embed_dim, num_heads, attn_dropout=attn_dropout, backend=backend)
-        self.attn_mask = attn_mask
-        self.relu_dropout = relu_dropout
-        self.res_dropout = res_dropout
+        self.attn_mask = check.boolean(attn_mask, "attn_mask")
+        self.relu_dropout = check.probability(relu_dropout, "relu_dropout")
+        self.res_dropout = check.probability(res_dropout, "res_dropout")
         self.fc1 = xavier_linear(embed_dim, 4 * embed_dim)
         self.fc2 = xavier_linear(4 * embed_dim, embed_dim)
         self.layer_norms = nn.ModuleList([nn.LayerNorm(embed_dim) for _ in range(2)])
@@ -46,6 +47,9 @@ class TransformerEncoderLayer(nn.Module):
         kernel applies the scale (``self_attn.attention_scale``). ``last_row``: q of the last query row
         only, (B, H, 1, D) (keys and values still come from every row)."""
         mha = self.self_attn
+        if (x_k is None) != (x_v is None):
+            raise ValueError(f"{'x_v' if x_v is None else 'x_k'}: is None while the other is given; pass both "
+                             "(cross-modal attention) or neither (self-attention)")
         h = self.layer_norms[0](x)
         h_q = h[-1:] if last_row else h
         if x_k is None and x_v is None:
@@ -81,7 +85,8 @@ class TransformerEncoder(nn.Module):
     def __init__(self, embed_dim, num_heads, layers, attn_dropout=0.0, relu_dropout=0.0,
                  res_dropout=0.0, embed_dropout=0.0, attn_mask=False, backend="auto"):
         super().__init__()
-        self.dropout = embed_dropout
+        check.integer(layers, "layers", low=0)
+        self.dropout = check.probability(embed_dropout, "embed_dropout")
         self.attn_dropout = attn_dropout
         self.embed_dim = embed_dim
         self.embed_scale = math.sqrt(embed_dim)
@@ -101,11 +106,31 @@ class TransformerEncoder(nn.Module):
         x = self.embed_scale * x_in + self.embed_positions(x_in)
         return F.dropout(x, p=self.dropout, training=self.training)
 
+    def check_inputs(self, x_in, x_in_k=None, x_in_v=None):
+        """x_in (Tq, B, E) and, for cross-modal attention, both x_in_k and x_in_v (Tk, B, E); T, B >= 1."""
+        E = self.embed_dim
+        if (x_in_k is None) != (x_in_v is None):
+            given, missing = ("x_in_k", "x_in_v") if x_in_v is None else ("x_in_v", "x_in_k")
+            raise ValueError(f"{missing}: is None while {given} is given; pass both (cross-modal attention) or "
+                             "neither (self-attention)")
+        params = self.layer_norm.weight
+        for name, t in (("x_in", x_in), ("x_in_k", x_in_k), ("x_in_v", x_in_v)):
+            if t is None:
+                continue
+            check.tensor(t, name, ndim=3, layout=f"(T, B, E={E})", floating=True)
+            if t.shape[2] != E or t.shape[1] != x_in.shape[1]:
+                raise ValueError(f"{name}: expected shape (T, B={x_in.shape[1]}, E={E}), got {tuple(t.shape)}")
+            check.non_empty(t, name, (0, 1), "(T, B, E)")
+            check.module_dtype(t, name, params, "the encoder")
+        if x_in_k is not None and x_in_k.shape != x_in_v.shape:
+            raise ValueError(f"x_in_v: expected the shape of x_in_k {tuple(x_in_k.shape)}, got {tuple(x_in_v.shape)}")
+
     def forward(self, x_in, x_in_k=None, x_in_v=None, key_lengths=None, last_row=False):
         """(Tq, B, E) out; ``last_row=True`` computes only the last query row in the last layer and
         returns (1, B, E), equal to the full output's ``[-1:]`` (inference: DMD reads ``h[-1]`` only)."""
+        self.check_inputs(x_in, x_in_k, x_in_v)
         x = self.embed(x_in)
-        cross = x_in_k is not None and x_in_v is not None
+        cross = x_in_k is not None
         if cross:
             x_k, x_v = self.embed(x_in_k), self.embed(x_in_v)
         last = len(self.layers) - 1

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from dmd_fast import validation as check
 from dmd_fast.ops.backend import resolve_backend
 from dmd_fast.ops.registration import define_op
 from dmd_fast.reference.attention import cross_modal_attention as reference_attention
@@ -203,18 +204,15 @@ def _check_key_lengths(key_lengths, B, Lk, device, name="key_lengths"):
     return key_lengths.to(device=device, dtype=torch.int32, non_blocking=True)
 
 
-def _check_options(dropout_p, scale, input_precision, D):
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
-        _fail(TypeError, f"dropout_p: expected a float in [0, 1), got {type(dropout_p).__name__}")
-    if not 0.0 <= dropout_p < 1.0:
-        _fail(ValueError, f"dropout_p: expected a float in [0, 1), got {dropout_p}")
-    if scale is None:
-        scale = D ** -0.5
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        _fail(TypeError, f"scale: expected a float or None, got {type(scale).__name__}")
+def _check_options(dropout_p, scale, input_precision, D, dtype):
+    try:
+        dropout_p = check.probability(dropout_p, "dropout_p")
+        scale = check.attention_scale(scale, D, dtype)
+    except (TypeError, ValueError) as exc:
+        _fail(type(exc), str(exc))
     if input_precision not in PRECISIONS:
         _fail(ValueError, f"input_precision: expected one of {PRECISIONS}, got {input_precision!r}")
-    return float(dropout_p), float(scale)
+    return dropout_p, scale
 
 
 def _draw_seed(generator, device) -> Tensor:
@@ -249,8 +247,10 @@ def cross_modal_attention(q: Tensor, k: Tensor, v: Tensor, *, key_lengths: Optio
         A query row with no visible key gives O = 0 and zero gradients.
     """
     B, H, Lq, Lk, D = _check_qkv(q, k, v)
-    dropout_p, scale = _check_options(dropout_p, scale, input_precision, D)
+    dropout_p, scale = _check_options(dropout_p, scale, input_precision, D, q.dtype)
     key_lengths = _check_key_lengths(key_lengths, B, Lk, q.device)
+    check.generator(generator, "generator", q.device)
+    check.boolean(offset_causal, "offset_causal")
     if resolve_backend(backend, q.device, OP) == "reference":
         keep = None
         if return_keep_mask and dropout_p > 0:
@@ -258,6 +258,10 @@ def cross_modal_attention(q: Tensor, k: Tensor, v: Tensor, *, key_lengths: Optio
         out = reference_attention(q, k, v, key_lengths=key_lengths, offset_causal=offset_causal,
                                   dropout_p=dropout_p, scale=scale, keep_mask=keep, generator=generator)
     else:
+        if q.device.type == "cpu":
+            check.interpreter_dtype(q.dtype, "q", OP)
+        if check.scale_in_inputs(scale, q.dtype):
+            q, scale = q * scale, 1.0
         seed = _draw_seed(generator, q.device) if dropout_p > 0 else None
         out, _ = fwd_op(q, k, v, key_lengths, seed, bool(offset_causal), dropout_p, scale, input_precision)
         if return_keep_mask and dropout_p > 0:
@@ -305,14 +309,16 @@ def cross_modal_attention_grouped(problems: Sequence[tuple[Tensor, Tensor, Tenso
     if isinstance(dropout_p, Sequence) and not isinstance(dropout_p, str):
         if len(dropout_p) != G:
             _fail(ValueError, f"dropout_p: expected a float or {G} floats (one per problem), got {len(dropout_p)}")
-        ps = [_check_options(p, scale, input_precision, D)[0] for p in dropout_p]
+        ps = [check.probability(p, f"dropout_p[{g}]") for g, p in enumerate(dropout_p)]
     else:
-        ps = [_check_options(dropout_p, scale, input_precision, D)[0]] * G
-    _, scale = _check_options(0.0, scale, input_precision, D)
+        ps = [_check_options(dropout_p, scale, input_precision, D, q0.dtype)[0]] * G
+    _, scale = _check_options(0.0, scale, input_precision, D, q0.dtype)
     if key_lengths is not None and (not isinstance(key_lengths, Sequence) or len(key_lengths) != G):
         _fail(TypeError, f"key_lengths: expected None or a sequence of {G} entries (None or (B,) tensors)")
     kls = [_check_key_lengths(kl, B, d[3], q0.device, f"key_lengths[{g}]")
            for g, (kl, d) in enumerate(zip(key_lengths or [None] * G, dims))]
+    check.generator(generator, "generator", q0.device)
+    check.boolean(offset_causal, "offset_causal")
     if resolve_backend(backend, q0.device, OP) == "reference":
         outs, keeps = [], []
         for (q, k, v), kl, d, p in zip(problems, kls, dims, ps):
@@ -323,6 +329,10 @@ def cross_modal_attention_grouped(problems: Sequence[tuple[Tensor, Tensor, Tenso
                                             dropout_p=p, scale=scale, keep_mask=keep, generator=generator))
             keeps.append(keep)
     else:
+        if q0.device.type == "cpu":
+            check.interpreter_dtype(q0.dtype, "problems[0].q", OP)
+        if check.scale_in_inputs(scale, q0.dtype):
+            problems, scale = [(p[0] * scale, p[1], p[2]) for p in problems], 1.0
         if all(kl is None for kl in kls):
             kls = []
         else:
@@ -346,7 +356,7 @@ def attention_weights(q: Tensor, k: Tensor, v: Tensor, *, key_lengths: Optional[
     A separate path through the reference (it materialises the scores); the fast op never does.
     """
     B, H, Lq, Lk, D = _check_qkv(q, k, v)
-    _, scale = _check_options(0.0, scale, "ieee", D)
+    _, scale = _check_options(0.0, scale, "ieee", D, q.dtype)
     key_lengths = _check_key_lengths(key_lengths, B, Lk, q.device)
     _, probs = reference_attention(q, k, v, key_lengths=key_lengths, offset_causal=offset_causal, scale=scale,
                                    return_weights=True)

@@ -15,6 +15,7 @@ import math
 import torch
 from torch import Tensor
 
+from dmd_fast import validation as check
 from dmd_fast.ops.backend import check_backend_name, resolve_backend
 from dmd_fast.ops.registration import define_op
 from dmd_fast.common.graph_distill import (LOGIT_METRICS, REPR_METRICS, SOFTMAX_SCOPES, GraphDistillResult,
@@ -36,9 +37,7 @@ def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
 
 def check_total_weights(total_weights) -> tuple[float, float, float]:
     """The (logit, repr, reg) weights of ``loss_total`` as floats, or a ValueError naming the argument."""
-    if len(total_weights) != 3:
-        raise ValueError(f"total_weights: expected 3 weights (logit, repr, reg), got {total_weights!r}")
-    return tuple(float(t) for t in total_weights)
+    return check.reals(total_weights, "total_weights", 3, "weights (logit, repr, reg)")
 
 
 def _acc_dtype(*tensors) -> torch.dtype:
@@ -140,7 +139,7 @@ def _shape_error(arg, got, expected, hint=""):
 
 
 def _validate(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, *, alpha, softmax_scope,
-              logit_metric, repr_metric, w_losses, check_prior, check_finite):
+              logit_metric, repr_metric, w_losses, reg, check_prior, check_finite):
     """Raise ValueError/TypeError naming the argument, what it received and what it expects."""
     if softmax_scope not in SOFTMAX_SCOPES:
         raise ValueError(f"softmax_scope: expected one of {SOFTMAX_SCOPES}, got {softmax_scope!r}")
@@ -148,8 +147,9 @@ def _validate(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, p
         raise ValueError(f"logit_metric: expected one of {LOGIT_METRICS}, got {logit_metric!r}")
     if repr_metric not in REPR_METRICS:
         raise ValueError(f"repr_metric: expected one of {REPR_METRICS}, got {repr_metric!r}")
-    if len(w_losses) != 2:
-        raise ValueError(f"w_losses: expected (logit weight, repr weight), got {w_losses!r}")
+    check.real(alpha, "alpha")
+    check.real(reg, "reg")
+    check.reals(w_losses, "w_losses", 2, "weights (logit, repr)")
     named = dict(logits=logits, reprs=reprs, w_logit=w_logit, b_logit=b_logit, w_repr=w_repr, b_repr=b_repr,
                  w_edge=w_edge, b_edge=b_edge, prior=prior)
     for name, t in named.items():
@@ -187,19 +187,20 @@ def _validate(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, p
     may_sync = not torch.compiler.is_compiling() and not (logits.is_cuda and torch.cuda.is_current_stream_capturing())
     if check_prior and may_sync:
         p = prior.detach().double()
+        check.finite_tensor(p, "prior", " (pass check_prior=False to skip this host-syncing check)")
         if softmax_scope == "joint":
             s = p.sum().item()
-            if abs(s - 1.0) > _PRIOR_ATOL:
+            if not abs(s - 1.0) <= _PRIOR_ATOL:
                 raise ValueError(f"prior: expected to sum to 1 for softmax_scope='joint', got sum {s:.6g} "
                                  "(pass check_prior=False to allow)")
         else:
             s = p.view(M, M - 1).sum(1)
-            if (s - 1.0).abs().max().item() > _PRIOR_ATOL:
+            if not (s - 1.0).abs().max().item() <= _PRIOR_ATOL:
                 raise ValueError(f"prior: expected each target node's {M - 1} incoming edges to sum to 1 for "
                                  f"softmax_scope='target', got group sums {s.tolist()} "
                                  "(pass check_prior=False to allow)")
     if check_finite and may_sync:
-        for name, t in (("logits", logits), ("reprs", reprs)):
+        for name, t in (("logits", logits), ("reprs", reprs), ("prior", prior)):
             if not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{name}: expected finite values, got NaN or inf "
                                  "(pass check_finite=False to skip this host-syncing check)")
@@ -218,9 +219,10 @@ def graph_distill(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edg
         total_weights: weights of (logit, repr, reg) in ``loss_total`` (0 leaves a term out). Backward
             from ``loss_total`` alone is one launch (the kernel stores the total's gradient row).
         backend: 'auto' | 'triton' | 'reference' (see ``dmd_fast.ops.backend``).
-        check_prior: raise unless the prior sums to 1 ('joint') or to 1 per target node ('target').
-        check_finite: raise on NaN/inf logits or reprs (host sync). Both checks are skipped while
-            torch.compile traces.
+        check_prior: raise unless the prior is finite and sums to 1 ('joint') or to 1 per target node
+            ('target').
+        check_finite: raise on NaN/inf logits, reprs or prior (host sync). Both checks are skipped while
+            torch.compile traces. alpha, reg, w_losses and total_weights must be finite numbers.
     Returns:
         GraphDistillResult; the losses, edges (E, B) and edge_scores (B, E) have the inputs' promoted dtype.
         Scalar hyperparameters reach the kernel as fp32 values.
@@ -228,7 +230,7 @@ def graph_distill(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edg
     check_backend_name(backend)
     _validate(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, alpha=alpha,
               softmax_scope=softmax_scope, logit_metric=logit_metric, repr_metric=repr_metric, w_losses=w_losses,
-              check_prior=check_prior, check_finite=check_finite)
+              reg=reg, check_prior=check_prior, check_finite=check_finite)
     total_weights = check_total_weights(total_weights)
     kw = dict(alpha=alpha, softmax_scope=softmax_scope, logit_metric=logit_metric, repr_metric=repr_metric,
               w_losses=tuple(w_losses), reg=reg, total_weights=total_weights)

@@ -14,6 +14,8 @@ import random
 import numpy as np
 import torch
 
+from dmd_fast import validation as check
+
 FORMAT = "dmd_fast.checkpoint/1"
 
 
@@ -59,7 +61,15 @@ def save_checkpoint(path, trainer, weights_only: bool = False) -> None:
     atomic_save(obj, path)
 
 
-def read_checkpoint(path) -> dict:
+WEIGHT_KEYS = ("config", "model")
+FULL_KEYS = WEIGHT_KEYS + ("optimizer", "scheduler", "rng", "trainer")
+_RNG_KEYS = ("torch", "numpy", "random")
+_TRAINER_KEYS = ("epoch", "best_valid", "best_epoch", "history")
+
+
+def read_checkpoint(path, keys=WEIGHT_KEYS) -> dict:
+    """The checkpoint dict at ``path`` with every key in ``keys`` (a CheckpointError naming the file and
+    the missing key otherwise); its config is checked to build a DMDConfig."""
     path = pathlib.Path(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
@@ -69,12 +79,24 @@ def read_checkpoint(path) -> dict:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"checkpoint: {path} has format {got!r}, expected {FORMAT!r}")
+    check.require_keys(obj, keys, f"checkpoint: {path}", CheckpointError)
+    if "rng" in keys:
+        check.require_keys(obj["rng"], _RNG_KEYS, f"checkpoint: {path}: 'rng'", CheckpointError)
+    if "trainer" in keys:
+        check.require_keys(obj["trainer"], _TRAINER_KEYS, f"checkpoint: {path}: 'trainer'", CheckpointError)
+    if "config" in keys:
+        from dmd_fast.model.config import DMDConfig
+        try:
+            check.require_keys(obj["config"], (), f"checkpoint: {path}: 'config'", CheckpointError)
+            DMDConfig.from_dict(obj["config"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint: {path}: 'config' is not a valid DMD config ({exc})") from None
     return obj
 
 
 def load_checkpoint(path, trainer, weights_only: bool = False) -> None:
     """Restore ``trainer`` from ``path``; a checkpoint of another model config is refused."""
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path, WEIGHT_KEYS if weights_only else FULL_KEYS)
     mine = trainer.system.config.to_dict()
     if obj["config"] != mine:
         diff = sorted(k for k in set(mine) | set(obj["config"]) if mine.get(k) != obj["config"].get(k))
@@ -86,15 +108,19 @@ def load_checkpoint(path, trainer, weights_only: bool = False) -> None:
         raise CheckpointError(f"checkpoint: {path}: model weights do not match ({str(exc).splitlines()[0]})") from exc
     if weights_only:
         return
-    trainer.optimizer.load_state_dict(obj["optimizer"])
-    trainer.scheduler.load_state_dict(obj["scheduler"])
-    _set_rng_state(obj["rng"])
     scaler = getattr(trainer, "scaler", None)
-    if scaler is not None:
-        if obj.get("scaler") is None:
-            raise CheckpointError(f"checkpoint: {path} has no fp16 loss-scaler state (it was written by a run "
-                                  "without --amp fp16); resume with the same --amp")
-        scaler.load_state_dict(obj["scaler"])
+    if scaler is not None and obj.get("scaler") is None:
+        raise CheckpointError(f"checkpoint: {path} has no fp16 loss-scaler state (it was written by a run "
+                              "without --amp fp16); resume with the same --amp")
+    try:
+        trainer.optimizer.load_state_dict(obj["optimizer"])
+        trainer.scheduler.load_state_dict(obj["scheduler"])
+        _set_rng_state(obj["rng"])
+        if scaler is not None:
+            scaler.load_state_dict(obj["scaler"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint: {path}: optimizer, scheduler or RNG state does not load "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
     st = obj["trainer"]
     trainer.epoch, trainer.best_valid, trainer.best_epoch = st["epoch"], st["best_valid"], st["best_epoch"]
     trainer.history = list(st["history"])

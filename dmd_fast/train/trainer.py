@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from dmd_fast import validation as check
 from dmd_fast.model.system import DMDSystem
 from dmd_fast.train import distributed as ddp
 from dmd_fast.train.checkpoint import load_checkpoint, save_checkpoint
@@ -89,6 +90,9 @@ class Trainer:
     """Upstream DMD training loop over ``loaders`` = {'train', 'valid', 'test'} DataLoaders."""
 
     def __init__(self, system: DMDSystem, loaders: dict, options: TrainOptions, graph_engine=None):
+        if options.max_epochs is not None:
+            check.dim(options.max_epochs, "max_epochs")
+        check.output_dir(options.out_dir, "out_dir")
         self.system = system
         self.loaders = loaders
         self.opt = options
