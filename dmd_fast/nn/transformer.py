@@ -85,6 +85,7 @@ class TransformerEncoder(nn.Module):
     def __init__(self, embed_dim, num_heads, layers, attn_dropout=0.0, relu_dropout=0.0,
                  res_dropout=0.0, embed_dropout=0.0, attn_mask=False, backend="auto"):
         super().__init__()
+        check.dim(embed_dim, "embed_dim")
         check.integer(layers, "layers", low=0)
         self.dropout = check.probability(embed_dropout, "embed_dropout")
         self.attn_dropout = attn_dropout
