@@ -4,7 +4,7 @@ Tolerances: in float64 the two paths must agree to 1e-12 (their only difference 
 GEMM shapes are computed; fp64 rounding over a few hundred ops stays near 1e-15, while any semantic
 slip moves the output by far more: a wrong query row or a missing sigmoid moved it by 1e-2 to 0.6).
 In float32 each path is compared with the float64 full forward of the same weights: the pruned
-path's largest error may be 2x the full fp32 forward's own error (DESIGN.md's "within 2x of what
+path's largest error may be 2x the full fp32 forward's own error (the project's parity rule, "within 2x of what
 PyTorch makes"), or 1e-6 absolute when that is larger: with one or two samples per batch the two
 paths' rounding (different GEMM shapes) can differ by a few ulps by chance (seen: 1.6e-7 against
 6.7e-8 for the full path, at logits of magnitude ~0.3).
