@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: install the checkout, GPU test tier, parity against the upstream
-# fixture, the benchmark suite. Under 6 minutes; results in OUTDIR (flat, at most 7 files):
-#   run.log (nvidia-smi, install, bench progress), tests.log, parity.log,
-#   results.json, results.md, speedup.png, memory.png
+# fixture, the inference latency suite, the benchmark suite. Under 6 minutes; results in OUTDIR (flat, at
+# most 10 files): run.log (nvidia-smi, install, bench progress), tests.log, parity.log,
+#   latency.json, latency.md, latency.png, results.json, results.md, speedup.png, memory.png
 # Prints the markdown table last.
 #
 # usage: bash benchmarks/gpu_check.sh [OUTDIR]     (default: $OUT if set, else benchmarks/results/<date>)
@@ -11,6 +11,8 @@
 #        BENCH_SUITE       attention | graph_distill | model | all (op, gd: earlier names) (default all)
 #        BENCH_ARGS        extra arguments for the bench command (e.g. "--quick" for a CPU dry run)
 #        SKIP_INSTALL=1    use the current environment as it is
+#        SKIP_LATENCY=1    skip the latency suite; LATENCY_SECONDS (default 100), LATENCY_PROVIDERS, LATENCY_ARGS
+#                          (e.g. "--quick") tune it
 #        PYTHON            interpreter (default python3)
 set -uo pipefail
 START=$(date +%s)
@@ -95,6 +97,18 @@ if [ "$TESTS_RC" -eq 5 ]; then echo "(no test selected by -m gpu)" >> "$OUTDIR/t
 tail -n 15 "$OUTDIR/tests.log"
 say "tests rc $TESTS_RC"
 
+# --- inference latency (batch-1 first; cheapest providers first; latency.json rewritten per row) ------------------
+if [ "${SKIP_LATENCY:-0}" != 1 ]; then
+    LAT_S=$(cap "${LATENCY_SECONDS:-100}" 120)
+    say "latency suite (hard cap ${LAT_S}s, time budget $(( LAT_S * 2 / 3 ))s)"
+    # shellcheck disable=SC2086
+    timeout -k 10 "$LAT_S" $PY -m dmd_fast.bench.cli --suite latency --out "$OUTDIR" \
+        --backend-list "${LATENCY_PROVIDERS:-ref_eager,ours_cudagraph,ours_eager,ref_compile_ro,exported,ref_compile}" \
+        --time-budget $(( LAT_S * 2 / 3 )) ${LATENCY_ARGS:-} >> "$LOG" 2>&1
+    LAT_RC=$?
+    say "latency rc $LAT_RC"
+fi
+
 # --- benchmarks: everything that fits in what is left --------------------------------------------------------
 BENCH_S=$(( $(left) - 15 ))
 (( BENCH_S < 30 )) && BENCH_S=30
@@ -111,7 +125,7 @@ if [ "$BENCH_RC" -ne 0 ] && [ -f "$OUTDIR/results.json" ]; then
 fi
 say "bench rc $BENCH_RC"
 
-say "summary: install [$INSTALL] parity rc $PARITY_RC, tests rc $TESTS_RC, bench rc $BENCH_RC; files:"
+say "summary: install [$INSTALL] parity rc $PARITY_RC, tests rc $TESTS_RC, latency rc ${LAT_RC:-skipped}, bench rc $BENCH_RC; files:"
 ls -la "$OUTDIR" | tee -a "$LOG"
 echo
 # compact tables last (full tables with p20/p80 and notes: results.md)
@@ -120,5 +134,5 @@ if [ -f "$OUTDIR/results.json" ]; then
 else
     echo "no results.json (see run.log)"
 fi
-for rc in $TESTS_RC $PARITY_RC $BENCH_RC; do [ "$rc" -ne 0 ] && exit "$rc"; done
+for rc in $TESTS_RC $PARITY_RC ${LAT_RC:-0} $BENCH_RC; do [ "$rc" -ne 0 ] && exit "$rc"; done
 exit 0

@@ -116,3 +116,18 @@ def test_inference_path_traces_whole_under_torch_compile():
     with torch.no_grad():
         out = compiled(*x, inference=True)["output_logit"]
         torch.testing.assert_close(out, model.predict(*x), rtol=0, atol=0)
+
+
+def test_inference_kernel_counts_pruned_below_full_forward():
+    """launches --mode inference at the tiny preset: DMD.predict dispatches fewer kernels than the full
+    eval forward on both backends, reads no host scalar, and launches one grouped attention per
+    encoder layer (2 self-attention + 2 cross-modal + 3 memory layers)."""
+    from dmd_fast.bench.launches import format_counts, inference_launch_counts
+    res = inference_launch_counts("tiny", batch=1)
+    b = res["backends"]
+    for backend in ("reference", "triton"):
+        assert b[f"{backend} predict"]["kernels"] < b[f"{backend} full_eval_forward"]["kernels"]
+        assert b[f"{backend} predict"]["host_syncs"] == 0
+    assert b["triton predict"]["triton_by_kernel"] == {"attention_fwd_kernel": 7}
+    assert res["reduction_vs_reference_full_forward"]["triton predict"] > 1.5
+    assert "| triton predict |" in format_counts(res)

@@ -190,7 +190,7 @@ def _run_latency(args) -> int:
         torch.set_num_threads(1)  # as the other suites: spinning OpenMP threads on a shared CPU
     try:
         results = lt.run_latency(args.quick, device, providers=providers, time_budget_s=args.time_budget,
-                                 log=lambda m: print(m, file=sys.stderr, flush=True))
+                                 log=lambda m: print(m, file=sys.stderr, flush=True), out_dir=out_dir)
     finally:
         torch.set_num_threads(threads)
     written = lt.write_latency_report(results, out_dir, plots=not args.no_plots)

@@ -156,17 +156,23 @@ def _stats(samples_ms: list) -> dict:
             "n_calls": len(us)}
 
 
-def _n_calls(built: Built, args, quick: bool, device) -> tuple[int, str | None]:
-    """Timed calls for a row: MIN_CALLS, or in quick mode what fits in QUICK_ROW_SECONDS (>= 5)."""
-    if not quick:
-        return MIN_CALLS, None
+def _first_call_ms(built: Built, args, device) -> float:
+    """Wall time of one synchronised call in ms."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     built.fn(*args)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    est_s = time.perf_counter() - t0
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _n_calls(built: Built, args, quick: bool, device) -> tuple[int, str | None]:
+    """Timed calls for a row (``built`` warm): MIN_CALLS, or in quick mode what fits in
+    QUICK_ROW_SECONDS (>= 5), estimated from one more call."""
+    if not quick:
+        return MIN_CALLS, None
+    est_s = _first_call_ms(built, args, device) / 1e3
     n = int(min(MIN_CALLS, max(5, QUICK_ROW_SECONDS / max(est_s, 1e-6))))
     return n, (None if n >= MIN_CALLS else f"quick: {n} timed calls (< {MIN_CALLS}; ~{est_s * 1e3:.0f} ms per call)")
 
@@ -179,11 +185,9 @@ def run_row(provider: str, models: Models, cfg, B: int, device, quick: bool, ref
     sets = _inputs(cfg, B, device)
     try:
         built = build(provider, models, cfg, B, device, sets)
-        n, note = _n_calls(built, sets[0], quick, device) if built.first_ms is None else (None, None)
-        if n is None:  # capture already ran the function; time the first replay apart from it
-            built.fn(*sets[0])
-            n, note = _n_calls(built, sets[0], quick, device)
-        samples, first_ms = call_samples(built.fn, sets, device=device, n_calls=n, warmup_calls=1 if quick else 5)
+        first_ms = _first_call_ms(built, sets[0], device)  # compilation happens here (capture: in build)
+        n, note = _n_calls(built, sets[0], quick, device)
+        samples, _ = call_samples(built.fn, sets, device=device, n_calls=n, warmup_calls=1 if quick else 5)
         row.update(_stats(samples), status="ok", first_call_ms=built.first_ms or first_ms)
         out = built.fn(*sets[0]).float()
         row["max_abs_diff_vs_ref_eager"] = (out - reference_out).abs().max().item()
@@ -206,8 +210,11 @@ def run_row(provider: str, models: Models, cfg, B: int, device, quick: bool, ref
     return row
 
 
-def run_latency(quick: bool, device, providers=None, batch_sizes=None, time_budget_s=None, log=print) -> dict:
-    """All rows of the suite → results dict (env, options, rows)."""
+def run_latency(quick: bool, device, providers=None, batch_sizes=None, time_budget_s=None, log=print,
+                out_dir: str | None = None) -> dict:
+    """All rows of the suite, batch size by batch size, providers in the given order → results dict (env,
+    options, rows). With ``out_dir``, latency.json is rewritten after every row (a killed run keeps its rows)."""
+    from dmd_fast.bench.report import write_json
     from dmd_fast.bench.report import collect_environment
     from dmd_fast.bench.suites import Budget, _configure_dynamo
     device = torch.device(device)
@@ -230,6 +237,8 @@ def run_latency(quick: bool, device, providers=None, batch_sizes=None, time_budg
             else:
                 row = run_row(p, models, cfg, B, device, quick, ref_out)
             results["rows"].append(row)
+            if out_dir:
+                write_json(results, os.path.join(out_dir, "latency.json"))
             log(f"  B={B} {p}: " + (f"p50 {row['p50_us']:.0f} us, p99 {row['p99_us']:.0f} us ({row['n_calls']} calls)"
                                     if row["status"] == "ok" else f"{row['status']}: {row['reason']}"))
     results["elapsed_s"] = round(budget.elapsed(), 1)
