@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from dmd_fast.bench import latency as lt
+from dmd_fast.bench.suites import latency as lt
 from dmd_fast.cli import main
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dmd_fast.nn.gd_unit import GDUnit, hetero_gd, homo_gd, prior_from_logits
+from dmd_fast.nn.graph_distill import GDUnit, hetero_gd, homo_gd, prior_from_logits
 from dmd_fast.ops.graph_distill import graph_distill
 from dmd_fast.reference.graph_distill import edge_names
 from dmd_fast.reference.graph_distill import graph_distill as reference

@@ -151,3 +151,13 @@ def test_mha_dense_mask_refuses_other_masks():
     q = torch.randn(4, 2, 12)
     with pytest.raises(ValueError, match="attn_mask"):
         mha(q, q, q, attn_mask=torch.zeros(4, 4), offset_causal=True)
+
+
+def test_encoder_flag_is_offset_causal_with_upstreams_attn_mask_as_alias():
+    from dmd_fast.nn.transformer import TransformerEncoder
+    assert TransformerEncoder(8, 2, 1, offset_causal=True, backend="reference").offset_causal is True
+    assert TransformerEncoder(8, 2, 1, attn_mask=True, backend="reference").offset_causal is True
+    assert TransformerEncoder(8, 2, 1, 0.0, 0.0, 0.0, 0.0, True, backend="reference").offset_causal is True  # MulT order
+    assert TransformerEncoder(8, 2, 1, backend="reference").offset_causal is False
+    with pytest.raises(ValueError, match="attn_mask"):
+        TransformerEncoder(8, 2, 1, offset_causal=True, attn_mask=False, backend="reference")

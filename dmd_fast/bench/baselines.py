@@ -305,7 +305,7 @@ class GDCase:
 
 def gd_prior(kind: str, device=None) -> torch.Tensor:
     """DMD's fixed prior softmax(logits / 0.25) for the homo or hetero unit (fp32)."""
-    from dmd_fast.nn.gd_unit import HETERO_PRIOR_LOGITS, HOMO_PRIOR_LOGITS, prior_from_logits
+    from dmd_fast.nn.graph_distill import HETERO_PRIOR_LOGITS, HOMO_PRIOR_LOGITS, prior_from_logits
     return prior_from_logits(HOMO_PRIOR_LOGITS if kind == "homo" else HETERO_PRIOR_LOGITS).to(device)
 
 
@@ -329,7 +329,7 @@ def make_gd_inputs(case: GDCase, device, n_sets: int = 3, seed: int = 0) -> list
 
 
 def _gd_kwargs(case: GDCase) -> dict:
-    from dmd_fast.nn.gd_unit import HETERO_TOTAL_WEIGHTS, HOMO_TOTAL_WEIGHTS
+    from dmd_fast.nn.graph_distill import HETERO_TOTAL_WEIGHTS, HOMO_TOTAL_WEIGHTS
     return dict(alpha=0.125, softmax_scope="joint", logit_metric="l1", repr_metric=case.repr_metric,
                 w_losses=(1.0, 10.0), reg=10.0,
                 total_weights=HOMO_TOTAL_WEIGHTS if case.kind == "homo" else HETERO_TOTAL_WEIGHTS)

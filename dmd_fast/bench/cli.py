@@ -25,7 +25,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--suite", default="all", choices=SUITE_CHOICES,
                    help="op: attention core (+ zero-recompile check); gd: graph distillation; "
                         "model: DMD train step and hetero branch; all (default: op, gd, model); "
-                        "latency: inference latency per batch size (dmd_fast.bench.latency)")
+                        "latency: inference latency per batch size (dmd_fast.bench.suites.latency)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output folder (default: $OUT if set, else benchmarks/results/<date>-<card>)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and few repetitions (runs on a CPU)")
@@ -165,7 +165,7 @@ def _run_latency(args) -> int:
     """``--suite latency``: its own providers, rows and files (latency.json, latency.md, latency.png)."""
     import torch
 
-    from dmd_fast.bench import latency as lt
+    from dmd_fast.bench.suites import latency as lt
     try:
         providers = lt.parse_providers(None if args.backend_list == "list" else args.backend_list)
         device = _device(args.device)
@@ -205,7 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its one-line error (exit code 2)
+        return exc.code if isinstance(exc.code, int) else 2
     return run_bench(args)
 
 

@@ -92,7 +92,7 @@ class DMD(nn.Module):
             dim, drop = 2 * c.d_model, c.attn_dropout
         return TransformerEncoder(dim, c.num_heads, max(c.nlevels, layers), attn_dropout=drop,
                                   relu_dropout=c.relu_dropout, res_dropout=c.res_dropout,
-                                  embed_dropout=c.embed_dropout, attn_mask=c.attn_mask,
+                                  embed_dropout=c.embed_dropout, offset_causal=c.attn_mask,
                                   backend=self.backend)
 
     def encoders(self) -> dict:

@@ -12,7 +12,7 @@ from dmd_fast import validation as check
 from dmd_fast.model.config import DMDConfig
 from dmd_fast.model.dmd import DMD
 from dmd_fast.model.losses import MARGIN_NO_ANCHOR, dmd_losses
-from dmd_fast.nn.gd_unit import (HETERO_PRIOR_LOGITS, HETERO_TOTAL_WEIGHTS, HOMO_PRIOR_LOGITS, HOMO_TOTAL_WEIGHTS,
+from dmd_fast.nn.graph_distill import (HETERO_PRIOR_LOGITS, HETERO_TOTAL_WEIGHTS, HOMO_PRIOR_LOGITS, HOMO_TOTAL_WEIGHTS,
                                  GDUnit, prior_from_logits)
 
 

@@ -6,7 +6,7 @@ from dmd_fast.nn.transformer import TransformerEncoder, TransformerEncoderLayer
 
 def __getattr__(name):
     if name == "GDUnit":
-        from dmd_fast.nn.gd_unit import GDUnit
+        from dmd_fast.nn.graph_distill import GDUnit
         return GDUnit
     raise AttributeError(name)
 

@@ -17,9 +17,9 @@ def _check_groupable(encoders):
         if not isinstance(enc, TransformerEncoder):
             raise TypeError(f"encoders[{i}]: expected a TransformerEncoder, got {type(enc).__name__}")
         mha, mha0 = enc.layers[0].self_attn, first.layers[0].self_attn
-        fields = ("layers", "num_heads", "head_dim", "attn_mask", "backend")
-        mine = (len(enc.layers), mha.num_heads, mha.head_dim, enc.attn_mask, mha.backend)
-        ref = (len(first.layers), mha0.num_heads, mha0.head_dim, first.attn_mask, mha0.backend)
+        fields = ("layers", "num_heads", "head_dim", "offset_causal", "backend")
+        mine = (len(enc.layers), mha.num_heads, mha.head_dim, enc.offset_causal, mha.backend)
+        ref = (len(first.layers), mha0.num_heads, mha0.head_dim, first.offset_causal, mha0.backend)
         for f, a, b in zip(fields, mine, ref):
             if a != b:
                 raise ValueError(f"encoders[{i}]: {f}={a!r} differs from encoders[0]'s {b!r}; only encoders of "
@@ -41,7 +41,7 @@ def run_encoders_grouped(encoders, streams, last_row=False):
         xs.append(enc.embed(x_in))
         sources.append(None if k_in is None else (enc.embed(k_in), enc.embed(v_in)))
     backend = encoders[0].layers[0].self_attn.backend
-    offset_causal = encoders[0].attn_mask
+    offset_causal = encoders[0].offset_causal
     n_layers = len(encoders[0].layers)
     for i in range(n_layers):
         layers = [enc.layers[i] for enc in encoders]

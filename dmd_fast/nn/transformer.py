@@ -26,16 +26,26 @@ def xavier_linear(in_features, out_features, bias=True) -> nn.Linear:
     return m
 
 
+def resolve_offset_causal(offset_causal, attn_mask) -> bool:
+    """The offset-causal flag; ``attn_mask`` is upstream MulT's name for it (a keyword alias)."""
+    if attn_mask is None:
+        return check.boolean(offset_causal, "offset_causal")
+    attn_mask = check.boolean(attn_mask, "attn_mask")
+    if check.boolean(offset_causal, "offset_causal") and not attn_mask:
+        raise ValueError("attn_mask: upstream's name for offset_causal; got offset_causal=True and attn_mask=False")
+    return attn_mask
+
+
 class TransformerEncoderLayer(nn.Module):
     """x (Tq, B, E) [, x_k, x_v (Tk, B, E)] → (Tq, B, E): pre-LN MHA block then pre-LN FFN (4E)."""
 
     def __init__(self, embed_dim, num_heads=4, attn_dropout=0.1, relu_dropout=0.1, res_dropout=0.1,
-                 attn_mask=False, backend="auto"):
+                 offset_causal=False, backend="auto", *, attn_mask=None):
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.self_attn = MultiheadAttention(embed_dim, num_heads, attn_dropout=attn_dropout, backend=backend)
-        self.attn_mask = check.boolean(attn_mask, "attn_mask")
+        self.offset_causal = resolve_offset_causal(offset_causal, attn_mask)
         self.relu_dropout = check.probability(relu_dropout, "relu_dropout")
         self.res_dropout = check.probability(res_dropout, "res_dropout")
         self.fc1 = xavier_linear(embed_dim, 4 * embed_dim)
@@ -69,9 +79,9 @@ class TransformerEncoderLayer(nn.Module):
         """``last_row=True``: only the last query row, (1, B, E), equal to ``forward(...)[-1:]`` (the
         last row sees every key under the offset-causal rule, as does a single query row)."""
         qh, kh, vh = self.heads(x, x_k, x_v, last_row=last_row)
-        o = self.self_attn.attend(qh, kh, vh, offset_causal=self.attn_mask, key_lengths=key_lengths)
+        o = self.self_attn.attend(qh, kh, vh, offset_causal=self.offset_causal, key_lengths=key_lengths)
         if self.self_attn.record_weights:
-            self.self_attn.head_averaged_weights(qh, kh, vh, offset_causal=self.attn_mask, key_lengths=key_lengths)
+            self.self_attn.head_averaged_weights(qh, kh, vh, offset_causal=self.offset_causal, key_lengths=key_lengths)
         return self.finish(x[-1:] if last_row else x, o)
 
 
@@ -83,7 +93,7 @@ class TransformerEncoder(nn.Module):
     """
 
     def __init__(self, embed_dim, num_heads, layers, attn_dropout=0.0, relu_dropout=0.0,
-                 res_dropout=0.0, embed_dropout=0.0, attn_mask=False, backend="auto"):
+                 res_dropout=0.0, embed_dropout=0.0, offset_causal=False, backend="auto", *, attn_mask=None):
         super().__init__()
         check.dim(embed_dim, "embed_dim")
         check.integer(layers, "layers", low=0)
@@ -92,11 +102,11 @@ class TransformerEncoder(nn.Module):
         self.embed_dim = embed_dim
         self.embed_scale = math.sqrt(embed_dim)
         self.embed_positions = SinusoidalPositionalEmbedding(embed_dim)
-        self.attn_mask = attn_mask
+        self.offset_causal = resolve_offset_causal(offset_causal, attn_mask)
         self.layers = nn.ModuleList([
             TransformerEncoderLayer(embed_dim, num_heads=num_heads, attn_dropout=attn_dropout,
                                     relu_dropout=relu_dropout, res_dropout=res_dropout,
-                                    attn_mask=attn_mask, backend=backend)
+                                    offset_causal=self.offset_causal, backend=backend)
             for _ in range(layers)
         ])
         self.register_buffer("version", torch.tensor([2.0]))

@@ -16,7 +16,7 @@ from dmd_fast.bench.memory import nvml_snapshot
 from dmd_fast.bench.suites.attention import SCALING_CASES, attention_cases, recompile_check, run_attention_item
 from dmd_fast.bench.suites.graph_distill import graph_distill_cases, run_graph_distill_item
 from dmd_fast.bench.suites.model import MODEL_PROVIDERS, run_model_item
-from dmd_fast.bench.suites.runner import Budget, Recorder, SuiteOptions, measure
+from dmd_fast.bench.suites.runner import Budget, Recorder, SuiteOptions, configure_dynamo, measure, reset_dynamo
 
 SUITES = ("attention", "graph_distill", "model", "all")
 SUITE_ALIASES = {"op": "attention", "gd": "graph_distill"}  # the names of earlier releases
@@ -44,24 +44,6 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _configure_dynamo():
-    try:
-        import torch._dynamo.config as dc
-        for attr in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
-                     "accumulated_recompile_limit"):
-            if hasattr(dc, attr):
-                setattr(dc, attr, max(getattr(dc, attr), 256))
-    except Exception:
-        pass
-
-
-def _reset_dynamo():
-    try:
-        torch._dynamo.reset()
-    except Exception:
-        pass
 
 
 def default_providers(suite: str, device: torch.device, quick: bool) -> tuple:
@@ -134,7 +116,7 @@ def _run_suites(opts: SuiteOptions, device: torch.device) -> dict:
     results = new_results(device, opts)
     rec = Recorder(results, opts.out_dir, opts.log)
     rec.save()
-    _configure_dynamo()
+    configure_dynamo()
     log = opts.log
     log(f"dmd-fast bench: suites {sorted(suites)} on {results['env'].get('device_name')} "
         f"({'quick' if opts.quick else 'full'})")
@@ -185,7 +167,7 @@ def _run_suites(opts: SuiteOptions, device: torch.device) -> dict:
         for case in chosen:
             if costly_op:
                 phase(f"attention (compiled providers) {case.name}")
-                _reset_dynamo()
+                reset_dynamo()
             for p in costly_op:
                 run_attention_item(rec, opts, device, case, p, budget, rates, count_launches=(case == ranked[0]))
     compiled_attention(ranked[:2])
@@ -194,14 +176,14 @@ def _run_suites(opts: SuiteOptions, device: torch.device) -> dict:
         run_graph_distill_item(rec, opts, device, case, "compiled", budget)
     for what in ("hetero", "step") if "compiled" in model_prov else ():
         phase(f"model {what} (compiled)")
-        _reset_dynamo()
+        reset_dynamo()
         run_model_item(rec, opts, device, what, "compiled", budget)
     compiled_attention(ranked[2:])
     # 8. larger cases for scaling
     if op_prov and not opts.quick and device.type == "cuda":
         for case in SCALING_CASES:
             phase(f"attention scaling {case.name}")
-            _reset_dynamo()
+            reset_dynamo()
             for p in op_prov:
                 run_attention_item(rec, opts, device, case, p, budget, rates)
     if device.type == "cuda":

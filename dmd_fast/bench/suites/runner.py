@@ -80,6 +80,26 @@ class Recorder:
             write_json(self.results, os.path.join(self.out_dir, "results.json"))
 
 
+def configure_dynamo():
+    """Room for the many compiled variants a suite makes (dynamo's cache limits raised to 256)."""
+    try:
+        import torch._dynamo.config as dc
+        for attr in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
+                     "accumulated_recompile_limit"):
+            if hasattr(dc, attr):
+                setattr(dc, attr, max(getattr(dc, attr), 256))
+    except Exception:
+        pass
+
+
+def reset_dynamo():
+    """Forget compiled graphs between compiled providers."""
+    try:
+        torch._dynamo.reset()
+    except Exception:
+        pass
+
+
 def cleanup(device):
     gc.collect()
     if torch.device(device).type == "cuda":

@@ -216,7 +216,7 @@ def run_latency(quick: bool, device, providers=None, batch_sizes=None, time_budg
     options, rows). With ``out_dir``, latency.json is rewritten after every row (a killed run keeps its rows)."""
     from dmd_fast.bench.report import write_json
     from dmd_fast.bench.report import collect_environment
-    from dmd_fast.bench.suites import Budget, _configure_dynamo
+    from dmd_fast.bench.suites.runner import Budget, configure_dynamo
     device = torch.device(device)
     cfg = latency_config(quick)
     batch_sizes = tuple(batch_sizes or (QUICK_BATCH_SIZES if quick else BATCH_SIZES))
@@ -226,7 +226,7 @@ def run_latency(quick: bool, device, providers=None, batch_sizes=None, time_budg
                "options": {"quick": quick, "device": str(device), "preset": cfg.name, "batch_sizes": list(batch_sizes),
                            "providers": list(providers), "min_calls": MIN_CALLS, "time_budget_s": time_budget_s,
                            "cpu_threads": torch.get_num_threads()}, "rows": []}
-    _configure_dynamo()
+    configure_dynamo()
     models = Models(cfg, device)
     for B in batch_sizes:
         ref_out = models.ref.predict(*_inputs(cfg, B, device)[0]).float()
