@@ -7,6 +7,7 @@ options of ``launch_config``, then the cuobjdump bundled with Triton (``--dump-r
 Register spills show up as STACK (the per-thread stack frame; ptxas -v counts them as spill
 stores), LOCAL stays 0. Exits 1 if a configuration marked strict (fp32/bf16 with M <= 6) spills.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,15 @@ _PTR = {"fp32": "*fp32", "bf16": "*bf16", "fp64": "*fp64"}
 def compile_one(M, B, C, R, G, repr_metric, scope, dtype, need_grad=True):
     cfg = launch_config(M, B, C, R, G)
     options = {k: cfg.pop(k) for k in ("num_warps", "maxnreg")}
-    constexprs = dict(M=M, JOINT=scope == "joint", LOGIT_METRIC=METRICS["l1"], REPR_METRIC=METRICS[repr_metric],
-                      NEED_GRAD=need_grad, ACC=tl.float64 if dtype == "fp64" else tl.float32, **cfg)
+    constexprs = dict(
+        M=M,
+        JOINT=scope == "joint",
+        LOGIT_METRIC=METRICS["l1"],
+        REPR_METRIC=METRICS[repr_metric],
+        NEED_GRAD=need_grad,
+        ACC=tl.float64 if dtype == "fp64" else tl.float32,
+        **cfg,
+    )
     in_ptr, acc_ptr = _PTR[dtype], "*fp64" if dtype == "fp64" else "*fp32"
     signature = {}
     for name in graph_distill_fwd_kernel.arg_names:
@@ -71,8 +79,9 @@ def resource_usage(compiled) -> dict[str, int]:
     with tempfile.TemporaryDirectory() as d:
         path = pathlib.Path(d) / "k.cubin"
         path.write_bytes(compiled.asm["cubin"])
-        out = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(path)], check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [str(cuobjdump), "--dump-resource-usage", str(path)], check=True, capture_output=True, text=True
+        ).stdout
     return {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", out)}
 
 
@@ -80,17 +89,21 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=pathlib.Path, help="also write the markdown table here")
     args = ap.parse_args(argv)
-    rows = ["| config | M | B | C | R | g | repr | scope | dtype | BLOCK_B/R | REG | LOCAL | SHARED | STACK |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| config | M | B | C | R | g | repr | scope | dtype | BLOCK_B/R | REG | LOCAL | SHARED | STACK |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     spills = 0
     for label, M, B, C, R, G, rm, scope, dtypes, strict in CONFIGS:
         for dtype in dtypes:
             compiled, cfg = compile_one(M, B, C, R, G, rm, scope, dtype)
             u = resource_usage(compiled)
             spills += strict and (u.get("LOCAL", 0) > 0 or u.get("STACK", 0) > 0)
-            rows.append(f"| {label} | {M} | {B} | {C} | {R} | {G} | {rm} | {scope} | {dtype} | "
-                        f"{cfg['BLOCK_B']}/{cfg['BLOCK_R']} | {u.get('REG')} | {u.get('LOCAL')} | {u.get('SHARED')} | "
-                        f"{u.get('STACK')} |")
+            rows.append(
+                f"| {label} | {M} | {B} | {C} | {R} | {G} | {rm} | {scope} | {dtype} | "
+                f"{cfg['BLOCK_B']}/{cfg['BLOCK_R']} | {u.get('REG')} | {u.get('LOCAL')} | {u.get('SHARED')} | "
+                f"{u.get('STACK')} |"
+            )
             print(rows[-1], flush=True)
     table = "\n".join([f"sm_90, triton {triton.__version__}, launch_config() tiles, 8 warps, maxnreg 255", "", *rows])
     print("\n" + table)

@@ -2,12 +2,14 @@
 
 TRITON_INTERPRET must be set before any kernel module is imported (as in tests/conftest.py).
 """
+
 import os
 
 import pytest
 
 try:
     import torch
+
     HAS_CUDA = torch.cuda.is_available()
 except Exception:  # pragma: no cover
     HAS_CUDA = False
@@ -39,10 +41,12 @@ def bench_device():
 def _timed(fn, device):
     """Wrap ``fn`` so that each call waits for the device (what the benchmark fixture times)."""
     if device == "cuda":
+
         def call(*a):
             out = fn(*a)
             torch.cuda.synchronize()
             return out
+
         return call
     return fn
 
@@ -57,6 +61,8 @@ def _rounds(device) -> dict:
 @pytest.fixture
 def bench(benchmark, bench_device):
     """``bench(fn, *args)``: time ``fn(*args)`` with pytest-benchmark (device-synchronised on CUDA)."""
+
     def run(fn, *args):
         return benchmark.pedantic(_timed(fn, bench_device), args=args, **_rounds(bench_device))
+
     return run

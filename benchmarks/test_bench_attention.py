@@ -5,6 +5,7 @@ when TRITON_INTERPRET is off). GPU: DMD's shapes (B=16, H=10; 46x496 and 496x371
 496x496 at head dim 10, aligned 46x46), fp32 and bf16. Offset-causal mask and dropout 0.3 always.
 The full comparison (compiled, flash, flex, CUDA graphs, floors) is ``dmd-fast bench --suite attention``.
 """
+
 import pytest
 import torch
 
@@ -13,8 +14,11 @@ from dmd_fast.ops.backend import interpreter_enabled
 
 CUDA = torch.cuda.is_available()
 if CUDA:
-    CASES = [bl.AttnCase(16, 10, lq, lk, d, dt) for dt in ("fp32", "bf16")
-             for lq, lk, d in ((46, 496, 5), (496, 371, 5), (496, 496, 10), (46, 46, 5))]
+    CASES = [
+        bl.AttnCase(16, 10, lq, lk, d, dt)
+        for dt in ("fp32", "bf16")
+        for lq, lk, d in ((46, 496, 5), (496, 371, 5), (496, 496, 10), (46, 46, 5))
+    ]
 else:
     CASES = [bl.AttnCase(2, 2, 6, 10, 5), bl.AttnCase(2, 2, 10, 7, 5)]
 PROVIDERS = ("ours", "eager", "sdpa")

@@ -4,6 +4,7 @@ DMD's two units: homo (reprs d, g=64, L1) and hetero (reprs 2d, g=32, clamped co
 on GPU, tiny on the CPU tier (kernel in the Triton interpreter, or ``backend='reference'`` when
 TRITON_INTERPRET is off).
 """
+
 import inspect
 
 import pytest
@@ -25,8 +26,15 @@ def _ours(case):
     except ImportError as exc:
         pytest.skip(f"dmd_fast.ops.graph_distill not importable ({exc})")
     backend = "triton" if (CUDA or interpreter_enabled()) else "reference"
-    kw = dict(alpha=0.125, softmax_scope="joint", logit_metric="l1", repr_metric=case.repr_metric,
-              w_losses=(1.0, 10.0), reg=10.0, backend=backend)
+    kw = dict(
+        alpha=0.125,
+        softmax_scope="joint",
+        logit_metric="l1",
+        repr_metric=case.repr_metric,
+        w_losses=(1.0, 10.0),
+        reg=10.0,
+        backend=backend,
+    )
     params = inspect.signature(graph_distill).parameters
     kw.update({n: False for n in ("check_finite", "check_prior") if n in params})
     return (lambda *inp: graph_distill(*inp, **kw)), backend
@@ -47,7 +55,9 @@ def test_graph_distill(bench, benchmark, bench_device, case, provider, mode):
         res = bench(fn, *inputs)
         outs = bl.gd_losses(res)
     else:
+
         def fwdbwd(*inp):
             return torch.autograd.grad(bl.gd_losses(fn(*inp)), inp[:8], allow_unused=True)
+
         outs = [t for t in bench(fwdbwd, *inputs) if t is not None]
     assert all(torch.isfinite(t).all() for t in outs)

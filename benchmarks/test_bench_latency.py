@@ -4,10 +4,11 @@ GPU: mosi-unaligned at every batch size of the latency suite, every provider. CP
 preset at B=1 for the providers that run without a long compile: ref_eager, ours_eager (Triton
 interpreter) and the exported program; torch.compile and CUDA-graph providers are GPU-tier only.
 """
+
 import pytest
 import torch
 
-from dmd_fast.bench import latency as lt
+from dmd_fast.bench.suites import latency as lt
 
 CUDA = torch.cuda.is_available()
 BATCHES = lt.BATCH_SIZES if CUDA else (1,)

@@ -4,6 +4,7 @@ GPU: MOSI unaligned preset, B=16, every dropout of the preset; backend 'referenc
 'triton'. CPU tier: the tiny preset with backend='reference' only (a model step with every kernel
 in the Triton interpreter takes tens of seconds; the op-level benchmarks cover the kernels there).
 """
+
 import pytest
 import torch
 
@@ -19,8 +20,9 @@ CUDA = torch.cuda.is_available()
 def test_model(bench, benchmark, bench_device, what, backend):
     build = sm._build_model_step if what == "step" else sm._build_hetero_step
     try:
-        fn, sets, samples, note = build("ours" if backend == "triton" else "eager", torch.device(bench_device),
-                                        quick=not CUDA)
+        fn, sets, samples, note = build(
+            "ours" if backend == "triton" else "eager", torch.device(bench_device), quick=not CUDA
+        )
     except bl.Unsupported as exc:
         pytest.skip(str(exc))
     benchmark.group = f"model {what}"

@@ -6,6 +6,7 @@ Public entry points (imported lazily so ``import dmd_fast`` stays light):
     DMD, DMDSystem, DMDConfig, get_preset                  (dmd_fast.model)
     load_exported                                          (dmd_fast.inference.export)
 """
+
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -24,6 +25,7 @@ _LAZY = {
 def __getattr__(name):
     if name in _LAZY:
         import importlib
+
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'dmd_fast' has no attribute {name!r}")
 

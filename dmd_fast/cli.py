@@ -1,4 +1,5 @@
 """``dmd-fast`` command line: train, parity, attention-map, predict, export, bench."""
+
 from __future__ import annotations
 
 import argparse
@@ -37,11 +38,13 @@ def _train(args) -> int:
     bert = None
     if args.bert:
         from dmd_fast.model.text_encoder import local_bert_config
+
         bert = local_bert_config(args.bert)
         _, da, dv = cfg.feature_dims
         # bert_config too: a checkpoint then rebuilds the model without the folder (weights are in it)
-        overrides.update(use_bert=True, bert_path=args.bert, bert_config=bert.to_dict(),
-                         feature_dims=(bert.hidden_size, da, dv))
+        overrides.update(
+            use_bert=True, bert_path=args.bert, bert_config=bert.to_dict(), feature_dims=(bert.hidden_size, da, dv)
+        )
     cfg = cfg.replace(**overrides) if overrides else cfg
     text_key = "text_bert" if bert is not None else "text"
     threads = args.threads if args.threads is not None else (1 if cfg.name == "tiny" else None)
@@ -63,25 +66,41 @@ def _train(args) -> int:
             source = args.data
         if bert is not None:
             from dmd_fast.model.text_encoder import check_token_ids
+
             check_token_ids(datasets, bert.vocab_size)
-        loaders = make_loaders(datasets, batch_size=cfg.batch_size, seed=seed,
-                               pin_memory=pick_device(device).type == "cuda")
+        loaders = make_loaders(
+            datasets, batch_size=cfg.batch_size, seed=seed, pin_memory=pick_device(device).type == "cuda"
+        )
         if info.enabled:  # under torchrun: each rank trains on its share of every epoch
             loaders["train"] = ddp.distributed_train_loader(datasets["train"], cfg.batch_size, seed, info)
         system = DMDSystem(cfg, backend=args.backend)
-        opts = TrainOptions(max_epochs=args.epochs, out_dir=out_dir, device=device,
-                            resume=args.resume, log_every_epoch=info.is_main, amp=args.amp,
-                            compile=args.compile, cuda_graph=args.cuda_graph)
+        opts = TrainOptions(
+            max_epochs=args.epochs,
+            out_dir=out_dir,
+            device=device,
+            resume=args.resume,
+            log_every_epoch=info.is_main,
+            amp=args.amp,
+            compile=args.compile,
+            cuda_graph=args.cuda_graph,
+        )
         trainer = Trainer(system, loaders, opts)
         if info.is_main:
-            print(f"dmd-fast train: preset {cfg.name}, data {source}, seed {seed}, device {trainer.device}, "
-                  f"backend {args.backend}, ranks {info.world_size}", flush=True)
+            print(
+                f"dmd-fast train: preset {cfg.name}, data {source}, seed {seed}, device {trainer.device}, "
+                f"backend {args.backend}, ranks {info.world_size}",
+                flush=True,
+            )
         result = trainer.fit()
         results.append(result)
         if info.is_main:
-            print(f"seed {seed}: best epoch {result.best_epoch}, valid L1 {result.best_valid_loss:.4f}; test "
-                  + ", ".join(f"{k} {result.test[k]:.4f}" for k in ("Loss", "Non0_acc_2", "Non0_F1_score", "Acc_7",
-                                                                   "MAE", "Corr")), flush=True)
+            print(
+                f"seed {seed}: best epoch {result.best_epoch}, valid L1 {result.best_valid_loss:.4f}; test "
+                + ", ".join(
+                    f"{k} {result.test[k]:.4f}" for k in ("Loss", "Non0_acc_2", "Non0_F1_score", "Acc_7", "MAE", "Corr")
+                ),
+                flush=True,
+            )
     if info.is_main:
         if len(seeds) > 1:
             summary = summarize_seeds(seeds, results)
@@ -94,7 +113,6 @@ def _train(args) -> int:
 
 
 def _attention_map(args) -> int:
-    import torch
 
     from dmd_fast.data.mmsa import load_mmsa
     from dmd_fast.data.synthetic import synthetic_datasets
@@ -113,8 +131,7 @@ def _attention_map(args) -> int:
     if not 0 <= args.sample < len(split):
         raise ValueError(f"--sample: expected 0 <= sample < {len(split)} for split {args.split!r}, got {args.sample}")
     item = split[args.sample]
-    maps = cross_modal_maps(model, item["text"][None], item["audio"][None], item["vision"][None],
-                            layer=args.layer)
+    maps = cross_modal_maps(model, item["text"][None], item["audio"][None], item["vision"][None], layer=args.layer)
     paths = save_map_pngs(maps, args.out, prefix=f"{args.split}{args.sample}_layer{args.layer}")
     for p in paths:
         print(p)
@@ -128,8 +145,9 @@ def _predict(args) -> int:
 
     device = pick_device(args.device)
     model = load_model(args.checkpoint, backend=args.backend, device=device)
-    dataset = load_split(args.data, model.config, args.split, synthetic_sizes=args.synthetic_sizes,
-                         data_seed=args.data_seed)
+    dataset = load_split(
+        args.data, model.config, args.split, synthetic_sizes=args.synthetic_sizes, data_seed=args.data_seed
+    )
     batch_size = model.config.batch_size if args.batch_size is None else args.batch_size
     result = predict_dataset(model, dataset, batch_size=batch_size, device=device, amp=args.amp)
     table = result.metrics_table()
@@ -139,6 +157,7 @@ def _predict(args) -> int:
             print(table, file=sys.stderr)
         return 0
     import pathlib
+
     out = pathlib.Path(args.out)
     if out.parent != pathlib.Path("."):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -157,8 +176,10 @@ def _export(args) -> int:
     model = load_model(args.checkpoint, backend=args.backend, device=pick_device(args.device))
     program = export_model(model, batch_size=args.batch_size)
     meta = save_exported(program, args.out, model, args.batch_size)
-    print(f"dmd-fast export: {args.out} (preset {model.config.name}, batch size {args.batch_size}, backend "
-          f"{meta['backend']}, {meta['device']}, torch {meta['torch']}); load with dmd_fast.load_exported")
+    print(
+        f"dmd-fast export: {args.out} (preset {model.config.name}, batch size {args.batch_size}, backend "
+        f"{meta['backend']}, {meta['device']}, torch {meta['torch']}); load with dmd_fast.load_exported"
+    )
     return 0
 
 
@@ -201,36 +222,63 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train DMD with upstream's procedure")
-    t.add_argument("--preset", default="tiny", help="tiny | mosi-aligned | mosi-unaligned | mosei-aligned | mosei-unaligned")
+    t.add_argument(
+        "--preset", default="tiny", help="tiny | mosi-aligned | mosi-unaligned | mosei-aligned | mosei-unaligned"
+    )
     t.add_argument("--data", default="synthetic", help="'synthetic' (default) or a path to an MMSA pickle")
     t.add_argument("--synthetic-sizes", type=_sizes, default=(480, 96, 96), metavar="TRAIN,VALID,TEST")
-    t.add_argument("--epochs", type=POSITIVE_INT, default=None, help="maximum epochs (default: tiny preset 12, else until early stop)")
+    t.add_argument(
+        "--epochs",
+        type=POSITIVE_INT,
+        default=None,
+        help="maximum epochs (default: tiny preset 12, else until early stop)",
+    )
     t.add_argument("--batch-size", type=POSITIVE_INT, default=None)
     t.add_argument("--lr", type=POSITIVE_FLOAT, default=None)
     t.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"))
     t.add_argument("--device", default="auto")
     t.add_argument("--seed", type=int, default=1111)
-    t.add_argument("--seeds", type=_seed_list, default=None, metavar="S1,S2,...",
-                   help="run one training per seed and write OUT/seeds.md (metrics and edges, mean ± STD)")
+    t.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default=None,
+        metavar="S1,S2,...",
+        help="run one training per seed and write OUT/seeds.md (metrics and edges, mean ± STD)",
+    )
     t.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data set")
-    t.add_argument("--threads", type=POSITIVE_INT, default=None, help="CPU threads for torch (default: 1 for the tiny preset)")
-    t.add_argument("--bert", default=None, metavar="DIR",
-                   help="fine-tune an in-model BERT from a local folder (upstream use_bert=True) on the data's "
-                        "text_bert token ids; default: precomputed text features")
+    t.add_argument(
+        "--threads", type=POSITIVE_INT, default=None, help="CPU threads for torch (default: 1 for the tiny preset)"
+    )
+    t.add_argument(
+        "--bert",
+        default=None,
+        metavar="DIR",
+        help="fine-tune an in-model BERT from a local folder (upstream use_bert=True) on the data's "
+        "text_bert token ids; default: precomputed text features",
+    )
     t.add_argument("--ort", default="torch19", choices=("torch19", "per_sample"), help="orthogonality-loss semantics")
     t.add_argument("--out", default="runs/dmd")
-    t.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
-                   help="autocast: bf16, or fp16 with dynamic loss scaling (clipping kept as upstream)")
+    t.add_argument(
+        "--amp",
+        default="none",
+        choices=("none", "bf16", "fp16"),
+        help="autocast: bf16, or fp16 with dynamic loss scaling (clipping kept as upstream)",
+    )
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
-    t.add_argument("--cuda-graph", action="store_true",
-                   help="replay each full-size mini-batch (forward, losses, backward, clip) from one CUDA graph")
+    t.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="replay each full-size mini-batch (forward, losses, backward, clip) from one CUDA graph",
+    )
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.set_defaults(func=_train)
 
     q = sub.add_parser("parity", help="compare against an upstream fixture")
     q.add_argument("--fixture", required=True)
     q.add_argument("--backend", default="reference", choices=("auto", "triton", "reference"))
-    q.add_argument("--tol", type=POSITIVE_FLOAT, default=None, help="max relative error (default 1e-5 reference, 1e-4 triton)")
+    q.add_argument(
+        "--tol", type=POSITIVE_FLOAT, default=None, help="max relative error (default 1e-5 reference, 1e-4 triton)"
+    )
     q.add_argument("--device", default="cpu")
     q.set_defaults(func=_parity)
 
@@ -248,27 +296,38 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint", required=True, help="a dmd-fast checkpoint (OUT/best.pt or OUT/last.pt)")
     r.add_argument("--data", default="synthetic", help="'synthetic' (default) or an MMSA pickle (labels optional)")
     r.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    r.add_argument("--synthetic-sizes", type=_sizes, default=(480, 96, 96), metavar="TRAIN,VALID,TEST",
-                   help="synthetic data as `dmd-fast train` made it (default 480,96,96)")
+    r.add_argument(
+        "--synthetic-sizes",
+        type=_sizes,
+        default=(480, 96, 96),
+        metavar="TRAIN,VALID,TEST",
+        help="synthetic data as `dmd-fast train` made it (default 480,96,96)",
+    )
     r.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data set")
     r.add_argument("--batch-size", type=int, default=None, help="default: the checkpoint's batch size")
     r.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"))
     r.add_argument("--device", default="auto")
     r.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="autocast dtype")
-    r.add_argument("--out", default=None, metavar="PREDS.csv",
-                   help="CSV path (default: CSV on stdout, metrics on stderr)")
+    r.add_argument(
+        "--out", default=None, metavar="PREDS.csv", help="CSV path (default: CSV on stdout, metrics on stderr)"
+    )
     r.set_defaults(func=_predict)
 
     e = sub.add_parser("export", help="torch.export the pruned inference forward of a trained model (.pt2)")
     e.add_argument("--checkpoint", required=True, help="a dmd-fast checkpoint (OUT/best.pt or OUT/last.pt)")
     e.add_argument("--out", required=True, metavar="MODEL.pt2")
     e.add_argument("--batch-size", type=int, default=1, help="the program's static batch size (default 1)")
-    e.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"),
-                   help="triton keeps the grouped attention as the custom op dmd_fast::attention_fwd_grouped")
+    e.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "triton", "reference"),
+        help="triton keeps the grouped attention as the custom op dmd_fast::attention_fwd_grouped",
+    )
     e.add_argument("--device", default="auto")
     e.set_defaults(func=_export)
 
     from dmd_fast.bench.cli import add_bench_parser
+
     add_bench_parser(sub)
     for sp in sub.choices.values():  # --debug also after the subcommand
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -287,8 +346,11 @@ def main(argv=None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"dmd-fast {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} (a bug in "
-              "dmd_fast; rerun with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"dmd-fast {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} (a bug in "
+            "dmd_fast; rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -7,6 +7,7 @@ are judged against a floor that scales with their group's gradient magnitude (``
 The model runs with ``margin_no_anchor="upstream"``: a batch without a margin anchor leaves
 ``align_c_*`` without a gradient, as upstream (listed under the fixture's ``grads_none``).
 """
+
 from __future__ import annotations
 
 import math
@@ -20,12 +21,25 @@ from dmd_fast.model.config import config_from_fixture
 from dmd_fast.model.system import DMDSystem
 from dmd_fast.ops.backend import check_backend_name
 
-REQUIRED_KEYS = ("config", "state_dict", "gd_homo_state_dict", "gd_hetero_state_dict", "param_names",
-                 "inputs", "outputs", "losses", "grads")
+REQUIRED_KEYS = (
+    "config",
+    "state_dict",
+    "gd_homo_state_dict",
+    "gd_hetero_state_dict",
+    "param_names",
+    "inputs",
+    "outputs",
+    "losses",
+    "grads",
+)
 # fixture loss name → our loss name
-LOSS_ALIASES = {"combined_loss": "total", "loss_ort_torch19_semantics": "loss_ort",
-                "loss_ort_l_torch19_semantics": "loss_ort_l", "loss_ort_v_torch19_semantics": "loss_ort_v",
-                "loss_ort_a_torch19_semantics": "loss_ort_a"}
+LOSS_ALIASES = {
+    "combined_loss": "total",
+    "loss_ort_torch19_semantics": "loss_ort",
+    "loss_ort_l_torch19_semantics": "loss_ort_l",
+    "loss_ort_v_torch19_semantics": "loss_ort_v",
+    "loss_ort_a_torch19_semantics": "loss_ort_a",
+}
 DEFAULT_TOL = {"reference": 1e-5, "triton": 1e-4, "auto": 1e-4}
 # Gradients are judged per group: the parameters of one top-level DMD module (``trans_l_with_a``,
 # ``proj1_c``, ...) or of one GD unit (``gd_homo``, ``gd_hetero``). A gradient's error is relative to
@@ -36,7 +50,7 @@ DEFAULT_TOL = {"reference": 1e-5, "triton": 1e-4, "auto": 1e-4}
 # shift-invariant; upstream stores ~1e-10 of rounding noise, next to 1e-3..1e-2 for the unit's weights.)
 # A real error larger than 32 ulps of the group's scale still fails, whatever the tolerance.
 GROUP_NOISE_ULPS = 32
-FP32_EPS = 2.0 ** -23
+FP32_EPS = 2.0**-23
 
 
 def grad_group(name: str) -> str:
@@ -85,9 +99,11 @@ class ParityReport:
         return not self.errors and all(not g.failures for g in self.groups)
 
     def table(self) -> str:
-        lines = [f"parity vs upstream fixture (backend={self.backend}, tol={self.tol:g} max relative error)",
-                 f"{'group':<12} {'checked':>7} {'max rel err':>12}  {'status':<6} worst",
-                 "-" * 78]
+        lines = [
+            f"parity vs upstream fixture (backend={self.backend}, tol={self.tol:g} max relative error)",
+            f"{'group':<12} {'checked':>7} {'max rel err':>12}  {'status':<6} worst",
+            "-" * 78,
+        ]
         for g in self.groups:
             status = "ok" if not g.failures else f"FAIL({len(g.failures)})"
             lines.append(f"{g.name:<12} {g.count:>7} {g.worst:>12.3e}  {status:<6} {g.worst_key}")
@@ -122,7 +138,9 @@ def load_fixture(path) -> dict:
         raise FixtureError(f"fixture: expected a dict, got {type(fx).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in fx]
     if missing:
-        raise FixtureError(f"fixture: missing keys {missing}; expected the format of docs/fixture-format.md, 'Top-level keys'")
+        raise FixtureError(
+            f"fixture: missing keys {missing}; expected the format of docs/fixture-format.md, 'Top-level keys'"
+        )
     return fx
 
 
@@ -132,13 +150,19 @@ def build_system(fx: dict, backend: str, model_factory=None) -> DMDSystem:
     factory = model_factory or DMDSystem
     # upstream's HingeLoss gives no gradient at all on a batch without a margin anchor: reproduced
     # (a host read of the labels, free here), see dmd_fast.model.losses
-    system = factory(cfg, backend=backend, homo_prior=c.get("gd_prior_homo"),
-                     hetero_prior=c.get("gd_prior_hetero"), margin_no_anchor="upstream")
+    system = factory(
+        cfg,
+        backend=backend,
+        homo_prior=c.get("gd_prior_homo"),
+        hetero_prior=c.get("gd_prior_hetero"),
+        margin_no_anchor="upstream",
+    )
     return system
 
 
-def run_parity(path, backend: str = "reference", tol: float | None = None, model_factory=None,
-               device: str = "cpu") -> ParityReport:
+def run_parity(
+    path, backend: str = "reference", tol: float | None = None, model_factory=None, device: str = "cpu"
+) -> ParityReport:
     """Compare dmd_fast against an upstream fixture; see the module docstring."""
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {device!r} requested but CUDA is not available")
@@ -214,7 +238,6 @@ def _compare(fx, system, inp, report, tol):
         g = p.grad.detach().double().cpu()
         mine_stats = torch.stack([g.sum(), g.abs().sum(), g.norm()])
         # sum can cancel; judge it relative to sum|g|
-        err = max(abs(mine_stats[0] - ref[0]).item() / max(ref[1].item(), 1e-30),
-                  rel_err(mine_stats[1:], ref[1:]))
+        err = max(abs(mine_stats[0] - ref[0]).item() / max(ref[1].item(), 1e-30), rel_err(mine_stats[1:], ref[1:]))
         stats.add(key, err, tol)
     report.groups.append(stats)

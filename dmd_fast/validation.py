@@ -6,6 +6,7 @@ value normalised (a float, an int, a tuple). Checks of Python values cost a few 
 never read a device tensor: no check here synchronises the host with a GPU, except
 :func:`finite_tensor`, whose callers run it only where a host sync is documented.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,15 @@ def _got(value) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def real(value, name: str, *, low: float | None = None, high: float | None = None, low_open: bool = False,
-         high_open: bool = False) -> float:
+def real(
+    value,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
     """A finite real number in [low, high] (open ends with ``low_open``/``high_open``) as a float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a finite real number, got {_got(value)}")
@@ -102,6 +110,7 @@ def divisible(embed_dim: int, num_heads: int, name: str = "embed_dim") -> None:
 # tensors
 # ----------------------------------------------------------------------------------------------
 
+
 def tensor(t, name: str, *, ndim: int | None = None, layout: str = "", floating: bool = False):
     """A torch.Tensor of rank ``ndim`` (``layout`` names the axes in messages), floating if asked."""
     if not isinstance(t, torch.Tensor):
@@ -128,8 +137,10 @@ def same_device(t, name: str, device, what: str) -> None:
 def module_dtype(t, name: str, param: torch.Tensor, what: str = "the module") -> None:
     """A floating input in the dtype of ``param`` (the module's weights), unless autocast runs."""
     if t.dtype != param.dtype and t.is_floating_point() and not torch.is_autocast_enabled(t.device.type):
-        raise TypeError(f"{name}: dtype {t.dtype} differs from {what}'s parameters ({param.dtype}); convert the "
-                        f"input (x.to({param.dtype})) or the module (.to(dtype)), or run under torch.autocast")
+        raise TypeError(
+            f"{name}: dtype {t.dtype} differs from {what}'s parameters ({param.dtype}); convert the "
+            f"input (x.to({param.dtype})) or the module (.to(dtype)), or run under torch.autocast"
+        )
 
 
 def dense_mask(mask, name: str, len_q: int, len_k: int, device) -> None:
@@ -157,23 +168,24 @@ def generator(gen, name: str, device) -> None:
         raise TypeError(f"{name}: expected a torch.Generator or None, got {_got(gen)}")
     dev_type = getattr(device, "type", str(device))
     if gen.device.type != dev_type:
-        raise ValueError(f"{name}: a generator on {gen.device}, expected one on the inputs' device type "
-                         f"{dev_type!r}")
+        raise ValueError(f"{name}: a generator on {gen.device}, expected one on the inputs' device type {dev_type!r}")
 
 
 def interpreter_dtype(dtype: torch.dtype, name: str, op: str) -> None:
     """The Triton CPU interpreter computes 16-bit dots wrongly (or fails inside): refuse them."""
     if dtype in SIXTEEN_BIT:
-        raise TypeError(f"{name}: dtype {dtype} cannot run on the Triton CPU interpreter (TRITON_INTERPRET=1): "
-                        f"its 16-bit dot products give wrong results or internal errors; {op} runs fp32/fp64 "
-                        "there (convert with .float()) or use backend='reference'")
+        raise TypeError(
+            f"{name}: dtype {dtype} cannot run on the Triton CPU interpreter (TRITON_INTERPRET=1): "
+            f"its 16-bit dot products give wrong results or internal errors; {op} runs fp32/fp64 "
+            "there (convert with .float()) or use backend='reference'"
+        )
 
 
 def attention_scale(scale, head_dim: int, dtype: torch.dtype) -> float:
     """The score scale: None -> head_dim**-0.5; else a finite number >= 0 that fits the dtype's math
     (float32 for 16-bit and fp32 inputs, which fold scale·log2(e) into a float32 value)."""
     if scale is None:
-        return head_dim ** -0.5
+        return head_dim**-0.5
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale: expected a finite float >= 0 or None, got {_got(scale)}")
     s = float(scale)
@@ -181,8 +193,10 @@ def attention_scale(scale, head_dim: int, dtype: torch.dtype) -> float:
         raise ValueError(f"scale: expected a finite float >= 0 or None, got {s}")
     limit = FP32_MAX / LOG2E
     if dtype != torch.float64 and s > limit:
-        raise ValueError(f"scale: {s:g} is beyond float32's range for {dtype} inputs (at most {limit:.4g}; "
-                         "float64 inputs take any finite scale)")
+        raise ValueError(
+            f"scale: {s:g} is beyond float32's range for {dtype} inputs (at most {limit:.4g}; "
+            "float64 inputs take any finite scale)"
+        )
     return s
 
 
@@ -196,6 +210,7 @@ def scale_in_inputs(scale: float, dtype: torch.dtype) -> bool:
 # ----------------------------------------------------------------------------------------------
 # files
 # ----------------------------------------------------------------------------------------------
+
 
 def require_keys(obj, keys: Sequence[str], where: str, exc=ValueError) -> None:
     """``obj`` is a mapping holding every key in ``keys``; the error names ``where`` and the missing keys."""
@@ -221,10 +236,12 @@ def output_dir(path, name: str) -> pathlib.Path:
 def cli_type(parse, convert, what: str):
     """An argparse ``type`` from ``parse`` (int or float) and a check above: a bad value becomes an
     argparse error ("expected a positive integer, got '0'"), exit code 2."""
+
     def arg(text: str):
         try:
             return convert(parse(text), "value")
         except (TypeError, ValueError):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
     arg.__name__ = what
     return arg

@@ -37,13 +37,33 @@ import os
 import struct
 
 import torch
-import triton
 import triton.language as tl
 
 from .attention_dropout import dropout_keep, keep_threshold
-from .attention_tiles import (C_DK, C_DO, C_DQ, C_DV, C_KEY_LEN, C_W, LAYOUT, fwd_key_loop, hilo, jit_unspecialised, key_range,
-                              problem_prologue, visible_end)
-from .grouped import desc_problem, desc_ptr, desc_strided, descriptor_table, f32_bits, group_stride_args, unify_last_stride
+from .attention_tiles import (
+    C_DK,
+    C_DO,
+    C_DQ,
+    C_DV,
+    C_KEY_LEN,
+    C_W,
+    LAYOUT,
+    fwd_key_loop,
+    hilo,
+    jit_unspecialised,
+    key_range,
+    problem_prologue,
+    visible_end,
+)
+from .grouped import (
+    desc_problem,
+    desc_ptr,
+    desc_strided,
+    descriptor_table,
+    f32_bits,
+    group_stride_args,
+    unify_last_stride,
+)
 from .host_math import cdiv, next_pow2
 
 LOG2E = 1.4426950408889634

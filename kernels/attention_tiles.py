@@ -10,8 +10,8 @@ import inspect
 import triton
 import triton.language as tl
 
-from .grouped import DescriptorLayout, desc_f32, desc_i32, desc_problem, desc_ptr, desc_strided
 from .attention_dropout import dropout_keep
+from .grouped import DescriptorLayout, desc_f32, desc_i32, desc_problem, desc_ptr, desc_strided
 
 # Descriptor row of a grouped problem (kernels/grouped.py): lengths, the problem's own dropout (byte
 # threshold and the fp32 bits of its 1/(1-p) hi/lo pair), then a slot per tensor.

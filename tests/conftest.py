@@ -2,10 +2,10 @@
 
 TRITON_INTERPRET must be set before any kernel module is imported.
 """
+
 import os
 
 import pytest
-
 from tiers import FIXTURE_ENV, HAS_CUDA, fixture_path
 
 if not HAS_CUDA:
@@ -15,6 +15,7 @@ if not HAS_CUDA:
 @pytest.fixture(scope="session")
 def upstream_fixture():
     import torch
+
     p = fixture_path()
     if not p.exists():
         pytest.fail(f"parity fixture not found at {p}; set {FIXTURE_ENV}")

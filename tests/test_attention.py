@@ -5,6 +5,7 @@ torch.compile, input errors. GPU tier (skipped without CUDA): DMD shapes in fp32
 Pass rule (FlashAttention's): error vs the fp64 reference <= 2 × the error of the PyTorch reference
 run in the same dtype, plus a small atol.
 """
+
 import math
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 from dmd_fast.kernels import attention as ka
 from dmd_fast.kernels import attention_dropout as kd
 from dmd_fast.kernels import grouped
-from dmd_fast.ops.attention import (attention_weights, cross_modal_attention, cross_modal_attention_grouped)
+from dmd_fast.ops.attention import attention_weights, cross_modal_attention, cross_modal_attention_grouped
 from dmd_fast.ops.backend import last_backend
 from dmd_fast.reference import cross_modal_attention as reference
 
@@ -27,8 +28,10 @@ ATOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 2e-3, torch.f
 @pytest.fixture(autouse=True)
 def poison(monkeypatch):
     """Every kernel output starts as NaN (floats) or 2 (int8): unwritten elements show up."""
+
     def fill(t):
         return t.fill_(float("nan") if t.dtype.is_floating_point else 2)
+
     empty_like, empty = ka._empty_like, ka._empty
     monkeypatch.setattr(ka, "_empty_like", lambda t: fill(empty_like(t)))
     monkeypatch.setattr(ka, "_empty", lambda shape, dtype, device: fill(empty(shape, dtype, device)))
@@ -84,6 +87,7 @@ def check_parity(B, H, Lq, Lk, D, dtype, mask, seed, device=DEV, **kw):
 # CPU tier: parity
 # ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mask", list(MASKS))
 @pytest.mark.parametrize("Lq,Lk", [(1, 1), (7, 13), (13, 7), (46, 371)])
 def test_parity_masks(Lq, Lk, mask):
@@ -126,8 +130,9 @@ def test_zero_length_keys():
     for mask in ("keylen", "both"):
         q, k, v, do, _ = make_inputs(3, 2, 13, 29, 5, torch.float32, 11, mask=mask)
         kl = torch.tensor([0, 17, 0], device=DEV)
-        out, (dq, dk, dv) = run(cross_modal_attention, q, k, v, do, key_lengths=kl,
-                                offset_causal=MASKS[mask][0], backend="triton")
+        out, (dq, dk, dv) = run(
+            cross_modal_attention, q, k, v, do, key_lengths=kl, offset_causal=MASKS[mask][0], backend="triton"
+        )
         for t in (out, dq, dk, dv):
             assert torch.isfinite(t).all()
             assert (t[0] == 0).all() and (t[2] == 0).all()
@@ -139,7 +144,7 @@ def test_zero_length_keys():
 def test_lse_saved():
     q, k, v, _, _ = make_inputs(2, 2, 13, 29, 5, torch.float64, 3)
     o, lse = ka.attention_fwd(q, k, v, key_lengths=torch.tensor([0, 9], dtype=torch.int32, device=DEV))
-    s = (q @ k.transpose(-1, -2)).detach() * 5 ** -0.5
+    s = (q @ k.transpose(-1, -2)).detach() * 5**-0.5
     want = torch.logsumexp(s[1, :, :, :9], -1) / math.log(2)
     assert torch.allclose(lse[1], want, atol=1e-12, rtol=0)
     assert torch.isinf(lse[0]).all() and (lse[0] > 0).all()
@@ -151,8 +156,17 @@ def test_gradcheck(mask):
     q, k, v, _, kl = make_inputs(2, 1, 5, 7, 3, torch.float64, 5, mask=mask)
 
     def f(q, k, v):
-        return cross_modal_attention(q, k, v, key_lengths=kl, offset_causal=causal, dropout_p=0.2,
-                                     generator=torch.Generator().manual_seed(3), backend="triton")
+        return cross_modal_attention(
+            q,
+            k,
+            v,
+            key_lengths=kl,
+            offset_causal=causal,
+            dropout_p=0.2,
+            generator=torch.Generator().manual_seed(3),
+            backend="triton",
+        )
+
     assert torch.autograd.gradcheck(f, (q, k, v), fast_mode=True)
 
 
@@ -160,11 +174,19 @@ def test_gradcheck(mask):
 # CPU tier: dropout
 # ------------------------------------------------------------------------------------------------
 
+
 def test_dropout_kept_fraction():
     q, k, v, _, _ = make_inputs(1, 1, 64, 512, 5, torch.float32, 1)
     for p in (0.1, 0.3, 0.5):
-        _, keep = cross_modal_attention(q, k, v, dropout_p=p, return_keep_mask=True, backend="triton",
-                                        generator=torch.Generator().manual_seed(int(p * 10)))
+        _, keep = cross_modal_attention(
+            q,
+            k,
+            v,
+            dropout_p=p,
+            return_keep_mask=True,
+            backend="triton",
+            generator=torch.Generator().manual_seed(int(p * 10)),
+        )
         assert keep.shape == (1, 1, 64, 512) and keep.dtype == torch.bool
         assert set(keep.view(torch.int8).unique().tolist()) <= {0, 1}
         assert abs(keep.float().mean().item() - (1 - p)) <= 0.01
@@ -176,8 +198,17 @@ def test_dropout_same_mask_fwd_bwd(mask):
     causal, _ = MASKS[mask]
     q, k, v, do, kl = make_inputs(2, 2, 46, 71, 5, torch.float64, 21, mask=mask)
     gen = torch.Generator().manual_seed(99)
-    out, keep = cross_modal_attention(q, k, v, key_lengths=kl, offset_causal=causal, dropout_p=0.3,
-                                      generator=gen, return_keep_mask=True, backend="triton")
+    out, keep = cross_modal_attention(
+        q,
+        k,
+        v,
+        key_lengths=kl,
+        offset_causal=causal,
+        dropout_p=0.3,
+        generator=gen,
+        return_keep_mask=True,
+        backend="triton",
+    )
     grads = torch.autograd.grad(out, (q, k, v), do)
     assert 0.5 < keep.float().mean() < 0.9
     out_x, grads_x = ref64(q, k, v, do, key_lengths=kl, offset_causal=causal, dropout_p=0.3, keep_mask=keep)
@@ -214,13 +245,15 @@ def test_dropout_mask_matches_documented_philox():
     """Key j of row i, head b·H + h: byte j % 4 of Philox word (j % 16) // 4 at counter
     (j // 16, i, b·H + h, offset) < round(256 (1 − p))."""
     import numpy as np
+
     B, H, Lq, Lk, p = 2, 2, 5, 40, 0.3
-    seed_v, off_v = 2 ** 40 + 12345, 2 ** 33 + 77
+    seed_v, off_v = 2**40 + 12345, 2**33 + 77
     keep = kd.attention_dropout_mask(torch.tensor([seed_v, off_v], device=DEV), B, H, Lq, Lk, p).cpu()
     bh, i, j = np.meshgrid(np.arange(B * H), np.arange(Lq), np.arange(Lk), indexing="ij")
     u = lambda x: np.asarray(x, dtype=np.uint64)  # noqa: E731
-    words = _philox4x32_10((u(j // 16), u(i), u(bh), u(np.full_like(j, off_v & 0xFFFFFFFF))),
-                           (u(seed_v & 0xFFFFFFFF), u(seed_v >> 32)))
+    words = _philox4x32_10(
+        (u(j // 16), u(i), u(bh), u(np.full_like(j, off_v & 0xFFFFFFFF))), (u(seed_v & 0xFFFFFFFF), u(seed_v >> 32))
+    )
     word = np.choose((j % 16) // 4, words)
     byte = (word >> u(8 * (j % 4))) & u(0xFF)
     want = torch.from_numpy(byte < round(256 * (1 - p))).view(B, H, Lq, Lk)
@@ -228,7 +261,7 @@ def test_dropout_mask_matches_documented_philox():
 
 
 def test_dropout_mask_independent_of_blocks():
-    seed = torch.tensor([2 ** 40 + 17, 3], device=DEV)
+    seed = torch.tensor([2**40 + 17, 3], device=DEV)
     a = kd.attention_dropout_mask(seed, 1, 2, 37, 80, 0.4)
     b = kd.attention_dropout_mask(seed, 1, 2, 37, 80, 0.4, block_m=16, block_n=32)
     c = kd.attention_dropout_mask(seed, 1, 2, 37, 80, 0.4, group_index=1)
@@ -240,10 +273,21 @@ def test_dropout_mask_independent_of_blocks():
 # CPU tier: determinism, layouts, grouping, compile
 # ------------------------------------------------------------------------------------------------
 
+
 def test_determinism():
     q, k, v, do, kl = make_inputs(2, 2, 46, 71, 5, torch.float32, 4, mask="both")
-    f = lambda: run(cross_modal_attention, q, k, v, do, key_lengths=kl, offset_causal=True,  # noqa: E731
-                    dropout_p=0.2, generator=torch.Generator().manual_seed(8), backend="triton")
+    f = lambda: run(
+        cross_modal_attention,
+        q,
+        k,
+        v,
+        do,
+        key_lengths=kl,
+        offset_causal=True,  # noqa: E731
+        dropout_p=0.2,
+        generator=torch.Generator().manual_seed(8),
+        backend="triton",
+    )
     first = f()
     for _ in range(3):
         again = f()
@@ -258,15 +302,16 @@ def test_strided_mult_layout():
     xq = torch.randn(Tq, B, H * D, generator=g).to(DEV).requires_grad_()
     xkv = torch.randn(Tk, B, 2 * H * D, generator=g).to(DEV).requires_grad_()  # packed k|v as from in_proj
     view = lambda x, T: x.view(T, B, H, D).permute(1, 2, 0, 3)  # noqa: E731
-    q, k, v = view(xq, Tq), view(xkv[..., :H * D], Tk), view(xkv[..., H * D:], Tk)
+    q, k, v = view(xq, Tq), view(xkv[..., : H * D], Tk), view(xkv[..., H * D :], Tk)
     assert not q.is_contiguous() and not k.is_contiguous()
     do = view(torch.randn(Tq, B, H * D, generator=g).to(DEV), Tq)  # a strided upstream gradient too
     kl = torch.tensor([29, 11], device=DEV)
     out, grads = run(cross_modal_attention, q, k, v, do, key_lengths=kl, offset_causal=True, backend="triton")
     assert out.stride() == q.stride()  # output keeps the (T, B, E) layout
     c = lambda t: t.detach().contiguous().requires_grad_()  # noqa: E731
-    out_c, grads_c = run(cross_modal_attention, c(q), c(k), c(v), do.contiguous(), key_lengths=kl,
-                         offset_causal=True, backend="triton")
+    out_c, grads_c = run(
+        cross_modal_attention, c(q), c(k), c(v), do.contiguous(), key_lengths=kl, offset_causal=True, backend="triton"
+    )
     assert torch.equal(out, out_c)
     assert all(torch.equal(a, b) for a, b in zip(grads, grads_c))
 
@@ -277,7 +322,7 @@ def test_grouped_kernel_equals_separate():
     probs = [make_inputs(2, 2, a, b, 5, torch.float32, 30 + i, mask="both") for i, (a, b) in enumerate(pairs)]
     qs, ks, vs, dos = ([p[i].detach() for p in probs] for i in range(4))
     kls = [p[4].to(torch.int32) for p in probs]
-    seed = torch.tensor([777, 2 ** 33 + 5], device=DEV)
+    seed = torch.tensor([777, 2**33 + 5], device=DEV)
     opts = dict(offset_causal=True, dropout_p=0.3, scale=0.3)
     os_, lses = ka.attention_fwd_grouped(qs, ks, vs, key_lengths=kls, seed=seed, **opts)
     gq = ka.attention_bwd_grouped(dos, qs, ks, vs, os_, lses, key_lengths=kls, seed=seed, **opts)
@@ -293,16 +338,16 @@ def test_grouped_op_equals_separate():
     pairs = [(46, 71), (7, 13), (71, 46)]
     probs = [make_inputs(2, 2, a, b, 5, torch.float32, 40 + i, mask="keylen") for i, (a, b) in enumerate(pairs)]
     kls = [probs[0][4], None, probs[2][4]]
-    outs = cross_modal_attention_grouped([p[:3] for p in probs], key_lengths=kls, offset_causal=True,
-                                         backend="triton")
+    outs = cross_modal_attention_grouped([p[:3] for p in probs], key_lengths=kls, offset_causal=True, backend="triton")
     grads = torch.autograd.grad(outs, [t for p in probs for t in p[:3]], [p[3] for p in probs])
     for i, p in enumerate(probs):
         out, g = run(cross_modal_attention, *p[:4], key_lengths=kls[i], offset_causal=True, backend="triton")
         assert torch.equal(out, outs[i])
-        assert all(torch.equal(a, b) for a, b in zip(g, grads[3 * i:3 * i + 3]))
+        assert all(torch.equal(a, b) for a, b in zip(g, grads[3 * i : 3 * i + 3]))
     # dropout: each problem equals the reference given its keep-mask
-    outs, keeps = cross_modal_attention_grouped([p[:3] for p in probs], key_lengths=kls, dropout_p=0.3,
-                                                return_keep_mask=True, backend="triton")
+    outs, keeps = cross_modal_attention_grouped(
+        [p[:3] for p in probs], key_lengths=kls, dropout_p=0.3, return_keep_mask=True, backend="triton"
+    )
     assert not torch.equal(keeps[0][:, :, :7, :13], keeps[1])
     for p, kl, out, keep in zip(probs, kls, outs, keeps):
         want = reference(*p[:3], key_lengths=kl, dropout_p=0.3, keep_mask=keep)
@@ -337,8 +382,9 @@ def test_reference_backend_and_weights():
     w = attention_weights(q, k, v, key_lengths=kl, offset_causal=True)
     assert w.shape == (2, 2, 13, 29)
     assert torch.allclose(w.sum(-1), torch.ones(2, 2, 13, dtype=torch.float64, device=DEV))
-    assert torch.allclose(w @ v, cross_modal_attention(q, k, v, key_lengths=kl, offset_causal=True,
-                                                        backend="triton"), atol=1e-12)
+    assert torch.allclose(
+        w @ v, cross_modal_attention(q, k, v, key_lengths=kl, offset_causal=True, backend="triton"), atol=1e-12
+    )
     _, keep = cross_modal_attention(q, k, v, dropout_p=0.5, return_keep_mask=True, backend="reference")
     assert keep.shape == (2, 2, 13, 29)
 
@@ -346,6 +392,7 @@ def test_reference_backend_and_weights():
 # ------------------------------------------------------------------------------------------------
 # CPU tier: input errors
 # ------------------------------------------------------------------------------------------------
+
 
 def _bad_cases():
     f32 = lambda *s, dt=torch.float32: torch.randn(*s).to(dt)  # noqa: E731
@@ -420,8 +467,7 @@ def test_gpu_parity_head_dims(D):
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
 def test_gpu_dropout(dtype):
     q, k, v, do, kl = make_inputs(16, 6, 496, 371, 5, dtype, 70, "cuda", mask="both")
-    out, keep = cross_modal_attention(q, k, v, key_lengths=kl, offset_causal=True, dropout_p=0.3,
-                                      return_keep_mask=True)
+    out, keep = cross_modal_attention(q, k, v, key_lengths=kl, offset_causal=True, dropout_p=0.3, return_keep_mask=True)
     grads = torch.autograd.grad(out, (q, k, v), do)
     assert abs(keep.float().mean().item() - 0.7) <= 0.01
     opts = dict(key_lengths=kl, offset_causal=True, dropout_p=0.3, keep_mask=keep)
@@ -441,8 +487,17 @@ def test_gpu_determinism_and_layout():
     q, k, v = view(xq, Tq), view(xk, Tk), view(xv, Tk)
     do = torch.randn(B, H, Tq, D, device="cuda")
     kl = torch.randint(0, Tk + 1, (B,), device="cuda")
-    f = lambda q, k, v: run(cross_modal_attention, q, k, v, do, key_lengths=kl, offset_causal=True,  # noqa: E731
-                            dropout_p=0.1, generator=torch.Generator("cuda").manual_seed(3))
+    f = lambda q, k, v: run(
+        cross_modal_attention,
+        q,
+        k,
+        v,
+        do,
+        key_lengths=kl,
+        offset_causal=True,  # noqa: E731
+        dropout_p=0.1,
+        generator=torch.Generator("cuda").manual_seed(3),
+    )
     first = f(q, k, v)
     for _ in range(20):
         again = f(q, k, v)
@@ -456,6 +511,7 @@ def test_gpu_determinism_and_layout():
 def test_gpu_no_recompile_across_lengths():
     def n_compiled():
         return sum(len(c[0]) for c in ka.attention_fwd_kernel.device_caches.values())
+
     q, k, v, do, kl = make_inputs(16, 6, 46, 496, 5, torch.float32, 80, "cuda", mask="both")
     run(cross_modal_attention, q, k, v, do, key_lengths=kl, offset_causal=True)
     before = n_compiled()
@@ -469,15 +525,16 @@ def test_gpu_no_recompile_across_lengths():
 def test_gpu_grouped_six_pairs():
     lens = {"t": 46, "a": 375, "v": 500}
     pairs = [(a, b) for a in lens for b in lens if a != b]
-    probs = [make_inputs(16, 6, lens[a], lens[b], 5, torch.float32, i, "cuda", mask="both")
-             for i, (a, b) in enumerate(pairs)]
+    probs = [
+        make_inputs(16, 6, lens[a], lens[b], 5, torch.float32, i, "cuda", mask="both") for i, (a, b) in enumerate(pairs)
+    ]
     kls = [p[4] for p in probs]
     outs = cross_modal_attention_grouped([p[:3] for p in probs], key_lengths=kls, offset_causal=True)
     grads = torch.autograd.grad(outs, [t for p in probs for t in p[:3]], [p[3] for p in probs])
     for i, p in enumerate(probs):
         out, g = run(cross_modal_attention, *p[:4], key_lengths=kls[i], offset_causal=True)
         assert torch.equal(out, outs[i])
-        assert all(torch.equal(a, b) for a, b in zip(g, grads[3 * i:3 * i + 3]))
+        assert all(torch.equal(a, b) for a, b in zip(g, grads[3 * i : 3 * i + 3]))
 
 
 @pytest.mark.gpu
@@ -485,8 +542,16 @@ def test_gpu_cuda_graph_capture():
     """fwd + bwd with dropout captured in a CUDA graph: replays draw fresh masks, p=0 equals eager."""
     q, k, v, do, kl = make_inputs(16, 6, 496, 371, 5, torch.float32, 90, "cuda", mask="both")
     for p in (0.0, 0.3):
-        f = lambda: run(cross_modal_attention, q, k, v, do, key_lengths=kl, offset_causal=True,  # noqa: E731
-                        dropout_p=p)
+        f = lambda: run(
+            cross_modal_attention,
+            q,
+            k,
+            v,
+            do,
+            key_lengths=kl,
+            offset_causal=True,  # noqa: E731
+            dropout_p=p,
+        )
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
@@ -512,13 +577,17 @@ def test_gpu_grouped_cuda_graph_capture_survives_cache_eviction():
     eager at p = 0."""
     lens = {"t": 46, "a": 375, "v": 500}
     pairs = [(a, b) for a in lens for b in lens if a != b]
-    probs = [make_inputs(16, 6, lens[a], lens[b], 5, torch.float32, 40 + i, "cuda", mask="both")
-             for i, (a, b) in enumerate(pairs)]
+    probs = [
+        make_inputs(16, 6, lens[a], lens[b], 5, torch.float32, 40 + i, "cuda", mask="both")
+        for i, (a, b) in enumerate(pairs)
+    ]
 
     def f():
-        outs = cross_modal_attention_grouped([p[:3] for p in probs], key_lengths=[p[4] for p in probs],
-                                             offset_causal=True)
+        outs = cross_modal_attention_grouped(
+            [p[:3] for p in probs], key_lengths=[p[4] for p in probs], offset_causal=True
+        )
         return outs, torch.autograd.grad(outs, [t for p in probs for t in p[:3]], [p[3] for p in probs])
+
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -555,7 +624,7 @@ def test_grouped_per_problem_dropout():
     pairs, ps = [(46, 71), (13, 7), (71, 46)], [0.3, 0.0, 0.1]
     probs = [make_inputs(2, 2, a, b, 5, torch.float32, 50 + i, mask="both") for i, (a, b) in enumerate(pairs)]
     qs, ks, vs, dos = ([p[i].detach() for p in probs] for i in range(4))
-    seed = torch.tensor([123, 2 ** 40 + 9], device=DEV)
+    seed = torch.tensor([123, 2**40 + 9], device=DEV)
     opts = dict(offset_causal=True, scale=0.3)
     os_, lses = ka.attention_fwd_grouped(qs, ks, vs, seed=seed, dropout_p=ps, **opts)
     gq = ka.attention_bwd_grouped(dos, qs, ks, vs, os_, lses, seed=seed, dropout_p=ps, **opts)
@@ -565,8 +634,9 @@ def test_grouped_per_problem_dropout():
         d = ka.attention_bwd(dos[g], qs[g], ks[g], vs[g], o, lse, seed=sg, dropout_p=p, **opts)
         assert torch.equal(o, os_[g]) and torch.equal(lse, lses[g])
         assert all(torch.equal(a, b[g]) for a, b in zip(d, gq))
-    outs, keeps = cross_modal_attention_grouped([p[:3] for p in probs], offset_causal=True, dropout_p=ps,
-                                                return_keep_mask=True, backend="triton")
+    outs, keeps = cross_modal_attention_grouped(
+        [p[:3] for p in probs], offset_causal=True, dropout_p=ps, return_keep_mask=True, backend="triton"
+    )
     assert keeps[1].all() and not keeps[0].all()
     for p, out, keep, pg in zip(probs, outs, keeps, ps):
         want = reference(*p[:3], offset_causal=True, dropout_p=pg, keep_mask=keep)
@@ -577,12 +647,16 @@ def test_grouped_per_problem_dropout():
 
 def test_grouped_torch_compile_fullgraph():
     """The grouped custom op (per-problem dropout) traces whole and matches eager for the same seed."""
-    probs = [make_inputs(1, 2, a, b, 5, torch.float32, 60 + i, mask="causal")[:3] for i, (a, b) in
-             enumerate(((7, 13), (13, 7)))]
+    probs = [
+        make_inputs(1, 2, a, b, 5, torch.float32, 60 + i, mask="causal")[:3]
+        for i, (a, b) in enumerate(((7, 13), (13, 7)))
+    ]
 
     def f(*ts):
-        return cross_modal_attention_grouped([ts[:3], ts[3:]], offset_causal=True, dropout_p=[0.2, 0.0],
-                                             backend="triton")
+        return cross_modal_attention_grouped(
+            [ts[:3], ts[3:]], offset_causal=True, dropout_p=[0.2, 0.0], backend="triton"
+        )
+
     flat = [t for p in probs for t in p]
     torch.manual_seed(1)
     eager = f(*flat)

@@ -1,4 +1,5 @@
 """The latency suite's library on the CPU: rows with percentiles, GPU-only rows without numbers, report files."""
+
 import json
 
 import pytest
@@ -10,8 +11,9 @@ from dmd_fast.cli import main
 
 def test_quick_rows_report_and_gpu_only_marking(tmp_path, monkeypatch):
     monkeypatch.setattr(lt, "QUICK_ROW_SECONDS", 0.05)
-    res = lt.run_latency(True, "cpu", providers=("ref_eager", "ours_cudagraph", "ref_compile_ro"), batch_sizes=(1, 2),
-                         log=lambda m: None)
+    res = lt.run_latency(
+        True, "cpu", providers=("ref_eager", "ours_cudagraph", "ref_compile_ro"), batch_sizes=(1, 2), log=lambda m: None
+    )
     rows = {(r["provider"], r["batch"]): r for r in res["rows"]}
     for B in (1, 2):
         r = rows[("ref_eager", B)]

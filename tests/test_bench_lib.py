@@ -1,5 +1,6 @@
 """The benchmark library itself (CPU): NVML fallback, report files, floor arithmetic, baselines'
 equivalence, timing helpers and the ``bench`` command line."""
+
 import argparse
 import json
 import os
@@ -12,7 +13,8 @@ import torch
 from dmd_fast.bench import baselines as bl
 from dmd_fast.bench import floors as fl
 from dmd_fast.bench import memory, report, timing
-from dmd_fast.bench.cli import add_bench_parser, main as bench_main
+from dmd_fast.bench.cli import add_bench_parser
+from dmd_fast.bench.cli import main as bench_main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -20,6 +22,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # ------------------------------------------------------------------------------------------------
 # NVML and memory
 # ------------------------------------------------------------------------------------------------
+
 
 def test_nvml_missing_module_gives_clean_dict(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml -> ImportError
@@ -33,6 +36,7 @@ def test_nvml_init_failure_gives_clean_dict(monkeypatch):
         @staticmethod
         def nvmlInit():
             raise RuntimeError("NVML Shared Library Not Found")
+
     monkeypatch.setitem(sys.modules, "pynvml", FakeNVML)
     snap = memory.nvml_snapshot()
     assert snap == {"available": False, "reason": snap["reason"]}
@@ -54,8 +58,10 @@ def test_peak_memory_on_cpu_is_reported_as_unmeasured():
 # floors
 # ------------------------------------------------------------------------------------------------
 
+
 def test_floor_terms_match_the_documented_floor():
-    # docs/performance-floor.md, "Floor terms at DMD's shapes", 500x500, B=32, H=6, d=5: exp 12.3 us, ~8 ops/score 11.5 us,
+    # docs/performance-floor.md, "Floor terms at DMD's shapes", 500x500, B=32, H=6, d=5:
+    # exp 12.3 us, ~8 ops/score 11.5 us,
     # HBM bf16 fwd 4.2 MB -> 1.3 us, bwd 8.5 MB -> 2.5 us, fp32 fwd 2.4 us, bwd 4.8 us.
     r = fl.device_rates()
     t = fl.attention_terms(32, 6, 500, 500, 5, dtype="bf16", pass_="fwd", rates=r)
@@ -72,7 +78,9 @@ def test_floor_terms_match_the_documented_floor():
     assert t32["alu"] == pytest.approx(t["alu"] * (8 + 10) / 8)
     assert t32["mma"] == 0.0
     td = fl.attention_terms(32, 6, 500, 500, 5, dtype="bf16", pass_="fwd", dropout=True, rates=r)
-    assert td["rng"] * 1e6 == pytest.approx(19.4, rel=0.01)  # 8-bit thresholds (docs/performance-floor.md, "Floor terms at DMD's shapes")
+    assert td["rng"] * 1e6 == pytest.approx(
+        19.4, rel=0.01
+    )  # 8-bit thresholds (docs/performance-floor.md, "Floor terms at DMD's shapes")
 
 
 def test_floor_sums_passes_and_takes_the_binding_term():
@@ -113,8 +121,10 @@ def test_copy_bandwidth_on_cpu_is_positive():
 # timing
 # ------------------------------------------------------------------------------------------------
 
+
 def test_quantile_matches_numpy_rule():
     import numpy as np
+
     xs = [5.0, 1.0, 4.0, 2.0, 3.0, 10.0]
     for q in (0.0, 0.2, 0.5, 0.8, 1.0):
         assert timing.quantile(xs, q) == pytest.approx(float(np.quantile(xs, q)))
@@ -144,8 +154,10 @@ def test_short_reason_is_one_line():
 # baselines compute the same function
 # ------------------------------------------------------------------------------------------------
 
+
 def test_upstream_future_mask_is_the_offset_causal_rule():
     from dmd_fast.reference.attention import offset_causal_mask
+
     for lq, lk in ((4, 9), (9, 4), (6, 6)):
         m = bl.upstream_future_mask(lq, lk)
         assert torch.equal(torch.isfinite(m), offset_causal_mask(lq, lk))
@@ -156,6 +168,7 @@ def test_upstream_future_mask_is_the_offset_causal_rule():
 @pytest.mark.parametrize("lq,lk", [(5, 9), (9, 4)])
 def test_attention_providers_agree_with_reference_without_dropout(provider, lq, lk):
     from dmd_fast.reference.attention import cross_modal_attention
+
     case = bl.AttnCase(2, 3, lq, lk, 5, "fp32", offset_causal=True, dropout_p=0.0)
     q, k, v, g = bl.make_attention_inputs(case, "cpu", n_sets=1, seed=3)[0]
     try:
@@ -170,6 +183,7 @@ def test_attention_providers_agree_with_reference_without_dropout(provider, lq, 
 
 def test_gd_eager_provider_is_the_reference():
     from dmd_fast.reference.graph_distill import graph_distill
+
     case = bl.GDCase("hetero", 4, 24, 8, "cosine")
     inputs = bl.make_gd_inputs(case, "cpu", n_sets=1)[0]
     got = bl.GD_PROVIDERS["eager"].build(case, "cpu", inputs).fn(*inputs)
@@ -191,32 +205,89 @@ def test_cuda_only_providers_refuse_cpu_with_a_reason():
 # report
 # ------------------------------------------------------------------------------------------------
 
+
 def _fake_results():
     def t(us):
         return {"status": "ok", "median_us": us, "p20_us": 0.9 * us, "p80_us": 1.1 * us, "n": 10, "method": "x"}
+
     rows = []
     for case in ("46x496 d5 H10 B16 fp32 oc p0.3", "496x496 d10 H10 B16 bf16 oc p0.3"):
         for prov, us, mb in (("eager", 900.0, 80.0), ("ours", 90.0, 2.0), ("sdpa", 700.0, 60.0)):
             g = t(us / 2)
             g["floor_fraction"] = 0.2
-            rows.append({"suite": "attention", "case": case, "provider": prov, "equivalent": True, "status": "ok",
-                         "modes": {"fwd": t(us / 3), "fwdbwd": t(us), "graph_fwdbwd": g},
-                         "memory": {"fwdbwd": mb}, "floor": {"fwdbwd_us": 20.0}, "note": "n|ote"})
-    rows.append({"suite": "attention", "case": "46x46 d5 H10 B16 fp32 oc p0.3", "provider": "flex",
-                 "status": "error", "reason": "NotImplementedError: NYI", "modes": {}})
+            rows.append(
+                {
+                    "suite": "attention",
+                    "case": case,
+                    "provider": prov,
+                    "equivalent": True,
+                    "status": "ok",
+                    "modes": {"fwd": t(us / 3), "fwdbwd": t(us), "graph_fwdbwd": g},
+                    "memory": {"fwdbwd": mb},
+                    "floor": {"fwdbwd_us": 20.0},
+                    "note": "n|ote",
+                }
+            )
+    rows.append(
+        {
+            "suite": "attention",
+            "case": "46x46 d5 H10 B16 fp32 oc p0.3",
+            "provider": "flex",
+            "status": "error",
+            "reason": "NotImplementedError: NYI",
+            "modes": {},
+        }
+    )
     for prov, sps, mb in (("eager", 200.0, 900.0), ("ours", 900.0, 300.0)):
-        rows.append({"suite": "model", "case": "DMD train step", "provider": prov, "status": "ok",
-                     "modes": {"step": t(16e6 / sps)}, "samples_per_s": sps, "memory": {"step": mb}})
-    rows.append({"suite": "gd", "case": "homo", "provider": "eager", "status": "ok",
-                 "modes": {"fwd": t(100.0), "fwdbwd": t(300.0)}, "memory": {"fwdbwd": 0.01}})
-    rows.append({"suite": "gd", "case": "homo", "provider": "ours", "status": "ok",
-                 "modes": {"fwd": t(10.0), "fwdbwd": t(20.0)}, "memory": {"fwdbwd": 0.01},
-                 "extra": {"launches_fwdbwd": {"status": "ok", "kernels": 2, "memcpy_memset": 0}}})
-    return {"schema": 1, "env": report.collect_environment("cpu"), "options": {"suites": ["all"], "quick": True},
-            "rows": rows, "checks": {"recompile": {"status": "ok", "passed": True, "pairs": [[46, 46]],
-                                                   "per_dtype": {"fp32": {"variants_after_each_pair": [3, 3],
-                                                                          "recompiles_after_first_pair": 0}}}},
-            "floors": {}, "notes": ["a note"], "elapsed_s": 1.0}
+        rows.append(
+            {
+                "suite": "model",
+                "case": "DMD train step",
+                "provider": prov,
+                "status": "ok",
+                "modes": {"step": t(16e6 / sps)},
+                "samples_per_s": sps,
+                "memory": {"step": mb},
+            }
+        )
+    rows.append(
+        {
+            "suite": "gd",
+            "case": "homo",
+            "provider": "eager",
+            "status": "ok",
+            "modes": {"fwd": t(100.0), "fwdbwd": t(300.0)},
+            "memory": {"fwdbwd": 0.01},
+        }
+    )
+    rows.append(
+        {
+            "suite": "gd",
+            "case": "homo",
+            "provider": "ours",
+            "status": "ok",
+            "modes": {"fwd": t(10.0), "fwdbwd": t(20.0)},
+            "memory": {"fwdbwd": 0.01},
+            "extra": {"launches_fwdbwd": {"status": "ok", "kernels": 2, "memcpy_memset": 0}},
+        }
+    )
+    return {
+        "schema": 1,
+        "env": report.collect_environment("cpu"),
+        "options": {"suites": ["all"], "quick": True},
+        "rows": rows,
+        "checks": {
+            "recompile": {
+                "status": "ok",
+                "passed": True,
+                "pairs": [[46, 46]],
+                "per_dtype": {"fp32": {"variants_after_each_pair": [3, 3], "recompiles_after_first_pair": 0}},
+            }
+        },
+        "floors": {},
+        "notes": ["a note"],
+        "elapsed_s": 1.0,
+    }
 
 
 def test_report_writes_json_markdown_and_pngs(tmp_path):
@@ -231,8 +302,8 @@ def test_report_writes_json_markdown_and_pngs(tmp_path):
     assert len(data["rows"]) == len(results["rows"])
     md = (tmp_path / "results.md").read_text()
     assert "| case | provider | fwd | fwd+bwd | graph fwd+bwd |" in md
-    assert "10.00x" in md          # eager 900 us / ours 90 us
-    assert "20.0%" in md           # floor fraction of the graph replay
+    assert "10.00x" in md  # eager 900 us / ours 90 us
+    assert "20.0%" in md  # floor fraction of the graph replay
     assert "NotImplementedError: NYI" in md and "n/ote" in md
     assert "PASS" in md and "2 kernels fwd+bwd" in md and "4.50x" in md
     for png in ("speedup.png", "memory.png"):
@@ -256,9 +327,23 @@ def test_git_commit_env_override(monkeypatch):
 # command line
 # ------------------------------------------------------------------------------------------------
 
+
 def test_cli_quick_runs_on_cpu(tmp_path, capsys):
-    rc = bench_main(["--quick", "--suite", "all", "--backend-list", "eager,reference",
-                     "--device", "cpu", "--out", str(tmp_path), "--rep-ms", "5"])
+    rc = bench_main(
+        [
+            "--quick",
+            "--suite",
+            "all",
+            "--backend-list",
+            "eager,reference",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+            "--rep-ms",
+            "5",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "## Attention core" in out and "## Model level" in out
@@ -273,21 +358,55 @@ def test_cli_quick_without_interpreter_skips_ours_with_reason(tmp_path, capsys):
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") or torch.cuda.is_available():
         # the interpreter is on in this process: run the command in a child without it
         env = dict(os.environ, TRITON_INTERPRET="0", CUDA_VISIBLE_DEVICES="")
-        proc = subprocess.run([sys.executable, "-m", "dmd_fast.bench.cli", "--quick", "--suite", "attention",
-                               "--backend-list", "ours,eager", "--out", str(tmp_path), "--rep-ms", "5",
-                               "--no-plots"], capture_output=True, text=True, env=env, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dmd_fast.bench.cli",
+                "--quick",
+                "--suite",
+                "attention",
+                "--backend-list",
+                "ours,eager",
+                "--out",
+                str(tmp_path),
+                "--rep-ms",
+                "5",
+                "--no-plots",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr
     else:
-        assert bench_main(["--quick", "--suite", "attention", "--backend-list", "ours,eager", "--out", str(tmp_path),
-                           "--rep-ms", "5", "--no-plots"]) == 0
+        assert (
+            bench_main(
+                [
+                    "--quick",
+                    "--suite",
+                    "attention",
+                    "--backend-list",
+                    "ours,eager",
+                    "--out",
+                    str(tmp_path),
+                    "--rep-ms",
+                    "5",
+                    "--no-plots",
+                ]
+            )
+            == 0
+        )
     data = json.loads((tmp_path / "results.json").read_text())
     ours = [r for r in data["rows"] if r["provider"] == "ours"]
     assert ours and all(r["status"] == "skipped" and "TRITON_INTERPRET" in r["reason"] for r in ours)
 
 
 def test_cli_bad_suite_exits_2_naming_the_argument():
-    proc = subprocess.run([sys.executable, "-m", "dmd_fast.bench.cli", "--suite", "nope"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dmd_fast.bench.cli", "--suite", "nope"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     assert "--suite" in proc.stderr and "nope" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -328,8 +447,9 @@ def test_recompile_counter_reads_triton_jit_caches():
 
     def kern(x_ptr):
         pass
+
     jf = JITFunction(kern)
-    wrapper = type("Autotuned", (), {"fn": jf})()   # autotuner/heuristics wrappers expose .fn
+    wrapper = type("Autotuned", (), {"fn": jf})()  # autotuner/heuristics wrappers expose .fn
     module = type(sys)("fake_kernels")
     module.kern, module.tuned, module.other = jf, wrapper, 3
     found = sa._jit_functions(module)
@@ -343,6 +463,7 @@ def test_recompile_counter_reads_triton_jit_caches():
 def test_recompile_check_skips_on_cpu():
     from dmd_fast.bench import suites as st
     from dmd_fast.bench.suites import attention as sa
+
     out = sa.recompile_check(st.SuiteOptions(quick=True), torch.device("cpu"), st.Budget(None))
     assert out["status"] == "skipped" and "interpreter" in out["reason"]
 
@@ -352,6 +473,7 @@ def test_step_launch_counts_tiny():
     its Triton launches are one per grouped layer each way plus one per GD unit."""
     from dmd_fast.bench.launches import format_counts, step_launch_counts
     from dmd_fast.model.config import get_preset
+
     res = step_launch_counts("tiny", batch=2)
     ref, ours = res["backends"]["reference"], res["backends"]["triton"]
     cfg = get_preset("tiny")
@@ -364,13 +486,20 @@ def test_step_launch_counts_tiny():
 
 def test_launches_cli_bad_batch(capsys):
     from dmd_fast.bench.launches import main
+
     assert main(["--batch", "0"]) == 2
     assert "--batch: expected >= 1, got 0" in capsys.readouterr().err
 
 
 def test_suite_names_and_their_earlier_aliases():
     from dmd_fast.bench import suites as st
+
     assert [st.canonical_suite(s) for s in ("op", "gd", "attention", "graph_distill", "model")] == [
-        "attention", "graph_distill", "attention", "graph_distill", "model"]
+        "attention",
+        "graph_distill",
+        "attention",
+        "graph_distill",
+        "model",
+    ]
     assert set(st.BUDGET_S) >= {("attention", "plain"), ("graph_distill", "compiled"), ("model", "cudagraph")}
     assert report._suite({"suite": "gd"}) == "graph_distill"

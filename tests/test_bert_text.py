@@ -1,4 +1,5 @@
 """DMD with an in-model BERT text encoder (tiny random BertConfig, nothing downloaded)."""
+
 import pytest
 import torch
 
@@ -7,8 +8,14 @@ pytest.importorskip("transformers", reason="the [bert] extra is installed by the
 from dmd_fast.model.config import get_preset  # noqa: E402
 from dmd_fast.model.dmd import DMD  # noqa: E402
 
-TINY_BERT = dict(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                 intermediate_size=37, max_position_embeddings=64)
+TINY_BERT = dict(
+    vocab_size=50,
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=37,
+    max_position_embeddings=64,
+)
 
 
 def test_dmd_with_bert_tokens_forward_backward():
@@ -32,6 +39,7 @@ def test_dmd_with_bert_tokens_forward_backward():
 
 def _save_bert(path, vocab_size):
     from transformers import BertConfig, BertModel
+
     torch.manual_seed(0)
     BertModel(BertConfig(**dict(TINY_BERT, vocab_size=vocab_size, hidden_size=16))).save_pretrained(path)
 
@@ -41,17 +49,32 @@ def test_cli_train_with_local_bert(tmp_path, capsys):
     the text feature width follows the BERT's hidden size; bad folders and vocabularies are refused."""
     from dmd_fast.cli import main
     from dmd_fast.train.checkpoint import read_checkpoint
+
     bert_dir = tmp_path / "bert"
     _save_bert(bert_dir, vocab_size=30522)  # the synthetic ids are < 30000, as BERT-base's vocabulary
     out = tmp_path / "run"
-    rc = main(["train", "--bert", str(bert_dir), "--epochs", "1", "--synthetic-sizes", "16,8,8", "--out", str(out),
-               "--backend", "reference"])
+    rc = main(
+        [
+            "train",
+            "--bert",
+            str(bert_dir),
+            "--epochs",
+            "1",
+            "--synthetic-sizes",
+            "16,8,8",
+            "--out",
+            str(out),
+            "--backend",
+            "reference",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     ckpt = read_checkpoint(out / "last.pt")
     assert ckpt["config"]["use_bert"] and ckpt["config"]["feature_dims"][0] == 16
     assert any(k.startswith("dmd.text_model.model.embeddings") for k in ckpt["model"])
     # the attention maps of a BERT checkpoint, without the BERT folder (weights come from the checkpoint)
     import shutil
+
     shutil.rmtree(bert_dir)
     assert main(["attention-map", "--checkpoint", str(out / "best.pt"), "--out", str(tmp_path / "maps")]) == 0
     assert len(list((tmp_path / "maps").glob("*.png"))) == 6
@@ -60,6 +83,20 @@ def test_cli_train_with_local_bert(tmp_path, capsys):
     assert "--bert: expected a local BERT folder" in capsys.readouterr().err
     small = tmp_path / "small"
     _save_bert(small, vocab_size=1000)
-    assert main(["train", "--bert", str(small), "--epochs", "1", "--synthetic-sizes", "16,8,8",
-                 "--out", str(tmp_path / "r2")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--bert",
+                str(small),
+                "--epochs",
+                "1",
+                "--synthetic-sizes",
+                "16,8,8",
+                "--out",
+                str(tmp_path / "r2"),
+            ]
+        )
+        == 2
+    )
     assert "expected [0, 1000) for this BERT's vocabulary" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """The dmd-fast command line: train (seeds table), attention-map export, clear errors."""
+
 import torch
 
 from dmd_fast.cli import main
@@ -9,8 +10,21 @@ from dmd_fast.model.dmd import DMD
 
 def test_train_two_seeds_writes_tables(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["train", "--epochs", "1", "--seeds", "1,2", "--synthetic-sizes", "32,16,16", "--out", str(out),
-               "--backend", "reference"])
+    rc = main(
+        [
+            "train",
+            "--epochs",
+            "1",
+            "--seeds",
+            "1,2",
+            "--synthetic-sizes",
+            "32,16,16",
+            "--out",
+            str(out),
+            "--backend",
+            "reference",
+        ]
+    )
     assert rc == 0
     text = (out / "seeds.md").read_text()
     assert "| mean ± STD |" in text

@@ -3,22 +3,32 @@
 GPU tier: 200 optimizer steps of the full DMD step (MOSI-aligned preset, dropout 0, same seed and
 batches). On the CPU the same check runs for a few steps of the tiny preset under the interpreter.
 """
+
 import pytest
 import torch
+from tiers import HAS_CUDA
 
 from dmd_fast.data.mmsa import make_loaders
 from dmd_fast.data.synthetic import synthetic_datasets
 from dmd_fast.model.config import get_preset
 from dmd_fast.model.system import DMDSystem
-from tiers import HAS_CUDA
 
-NO_DROPOUT = dict(attn_dropout=0.0, attn_dropout_a=0.0, attn_dropout_v=0.0, embed_dropout=0.0,
-                  text_dropout=0.0, output_dropout=0.0, relu_dropout=0.0, res_dropout=0.0)
+NO_DROPOUT = dict(
+    attn_dropout=0.0,
+    attn_dropout_a=0.0,
+    attn_dropout_v=0.0,
+    embed_dropout=0.0,
+    text_dropout=0.0,
+    output_dropout=0.0,
+    relu_dropout=0.0,
+    res_dropout=0.0,
+)
 
 
 def _curves(cfg, steps, device, n_train):
-    batches = list(make_loaders(synthetic_datasets(cfg, n_train, 4, 4, seed=0), batch_size=cfg.batch_size,
-                                seed=0)["train"])
+    batches = list(
+        make_loaders(synthetic_datasets(cfg, n_train, 4, 4, seed=0), batch_size=cfg.batch_size, seed=0)["train"]
+    )
     curves = {}
     for backend in ("reference", "triton"):
         torch.manual_seed(1111)

@@ -1,4 +1,5 @@
 """MMSA pickle loader, synthetic generator and DataLoaders (docs/upstream-semantics.md, "Input data")."""
+
 import copy
 import pickle
 
@@ -110,7 +111,9 @@ def test_missing_split(tmp_path, small):
 def test_wrong_rank(tmp_path, small):
     s = copy.deepcopy(small)
     s["train"]["audio"] = s["train"]["audio"].mean(1)
-    with pytest.raises(DataError, match=r"split 'train' key 'audio': expected rank 3 \(N, T, d\); received shape \(24, 5\)"):
+    with pytest.raises(
+        DataError, match=r"split 'train' key 'audio': expected rank 3 \(N, T, d\); received shape \(24, 5\)"
+    ):
         load_mmsa(_write(tmp_path, s))
 
 
@@ -135,7 +138,9 @@ def test_n_mismatch(tmp_path, small):
 def test_feature_dim_differs_across_splits(small):
     s = copy.deepcopy(small)
     s["valid"]["vision"] = s["valid"]["vision"][:, :, :6]
-    with pytest.raises(DataError, match=r"split 'valid' key 'vision': feature dim differs across splits.*\(18, 7\).*\(18, 6\)"):
+    with pytest.raises(
+        DataError, match=r"split 'valid' key 'vision': feature dim differs across splits.*\(18, 7\).*\(18, 6\)"
+    ):
         datasets_from_splits(s)
 
 
@@ -206,8 +211,7 @@ def test_loader_batches(small):
     # train: drop_last only affects train
     dl = make_loaders(ds, batch_size=16, drop_last=True)
     assert len(dl["train"]) == 1 and len(dl["valid"]) == 1
-    np.testing.assert_array_equal(
-        b["label"][:, 0].numpy(), ds["train"].labels[b["index"], 0].numpy())
+    np.testing.assert_array_equal(b["label"][:, 0].numpy(), ds["train"].labels[b["index"], 0].numpy())
 
 
 def _epoch(loader):

@@ -1,4 +1,5 @@
 """Data-parallel training with gloo on the CPU: 2 ranks stay in sync and average gradients."""
+
 import os
 import socket
 
@@ -13,8 +14,7 @@ from dmd_fast.model.system import DMDSystem
 from dmd_fast.train import distributed as ddp
 from dmd_fast.train.trainer import Trainer, TrainOptions
 
-CFG = get_preset("tiny").replace(batch_size=4, update_epochs=2, attn_dropout=0.0, text_dropout=0.0,
-                                 output_dropout=0.0)
+CFG = get_preset("tiny").replace(batch_size=4, update_epochs=2, attn_dropout=0.0, text_dropout=0.0, output_dropout=0.0)
 
 
 def _free_port():
@@ -24,8 +24,9 @@ def _free_port():
 
 
 def _worker(rank, world, port, out_dir, result_path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     info = ddp.init_from_env("cpu")
     try:
@@ -35,8 +36,9 @@ def _worker(rank, world, port, out_dir, result_path):
         torch.manual_seed(0)
         system = DMDSystem(CFG, backend="reference")
         # gradient of one step on this rank's first batch, averaged by DDP
-        trainer = Trainer(system, loaders, TrainOptions(max_epochs=1, out_dir=out_dir, device="cpu",
-                                                        log_every_epoch=False))
+        trainer = Trainer(
+            system, loaders, TrainOptions(max_epochs=1, out_dir=out_dir, device="cpu", log_every_epoch=False)
+        )
         batch = next(iter(loaders["train"]))
         _, losses = trainer.model(batch["text"], batch["audio"], batch["vision"], batch["label"])
         losses["total"].backward()
@@ -47,9 +49,16 @@ def _worker(rank, world, port, out_dir, result_path):
         local_grad = system.dmd.out_layer.weight.grad.clone()
         system.zero_grad(set_to_none=True)
         result = trainer.fit()
-        torch.save({"ddp_grad": ddp_grad, "local_grad": local_grad, "state": system.state_dict(),
-                    "train_loss": trainer.history[-1]["train"]["Loss"], "best": result.best_valid_loss},
-                   f"{result_path}.{rank}")
+        torch.save(
+            {
+                "ddp_grad": ddp_grad,
+                "local_grad": local_grad,
+                "state": system.state_dict(),
+                "train_loss": trainer.history[-1]["train"]["Loss"],
+                "best": result.best_valid_loss,
+            },
+            f"{result_path}.{rank}",
+        )
     finally:
         dist.destroy_process_group()
 

@@ -6,6 +6,7 @@ on the CPU). Both run the eager path's ATen ops in the same order, so the output
 equal bit for bit on one machine; the assertion allows 1e-6 (a few fp32 ulps of |logit| ~ 1) so that
 a torch release which decomposes an op differently is not mistaken for a wrong export.
 """
+
 import pytest
 import torch
 
@@ -19,10 +20,29 @@ from dmd_fast.model.dmd import DMD
 
 def test_export_cli_round_trip_reproduces_eager_on_cpu(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--epochs", "1", "--synthetic-sizes", "16,8,8", "--out", str(run), "--backend", "reference"]) == 0
+    assert (
+        main(["train", "--epochs", "1", "--synthetic-sizes", "16,8,8", "--out", str(run), "--backend", "reference"])
+        == 0
+    )
     pt2 = tmp_path / "model.pt2"
-    assert main(["export", "--checkpoint", str(run / "best.pt"), "--out", str(pt2), "--batch-size", "2",
-                 "--backend", "reference", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(run / "best.pt"),
+                "--out",
+                str(pt2),
+                "--batch-size",
+                "2",
+                "--backend",
+                "reference",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "batch size 2" in capsys.readouterr().out
     exported = dmd_fast.load_exported(pt2)
     assert exported.batch_size == 2 and exported.config.name == "tiny" and exported.meta["backend"] == "reference"

@@ -10,9 +10,8 @@ its value is valid, so every call asserts one of:
 File cases (pickles, checkpoints, the CLI) also assert that every file that existed before the call is
 byte-identical after it and that no file appeared. ``test_case_count`` pins >= 300 calls per run.
 """
-import math
+
 import os
-import pickle
 import pickletools
 import random
 import re
@@ -24,7 +23,6 @@ from dmd_fast.cli import main
 from dmd_fast.data.mmsa import DataError, load_mmsa, make_loaders, write_mmsa_pickle
 from dmd_fast.data.synthetic import make_synthetic, synthetic_datasets
 from dmd_fast.model.config import DMDConfig, get_preset
-from dmd_fast.model.dmd import DMD
 from dmd_fast.model.system import DMDSystem
 from dmd_fast.nn import MultiheadAttention, SinusoidalPositionalEmbedding, TransformerEncoder
 from dmd_fast.nn.graph_distill import GDUnit
@@ -78,20 +76,35 @@ def pick(rng, good, bad):
 # attention ops
 # ---------------------------------------------------------------------------------------------------
 
+
 def _att_tensors(g, B, H, Lq, Lk, D, dtype):
     return [torch.randn(B, H, L, D, generator=g, dtype=dtype) for L in (Lq, Lk, Lk)]
 
 
 def _attention_case(rng):
-    B, H, Lq, Lk, D = rng.choice([1, 2]), rng.choice([1, 2]), rng.choice([1, 3, 17]), rng.choice([1, 5, 16]), \
-        rng.choice([1, 5, 16])
+    B, H, Lq, Lk, D = (
+        rng.choice([1, 2]),
+        rng.choice([1, 2]),
+        rng.choice([1, 3, 17]),
+        rng.choice([1, 5, 16]),
+        rng.choice([1, 5, 16]),
+    )
     dtype = rng.choice([torch.float32, torch.float64])
     seed = rng.randrange(1 << 30)
-    kw = dict(scale=None, dropout_p=0.0, key_lengths=None, offset_causal=False, generator=None,
-              input_precision="ieee", backend="triton")
+    kw = dict(
+        scale=None,
+        dropout_p=0.0,
+        key_lengths=None,
+        offset_causal=False,
+        generator=None,
+        input_precision="ieee",
+        backend="triton",
+    )
     pools = {
-        "scale": ([None, 0.0, 0.37, 2.0, 1e-45] + ([1e39, 1e-300] if dtype == torch.float64 else []),
-                  BAD_NUMBERS + [-1.0] + ([1e39] if dtype == torch.float32 else [])),
+        "scale": (
+            [None, 0.0, 0.37, 2.0, 1e-45] + ([1e39, 1e-300] if dtype == torch.float64 else []),
+            BAD_NUMBERS + [-1.0] + ([1e39] if dtype == torch.float32 else []),
+        ),
         "dropout_p": ([0.0, 0.25], [NAN, 1.0, -0.1, "0.1", None, True]),
         "key_lengths": (["rand", None], ["list", "float", "shape", "over", "neg"]),
         "offset_causal": ([True, False], ["yes", 1]),
@@ -116,19 +129,37 @@ def _attention_case(rng):
             args["dropout_p"] = 0.2
         if arg == "key_lengths":
             args["key_lengths"] = {
-                "rand": torch.randint(0, Lk + 1, (B,), generator=g), None: None, "list": [1] * B,
-                "float": torch.ones(B), "shape": torch.ones(B + 1, dtype=torch.int64),
-                "over": torch.full((B,), Lk + 1), "neg": torch.full((B,), -1)}[value]
+                "rand": torch.randint(0, Lk + 1, (B,), generator=g),
+                None: None,
+                "list": [1] * B,
+                "float": torch.ones(B),
+                "shape": torch.ones(B + 1, dtype=torch.int64),
+                "over": torch.full((B,), Lk + 1),
+                "neg": torch.full((B,), -1),
+            }[value]
         if arg == "scale" and valid and value and value >= 1e30:
             q = q / value  # scores O(1): a saturated softmax of 1e39-sized scores is ill-conditioned
         if arg == "q":
             if value == "D":
                 q, k, v = _att_tensors(g, B, H, Lq, Lk, 129, dtype)
-            q = {"ok": q, None: None, "list": q.tolist(), "3d": q[0], "int": q.long(), "bf16": q.bfloat16(),
-                 "fp16": q.half(), "D": q, "dtype_mix": q.float() if dtype == torch.float64 else q.double()}[value]
+            q = {
+                "ok": q,
+                None: None,
+                "list": q.tolist(),
+                "3d": q[0],
+                "int": q.long(),
+                "bf16": q.bfloat16(),
+                "fp16": q.half(),
+                "D": q,
+                "dtype_mix": q.float() if dtype == torch.float64 else q.double(),
+            }[value]
         if arg == "k":
-            k = {"ok": k, "B": torch.randn(B + 1, H, Lk, D, dtype=dtype), "D": torch.randn(B, H, Lk, D + 1, dtype=dtype),
-                 None: None}[value]
+            k = {
+                "ok": k,
+                "B": torch.randn(B + 1, H, Lk, D, dtype=dtype),
+                "D": torch.randn(B, H, Lk, D + 1, dtype=dtype),
+                None: None,
+            }[value]
         if arg == "v":
             v = {"ok": v, "L": torch.randn(B, H, Lk + 1, D, dtype=dtype), "int": v.long()}[value]
         if not valid:
@@ -145,13 +176,15 @@ def _attention_case(rng):
         grads = torch.autograd.grad(out, tensors, do)
         rt = [t.detach().double().requires_grad_() for t in tensors]
         kl = args["key_lengths"]
-        ref = ref_attention(*rt, key_lengths=kl, offset_causal=args["offset_causal"], dropout_p=p,
-                            scale=args["scale"], keep_mask=keep)
+        ref = ref_attention(
+            *rt, key_lengths=kl, offset_causal=args["offset_causal"], dropout_p=p, scale=args["scale"], keep_mask=keep
+        )
         rgrads = torch.autograd.grad(ref, rt, do.double())
         tol = (2e-5, 2e-6) if dtype == torch.float32 else (1e-9, 1e-11)
         close(out, ref, *tol, what="out")
         for n, a, b in zip("qkv", grads, rgrads):
             close(a, b, tol[0] * 10, tol[1] * 10, what=f"d{n}")
+
     return Case("cross_modal_attention", arg, value, valid, run)
 
 
@@ -180,15 +213,22 @@ def _grouped_case(rng):
         if arg in ("dropout_p", "scale", "generator", "offset_causal"):
             args[arg] = value
         if arg == "key_lengths":
-            kls = [torch.randint(0, lk + 1, (B,), generator=g) if i % 2 == 0 else None for i, (_, lk) in enumerate(lens)]
+            kls = [
+                torch.randint(0, lk + 1, (B,), generator=g) if i % 2 == 0 else None for i, (_, lk) in enumerate(lens)
+            ]
             if value == "short":
                 kls = kls + [None]
             if value == "bad":
                 kls[0] = torch.full((B,), lens[0][1] + 2)
             args["key_lengths"] = kls
         if arg == "problems":
-            probs = {"ok": problems, "tensor": problems[0][0], "empty": [], "pair": [problems[0][:2]],
-                     "H": problems + [_att_tensors(g, B, H + 1, 2, 2, D, dtype)]}[value]
+            probs = {
+                "ok": problems,
+                "tensor": problems[0][0],
+                "empty": [],
+                "pair": [problems[0][:2]],
+                "H": problems + [_att_tensors(g, B, H + 1, 2, 2, D, dtype)],
+            }[value]
         else:
             probs = problems
         if not valid:
@@ -204,24 +244,28 @@ def _grouped_case(rng):
             expect_error(lambda: cross_modal_attention_grouped(probs, **args), want)
             return
         flat = [t.requires_grad_() for p in problems for t in p]
-        outs = cross_modal_attention_grouped([tuple(flat[3 * i:3 * i + 3]) for i in range(G)], **args)
+        outs = cross_modal_attention_grouped([tuple(flat[3 * i : 3 * i + 3]) for i in range(G)], **args)
         dos = [torch.randn(o.shape, generator=g, dtype=dtype) for o in outs]
         grads = torch.autograd.grad(outs, flat, dos)
         tol = (2e-5, 2e-6) if dtype == torch.float32 else (1e-9, 1e-11)
         for i, (o, do) in enumerate(zip(outs, dos)):
-            rt = [t.detach().double().requires_grad_() for t in flat[3 * i:3 * i + 3]]
-            ref = ref_attention(*rt, key_lengths=kls[i] if kls else None, offset_causal=args.get("offset_causal", False),
-                                scale=args.get("scale"))
+            rt = [t.detach().double().requires_grad_() for t in flat[3 * i : 3 * i + 3]]
+            ref = ref_attention(
+                *rt,
+                key_lengths=kls[i] if kls else None,
+                offset_causal=args.get("offset_causal", False),
+                scale=args.get("scale"),
+            )
             close(o, ref, *tol, what=f"out[{i}]")
-            for a, b in zip(grads[3 * i:3 * i + 3], torch.autograd.grad(ref, rt, do.double())):
+            for a, b in zip(grads[3 * i : 3 * i + 3], torch.autograd.grad(ref, rt, do.double())):
                 close(a, b, tol[0] * 10, tol[1] * 10, what=f"grad[{i}]")
+
     return Case("cross_modal_attention_grouped", arg, value, valid, run)
 
 
 def _weights_case(rng):
     seed = rng.randrange(1 << 30)
-    pools = {"scale": ([None, 0.0, 3.0], BAD_NUMBERS), "key_lengths": (["ok"], ["float"]),
-             "q": (["ok"], [None, "3d"])}
+    pools = {"scale": ([None, 0.0, 3.0], BAD_NUMBERS), "key_lengths": (["ok"], ["float"]), "q": (["ok"], [None, "3d"])}
     arg = rng.choice(list(pools))
     value, valid = pick(rng, *pools[arg])
 
@@ -239,12 +283,14 @@ def _weights_case(rng):
         ref = ref_attention(q, k, v, key_lengths=kl, scale=scale, offset_causal=True, return_weights=True)[1]
         close(w, ref, 1e-12, 1e-14, what="weights")
         assert torch.equal(w[0], torch.zeros_like(w[0]))  # sample 0 sees no key: weights 0
+
     return Case("attention_weights", arg, value, valid, run)
 
 
 # ---------------------------------------------------------------------------------------------------
 # graph distillation
 # ---------------------------------------------------------------------------------------------------
+
 
 def _gd_tensors(g, M, B, R, G, dtype=torch.float64):
     r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
@@ -276,8 +322,16 @@ def _gd_case(rng):
         g = torch.Generator().manual_seed(seed)
         t, prior = _gd_tensors(g, M, B, R, G, dtype)
         kw = dict(backend="triton")
-        if arg in ("alpha", "reg", "w_losses", "total_weights", "softmax_scope", "logit_metric", "repr_metric",
-                   "backend"):
+        if arg in (
+            "alpha",
+            "reg",
+            "w_losses",
+            "total_weights",
+            "softmax_scope",
+            "logit_metric",
+            "repr_metric",
+            "backend",
+        ):
             kw[arg] = value
         if arg == "prior" and value != "ok":
             prior = prior.clone()
@@ -310,12 +364,14 @@ def _gd_case(rng):
             a = torch.zeros_like(ts[i]) if a is None else a
             b = torch.zeros_like(rts[i]) if b is None else b
             close(a, b, tol[0] * 10, tol[1] * 10, what=f"grad {i}")
+
     return Case("graph_distill", arg, value, valid, run)
 
 
 # ---------------------------------------------------------------------------------------------------
 # modules
 # ---------------------------------------------------------------------------------------------------
+
 
 def _mha_case(rng):
     seed = rng.randrange(1 << 30)
@@ -347,8 +403,15 @@ def _mha_case(rng):
         x, src = torch.randn(4, 2, E), torch.randn(6, 2, E)
         q, k, v, mask = x, src, src, None
         if arg == "query":
-            q = {"ok": x, None: None, "2d": x[0], "E": torch.randn(4, 2, E + 1), "int": x.long(),
-                 "float64": x.double(), "list": x.tolist()}[value]
+            q = {
+                "ok": x,
+                None: None,
+                "2d": x[0],
+                "E": torch.randn(4, 2, E + 1),
+                "int": x.long(),
+                "float64": x.double(),
+                "list": x.tolist(),
+            }[value]
         if arg == "key":
             k = {"ok": src, "B": torch.randn(6, 3, E), "E": torch.randn(6, 2, E - 1)}[value]
         if arg == "value":
@@ -358,8 +421,14 @@ def _mha_case(rng):
             full[torch.triu(torch.ones(4, 6, dtype=torch.bool), diagonal=3)] = -INF
             if value == "masked_row":
                 full[2] = -INF
-            mask = {"causal": full, "masked_row": full, "list": full.tolist(), "shape": full[:, :5],
-                    "bool": full == 0, "3d": full[None]}[value]
+            mask = {
+                "causal": full,
+                "masked_row": full,
+                "list": full.tolist(),
+                "shape": full[:, :5],
+                "bool": full == 0,
+                "3d": full[None],
+            }[value]
         if not valid:
             expect_error(lambda: mha(q, k, v, attn_mask=mask), arg)
             return
@@ -370,6 +439,7 @@ def _mha_case(rng):
             rows = (mask != -INF).any(-1)
             close(out[rows], ref(q, k, v, attn_mask=mask)[0][rows], 1e-6, 1e-7, what="mha dense")
             close(out[~rows], mha.out_proj.bias.expand_as(out[~rows]), 0, 0, what="masked row")
+
     return Case("MultiheadAttention", arg, value, valid, run)
 
 
@@ -390,8 +460,16 @@ def _encoder_case(rng):
     value, valid = pick(rng, *pools[arg]) if arg else (None, True)
 
     def run():
-        ctor = dict(embed_dim=8, num_heads=2, layers=2, attn_dropout=0.0, res_dropout=0.0, embed_dropout=0.0,
-                    attn_mask=True, backend="triton")
+        ctor = dict(
+            embed_dim=8,
+            num_heads=2,
+            layers=2,
+            attn_dropout=0.0,
+            res_dropout=0.0,
+            embed_dropout=0.0,
+            attn_mask=True,
+            backend="triton",
+        )
         if arg in ctor:
             ctor[arg] = value
         if not valid and arg in ctor:
@@ -406,16 +484,31 @@ def _encoder_case(rng):
         x, src = torch.randn(5, 2, E), torch.randn(7, 2, E)
         xs, xk, xv = x, None, None
         if arg == "x_in":
-            xs = {"ok": x, "2d": x[0], "T0": x[:0], "B0": x[:, :0], "E": torch.randn(5, 2, E + 2), "int": x.long(),
-                  None: None, "float64": x.double()}[value]
+            xs = {
+                "ok": x,
+                "2d": x[0],
+                "T0": x[:0],
+                "B0": x[:, :0],
+                "E": torch.randn(5, 2, E + 2),
+                "int": x.long(),
+                None: None,
+                "float64": x.double(),
+            }[value]
         if arg == "x_in_k":
-            xk, xv = {"both": (src, src), "none": (None, None), "only_k": (src, None), "only_v": (None, src),
-                      "E": (torch.randn(7, 2, 3), torch.randn(7, 2, 3)), "B": (torch.randn(7, 3, E),) * 2}[value]
+            xk, xv = {
+                "both": (src, src),
+                "none": (None, None),
+                "only_k": (src, None),
+                "only_v": (None, src),
+                "E": (torch.randn(7, 2, 3), torch.randn(7, 2, 3)),
+                "B": (torch.randn(7, 3, E),) * 2,
+            }[value]
         if not valid:
             want = {"only_k": "x_in_v", "only_v": "x_in_k"}.get(value, arg)
             expect_error(lambda: enc(xs, xk, xv), want)
             return
         close(enc(xs, xk, xv), ref(xs, xk, xv), 1e-5, 1e-6, what="encoder")
+
     return Case("TransformerEncoder", arg, value, valid, run)
 
 
@@ -438,9 +531,21 @@ def _gd_unit_case(rng):
     value, valid = pick(rng, *pools[arg]) if arg else (None, True)
 
     def run():
-        ctor = dict(n_classes=1, hidden_size=6, gd_size=4, to_idx=range(3), from_idx=range(3),
-                    gd_prior=torch.softmax(torch.arange(6.0), 0).tolist(), gd_reg=10.0, w_losses=(1.0, 10.0),
-                    metric="l1", alpha=0.125, total_weights=(1.0, 1.0, 1.0), softmax_scope="joint", backend="triton")
+        ctor = dict(
+            n_classes=1,
+            hidden_size=6,
+            gd_size=4,
+            to_idx=range(3),
+            from_idx=range(3),
+            gd_prior=torch.softmax(torch.arange(6.0), 0).tolist(),
+            gd_reg=10.0,
+            w_losses=(1.0, 10.0),
+            metric="l1",
+            alpha=0.125,
+            total_weights=(1.0, 1.0, 1.0),
+            softmax_scope="joint",
+            backend="triton",
+        )
         if arg in ctor and value != "ok":
             ctor[arg] = value
         if not valid and arg in ctor:
@@ -459,6 +564,7 @@ def _gd_unit_case(rng):
         a, b = unit(logits, reprs), ref(logits, reprs)
         for name in ("loss_logit", "loss_repr", "loss_reg", "loss_total", "edges"):
             close(getattr(a, name), getattr(b, name), 1e-5, 1e-6, what=name)
+
     return Case("GDUnit", arg, value, valid, run)
 
 
@@ -484,6 +590,7 @@ def _positional_case(rng):
         assert out.shape == x.shape and torch.isfinite(out).all()
         if x.shape[0]:
             assert torch.equal(out[3, 1], torch.zeros(dim)) and not torch.equal(out[0, 0], torch.zeros(dim)) or dim == 1
+
     return Case("SinusoidalPositionalEmbedding", arg, value, valid, run)
 
 
@@ -510,11 +617,13 @@ def _dmd_inputs(g, B, dtype=torch.float32):
 
 def _dmd_case(rng):
     seed = rng.randrange(1 << 30)
-    pools = {"text": (["ok"], ["float64", "float16", "B0", "T", None, "int"]),
-             "audio": (["ok"], ["B", "d", "2d"]),
-             "vision": (["ok"], ["float64"]),
-             "labels": (["ok", None, "flat"], ["B", "2col", "int", "list", "3d"]),
-             "margin_no_anchor": (["zero", "upstream"], ["skip"])}
+    pools = {
+        "text": (["ok"], ["float64", "float16", "B0", "T", None, "int"]),
+        "audio": (["ok"], ["B", "d", "2d"]),
+        "vision": (["ok"], ["float64"]),
+        "labels": (["ok", None, "flat"], ["B", "2col", "int", "list", "3d"]),
+        "margin_no_anchor": (["zero", "upstream"], ["skip"]),
+    }
     arg = rng.choice(list(pools))
     value, valid = pick(rng, *pools[arg])
     triton = valid and rng.random() < 0.3
@@ -525,15 +634,30 @@ def _dmd_case(rng):
         text, audio, vision = _dmd_inputs(g, 2)
         labels = torch.randn(2, 1, generator=g)
         if arg == "text":
-            text = {"ok": text, "float64": text.double(), "float16": text.half(), "B0": text[:0],
-                    "T": text[:, 1:], None: None, "int": text.long()}[value]
+            text = {
+                "ok": text,
+                "float64": text.double(),
+                "float16": text.half(),
+                "B0": text[:0],
+                "T": text[:, 1:],
+                None: None,
+                "int": text.long(),
+            }[value]
         if arg == "audio":
             audio = {"ok": audio, "B": audio[:1], "d": audio[..., 1:], "2d": audio[0]}[value]
         if arg == "vision":
             vision = {"ok": vision, "float64": vision.double()}[value]
         if arg == "labels":
-            labels = {"ok": labels, None: None, "flat": labels.view(-1), "B": labels[:1], "2col": labels.repeat(1, 2),
-                      "int": labels.long(), "list": labels.tolist(), "3d": labels[None]}[value]
+            labels = {
+                "ok": labels,
+                None: None,
+                "flat": labels.view(-1),
+                "B": labels[:1],
+                "2col": labels.repeat(1, 2),
+                "int": labels.long(),
+                "list": labels.tolist(),
+                "3d": labels[None],
+            }[value]
         if arg == "margin_no_anchor":
             if not valid:
                 expect_error(lambda: DMDSystem(TINY, backend="reference", margin_no_anchor=value), arg)
@@ -553,18 +677,40 @@ def _dmd_case(rng):
             b, _ = ref(text, audio, vision)
             for key in ("output_logit", "logits_c", "last_h_l", "last_h_v", "last_h_a"):
                 close(a[key], b[key], 1e-4, 1e-5, what=key)
+
     return Case("DMD/DMDSystem", arg, value, valid, run)
 
 
 _CONFIG_BAD = {
-    "d_model": [0, -1, 12.0, 13], "num_heads": [0, 5], "nlevels": [0], "batch_size": [0, -4, 2.5],
-    "learning_rate": [0.0, -1e-3, NAN, INF, "1e-3"], "grad_clip": [0.0, NAN, -2.0], "attn_dropout": [1.0, NAN],
-    "embed_dropout": [-0.1], "update_epochs": [0], "early_stop": [0], "patience": [-1], "gd_alpha": [NAN, None],
-    "gd_reg": [INF], "gd_w_losses": [(1.0,), "ab", (1.0, NAN)], "feature_dims": [(32, 8), (32, 0, 12), "abc"],
-    "seq_lens": [(12, -1, 16)], "conv_kernels": [(3, 1.5, 3)], "ort_semantics": ["x"], "attn_mask": ["yes"],
-    "gd_size_homo": [0]}
-_CONFIG_GOOD = {"batch_size": [1, 7], "learning_rate": [1e-5], "grad_clip": [-1.0, 0.1], "attn_dropout": [0.0, 0.9],
-                "patience": [0], "gd_alpha": [0.0, -1.0]}
+    "d_model": [0, -1, 12.0, 13],
+    "num_heads": [0, 5],
+    "nlevels": [0],
+    "batch_size": [0, -4, 2.5],
+    "learning_rate": [0.0, -1e-3, NAN, INF, "1e-3"],
+    "grad_clip": [0.0, NAN, -2.0],
+    "attn_dropout": [1.0, NAN],
+    "embed_dropout": [-0.1],
+    "update_epochs": [0],
+    "early_stop": [0],
+    "patience": [-1],
+    "gd_alpha": [NAN, None],
+    "gd_reg": [INF],
+    "gd_w_losses": [(1.0,), "ab", (1.0, NAN)],
+    "feature_dims": [(32, 8), (32, 0, 12), "abc"],
+    "seq_lens": [(12, -1, 16)],
+    "conv_kernels": [(3, 1.5, 3)],
+    "ort_semantics": ["x"],
+    "attn_mask": ["yes"],
+    "gd_size_homo": [0],
+}
+_CONFIG_GOOD = {
+    "batch_size": [1, 7],
+    "learning_rate": [1e-5],
+    "grad_clip": [-1.0, 0.1],
+    "attn_dropout": [0.0, 0.9],
+    "patience": [0],
+    "gd_alpha": [0.0, -1.0],
+}
 
 
 def _config_case(rng):
@@ -581,12 +727,14 @@ def _config_case(rng):
             return
         cfg = TINY.replace(**{arg: value})
         assert getattr(cfg, arg) == value and DMDConfig.from_dict(cfg.to_dict()) == cfg
+
     return Case("DMDConfig", arg, value, valid, run)
 
 
 # ---------------------------------------------------------------------------------------------------
 # data, checkpoints, parity, CLI (files must stay byte-identical on failure)
 # ---------------------------------------------------------------------------------------------------
+
 
 def snapshot(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -613,13 +761,14 @@ def _pickle_case(rng):
         if kind == "length":
             name, pos = r.choice([o for o in ops if o[0] in ("BYTEARRAY8", "FRAME", "SHORT_BINUNICODE", "BININT")])
             width = {"BYTEARRAY8": 8, "FRAME": 8, "SHORT_BINUNICODE": 1, "BININT": 4}[name]
-            raw[pos + 1:pos + 1 + width] = r.choice([2 ** (8 * width) - 1, 2 ** (8 * width - 2), 255]
-                                                    ).to_bytes(8, "little")[:width]
+            raw[pos + 1 : pos + 1 + width] = r.choice([2 ** (8 * width) - 1, 2 ** (8 * width - 2), 255]).to_bytes(
+                8, "little"
+            )[:width]
         elif kind == "flip":
             for _ in range(r.choice([1, 4])):
                 raw[r.randrange(len(raw))] = r.randrange(256)
         elif kind == "truncate":
-            raw = raw[:r.randrange(1, len(raw))]
+            raw = raw[: r.randrange(1, len(raw))]
         path.write_bytes(bytes(raw))
         before = snapshot(tmp)
         try:
@@ -632,13 +781,19 @@ def _pickle_case(rng):
             for ds in data.values():
                 assert all(torch.isfinite(t).all() for t in (ds.text, ds.audio, ds.vision, ds.labels))
         assert snapshot(tmp) == before
+
     return Case("load_mmsa", "pickle", kind, kind == "ok", run)
 
 
 def _loader_case(rng):
-    pools = {"batch_size": ([1, 3], [0, -1, 2.5, "2", None]), "seed": ([0, 7], [1.5, "s"]),
-             "n_train": ([1, 3], [0, -1, 1.5]), "audio_inf_frac": ([0.0, 0.5], [NAN, 1.5, -0.1]),
-             "label_noise": ([0.0, 0.3], [NAN, -1.0]), "preset": (["mosi", "tiny_dims"], ["imdb", None])}
+    pools = {
+        "batch_size": ([1, 3], [0, -1, 2.5, "2", None]),
+        "seed": ([0, 7], [1.5, "s"]),
+        "n_train": ([1, 3], [0, -1, 1.5]),
+        "audio_inf_frac": ([0.0, 0.5], [NAN, 1.5, -0.1]),
+        "label_noise": ([0.0, 0.3], [NAN, -1.0]),
+        "preset": (["mosi", "tiny_dims"], ["imdb", None]),
+    }
     arg = rng.choice(list(pools))
     value, valid = pick(rng, *pools[arg])
 
@@ -657,6 +812,7 @@ def _loader_case(rng):
             return
         out = call()
         assert out and all(len(v) >= 1 for v in out.values())
+
     return Case("data", arg, value, valid, run)
 
 
@@ -664,8 +820,24 @@ def _loader_case(rng):
 def run_dir(tmp_path_factory):
     """One finished 1-epoch tiny run: last.pt, best.pt, log.jsonl."""
     out = tmp_path_factory.mktemp("fuzz_run")
-    assert main(["train", "--epochs", "1", "--synthetic-sizes", "16,8,8", "--out", str(out), "--backend",
-                 "reference", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--epochs",
+                "1",
+                "--synthetic-sizes",
+                "16,8,8",
+                "--out",
+                str(out),
+                "--backend",
+                "reference",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -678,8 +850,19 @@ def _drop(obj, path):
 
 def _checkpoint_case(rng):
     seed = rng.randrange(1 << 30)
-    keys = [("config",), ("model",), ("optimizer",), ("scheduler",), ("rng",), ("trainer",), ("format",),
-            ("trainer", "history"), ("trainer", "epoch"), ("rng", "numpy"), ("rng", "torch")]
+    keys = [
+        ("config",),
+        ("model",),
+        ("optimizer",),
+        ("scheduler",),
+        ("rng",),
+        ("trainer",),
+        ("format",),
+        ("trainer", "history"),
+        ("trainer", "epoch"),
+        ("rng", "numpy"),
+        ("rng", "torch"),
+    ]
     kind = rng.choice(["drop", "drop", "drop", "bytes", "config_value", "config_key", "model_key", "ok", "cli"])
     key = rng.choice(keys)
 
@@ -713,16 +896,33 @@ def _checkpoint_case(rng):
             _drop(obj, key)
             torch.save(obj, last)
             before = snapshot(tmp)
-            rc = main(["train", "--epochs", "2", "--synthetic-sizes", "16,8,8", "--out", str(tmp), "--resume",
-                       "--backend", "reference", "--threads", "1"])
+            rc = main(
+                [
+                    "train",
+                    "--epochs",
+                    "2",
+                    "--synthetic-sizes",
+                    "16,8,8",
+                    "--out",
+                    str(tmp),
+                    "--resume",
+                    "--backend",
+                    "reference",
+                    "--threads",
+                    "1",
+                ]
+            )
             assert rc == 2
             assert snapshot(tmp) == before
             return
         torch.manual_seed(0)
         system = DMDSystem(TINY, backend="reference")
         loaders = make_loaders(synthetic_datasets(TINY, 16, 8, 8), batch_size=TINY.batch_size)
-        trainer = Trainer(system, loaders, TrainOptions(max_epochs=2, out_dir=str(tmp), device="cpu",
-                                                        log_every_epoch=False, progress=False))
+        trainer = Trainer(
+            system,
+            loaders,
+            TrainOptions(max_epochs=2, out_dir=str(tmp), device="cpu", log_every_epoch=False, progress=False),
+        )
         if kind == "ok":
             load_checkpoint(last, trainer)
             assert trainer.epoch == 1 and read_checkpoint(tmp / "best.pt")["config"] == TINY.to_dict()
@@ -730,24 +930,46 @@ def _checkpoint_case(rng):
             msg = expect_error(lambda: load_checkpoint(last, trainer), want)
             assert "last.pt" in msg
         assert snapshot(tmp) == before
+
     return Case("checkpoint", key if kind in ("drop", "cli") else kind, kind, kind == "ok", run)
 
 
 _CLI_BAD = [
-    (["train", "--epochs", "0"], "--epochs"), (["train", "--epochs", "-1"], "--epochs"),
-    (["train", "--epochs", "1.5"], "--epochs"), (["train", "--batch-size", "0"], "--batch-size"),
-    (["train", "--batch-size", "x"], "--batch-size"), (["train", "--lr", "0"], "--lr"), (["train", "--lr", "nan"], "--lr"),
-    (["train", "--lr", "inf"], "--lr"), (["train", "--lr", "-1"], "--lr"), (["train", "--threads", "0"], "--threads"),
-    (["train", "--synthetic-sizes", "1,0,1"], "--synthetic-sizes"), (["train", "--seeds", "a,b"], "--seeds"),
-    (["train", "--amp", "fp8"], "--amp"), (["parity", "--fixture", "f", "--tol", "nan"], "--tol"),
-    (["parity", "--fixture", "f", "--tol", "0"], "--tol"), (["attention-map", "--checkpoint", "c", "--sample", "-1"],
-                                                           "--sample"),
-    (["bench", "--time-budget", "nan"], "--time-budget"), (["bench", "--time-budget", "0"], "--time-budget"),
-    (["bench", "--time-budget", "-5"], "--time-budget"), (["bench", "--rep-ms", "nan"], "--rep-ms"),
-    (["bench", "--rep-ms", "inf"], "--rep-ms"), (["bench", "--rep-ms", "0"], "--rep-ms"),
+    (["train", "--epochs", "0"], "--epochs"),
+    (["train", "--epochs", "-1"], "--epochs"),
+    (["train", "--epochs", "1.5"], "--epochs"),
+    (["train", "--batch-size", "0"], "--batch-size"),
+    (["train", "--batch-size", "x"], "--batch-size"),
+    (["train", "--lr", "0"], "--lr"),
+    (["train", "--lr", "nan"], "--lr"),
+    (["train", "--lr", "inf"], "--lr"),
+    (["train", "--lr", "-1"], "--lr"),
+    (["train", "--threads", "0"], "--threads"),
+    (["train", "--synthetic-sizes", "1,0,1"], "--synthetic-sizes"),
+    (["train", "--seeds", "a,b"], "--seeds"),
+    (["train", "--amp", "fp8"], "--amp"),
+    (["parity", "--fixture", "f", "--tol", "nan"], "--tol"),
+    (["parity", "--fixture", "f", "--tol", "0"], "--tol"),
+    (["attention-map", "--checkpoint", "c", "--sample", "-1"], "--sample"),
+    (["bench", "--time-budget", "nan"], "--time-budget"),
+    (["bench", "--time-budget", "0"], "--time-budget"),
+    (["bench", "--time-budget", "-5"], "--time-budget"),
+    (["bench", "--rep-ms", "nan"], "--rep-ms"),
+    (["bench", "--rep-ms", "inf"], "--rep-ms"),
+    (["bench", "--rep-ms", "0"], "--rep-ms"),
 ]
-_CLI_RUNTIME = ["out_file", "out_under_file", "map_out_file", "layer", "map_missing_key", "preset", "data_missing",
-                "parity_missing", "parity_bad", "bench_device"]
+_CLI_RUNTIME = [
+    "out_file",
+    "out_under_file",
+    "map_out_file",
+    "layer",
+    "map_missing_key",
+    "preset",
+    "data_missing",
+    "parity_missing",
+    "parity_bad",
+    "bench_device",
+]
 
 
 def _cli_case(rng):
@@ -761,6 +983,7 @@ def _cli_case(rng):
             err = capsys.readouterr().err
             assert flag in err and "Traceback" not in err
             assert not (tmp / "o").exists()
+
         return Case("cli", " ".join(argv), flag, False, run)
     kind = rng.choice(_CLI_RUNTIME)
 
@@ -778,8 +1001,10 @@ def _cli_case(rng):
             "out_under_file": (["train", "--epochs", "1", "--out", str(f / "run")], "--out"),
             "map_out_file": (["attention-map", "--checkpoint", best, "--out", str(f)], "--out"),
             "layer": (["attention-map", "--checkpoint", best, "--layer", "99", "--out", str(tmp / "m")], "layer"),
-            "map_missing_key": (["attention-map", "--checkpoint", str(tmp / "broken.pt"), "--out", str(tmp / "m")],
-                                f"'{rng_key}'"),
+            "map_missing_key": (
+                ["attention-map", "--checkpoint", str(tmp / "broken.pt"), "--out", str(tmp / "m")],
+                f"'{rng_key}'",
+            ),
             "preset": (["train", "--preset", "imdb", "--out", str(tmp / "o")], "preset"),
             "data_missing": (["train", "--data", str(tmp / "none.pkl"), "--out", str(tmp / "o")], "none.pkl"),
             "parity_missing": (["parity", "--fixture", str(tmp / "none.pt")], "none.pt"),
@@ -790,14 +1015,19 @@ def _cli_case(rng):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err and want in err, err
         assert snapshot(tmp) == before  # nothing changed, nothing created
+
     rng_key = rng.choice(["config", "model"])
     return Case("cli", kind, rng_key if kind == "map_missing_key" else None, False, run)
 
 
 def _parity_case(rng):
     kind = rng.choice(["tol", "backend", "keys", "missing"])
-    value = {"tol": rng.choice([NAN, -1.0, 0.0, "x"]), "backend": rng.choice(["gpu", None]),
-             "keys": rng.choice(["grads", "config", "inputs"]), "missing": None}[kind]
+    value = {
+        "tol": rng.choice([NAN, -1.0, 0.0, "x"]),
+        "backend": rng.choice(["gpu", None]),
+        "keys": rng.choice(["grads", "config", "inputs"]),
+        "missing": None,
+    }[kind]
 
     def run(tmp):
         if kind == "tol":
@@ -808,13 +1038,29 @@ def _parity_case(rng):
             with pytest.raises(FixtureError, match="x.pt"):
                 run_parity(tmp / "x.pt")
         else:
-            torch.save({k: {} for k in ("config", "state_dict", "gd_homo_state_dict", "gd_hetero_state_dict",
-                                        "param_names", "inputs", "outputs", "losses", "grads") if k != value},
-                       tmp / "fx.pt")
+            torch.save(
+                {
+                    k: {}
+                    for k in (
+                        "config",
+                        "state_dict",
+                        "gd_homo_state_dict",
+                        "gd_hetero_state_dict",
+                        "param_names",
+                        "inputs",
+                        "outputs",
+                        "losses",
+                        "grads",
+                    )
+                    if k != value
+                },
+                tmp / "fx.pt",
+            )
             before = snapshot(tmp)
             with pytest.raises(FixtureError, match=value):
                 run_parity(tmp / "fx.pt")
             assert snapshot(tmp) == before
+
     return Case("run_parity", kind, value, False, run)
 
 
@@ -822,9 +1068,23 @@ def _parity_case(rng):
 # the generated cases
 # ---------------------------------------------------------------------------------------------------
 
-PLAN = [(_attention_case, 90), (_grouped_case, 30), (_weights_case, 14), (_gd_case, 60), (_mha_case, 30),
-        (_encoder_case, 30), (_gd_unit_case, 30), (_positional_case, 10), (_dmd_case, 16), (_config_case, 24),
-        (_pickle_case, 18), (_loader_case, 14), (_checkpoint_case, 14), (_cli_case, 22), (_parity_case, 6)]
+PLAN = [
+    (_attention_case, 90),
+    (_grouped_case, 30),
+    (_weights_case, 14),
+    (_gd_case, 60),
+    (_mha_case, 30),
+    (_encoder_case, 30),
+    (_gd_unit_case, 30),
+    (_positional_case, 10),
+    (_dmd_case, 16),
+    (_config_case, 24),
+    (_pickle_case, 18),
+    (_loader_case, 14),
+    (_checkpoint_case, 14),
+    (_cli_case, 22),
+    (_parity_case, 6),
+]
 
 
 def _generate():
@@ -850,6 +1110,7 @@ def test_call(case):
 @pytest.mark.parametrize("case", _FILES, ids=repr)
 def test_file_call(case, tmp_path, capsys, request):
     import inspect
+
     params = inspect.signature(case.run).parameters
     kw = {"tmp": tmp_path}
     if "capsys" in params:

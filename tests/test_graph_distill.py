@@ -1,4 +1,5 @@
 """GD-unit op: fused Triton kernel (interpreter on CPU) vs the float64 reference, module, upstream fixture."""
+
 import itertools
 import math
 
@@ -8,7 +9,6 @@ import torch
 from dmd_fast.nn.graph_distill import GDUnit, hetero_gd, homo_gd, prior_from_logits
 from dmd_fast.ops.graph_distill import graph_distill
 from dmd_fast.reference.graph_distill import edge_names
-from dmd_fast.reference.graph_distill import graph_distill as reference
 from dmd_fast.train.edges import aggregate_edges, edge_readout, format_edge_table
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU tier's small cases also run compiled on a GPU
@@ -20,9 +20,16 @@ def make_inputs(M, B, C, R, G, *, seed, scope="joint", prior="softmax", dtype=to
     """Fresh random GD inputs (dict of leaf tensors requiring grad) and a prior (E,) (fp64 or fp32)."""
     gen = torch.Generator().manual_seed(seed)
     rnd = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
-    t = dict(logits=rnd(M, B, C), reprs=rnd(M, B, R), w_logit=rnd(G, C) * 0.5, b_logit=rnd(G) * 0.5,
-             w_repr=rnd(G, R) / math.sqrt(R), b_repr=rnd(G) * 0.5, w_edge=rnd(1, 4 * G) * 4 / math.sqrt(G),
-             b_edge=rnd(1))
+    t = dict(
+        logits=rnd(M, B, C),
+        reprs=rnd(M, B, R),
+        w_logit=rnd(G, C) * 0.5,
+        b_logit=rnd(G) * 0.5,
+        w_repr=rnd(G, R) / math.sqrt(R),
+        b_repr=rnd(G) * 0.5,
+        w_edge=rnd(1, 4 * G) * 4 / math.sqrt(G),
+        b_edge=rnd(1),
+    )
     E = M * (M - 1)
     if prior == "softmax":
         p = torch.softmax(rnd(E), 0) if scope == "joint" else torch.softmax(rnd(M, M - 1), 1).reshape(-1)
@@ -87,24 +94,37 @@ def _cases():
             k = 2 * n + r
             scope = scopes[k % 2]
             prior = ("softmax", "const", "dmd")[k % 3] if (M == 3 and scope == "joint") else ("softmax", "const")[k % 2]
-            cases.append((M, B, 1 + (n + r) % 2, (5, 37, 70)[k % 3], (4, 16)[r], scope, lms[(k // 2) % 2],
-                          rms[k % 3], prior))
+            cases.append(
+                (M, B, 1 + (n + r) % 2, (5, 37, 70)[k % 3], (4, 16)[r], scope, lms[(k // 2) % 2], rms[k % 3], prior)
+            )
     return cases
 
 
 @pytest.mark.parametrize("M,B,C,R,G,scope,lm,rm,prior", _cases())
 def test_parity_fp64(M, B, C, R, G, scope, lm, rm, prior):
     t, p = make_inputs(M, B, C, R, G, seed=M * 100 + B, scope=scope, prior=prior)
-    assert_parity(t, p, seed=B, softmax_scope=scope, logit_metric=lm, repr_metric=rm,
-                  check_prior=prior != "const", alpha=0.125 if B % 2 else 0.5, w_losses=(1.0, 10.0) if M != 5 else (0.75, 2.5),
-                  reg=10.0)
+    assert_parity(
+        t,
+        p,
+        seed=B,
+        softmax_scope=scope,
+        logit_metric=lm,
+        repr_metric=rm,
+        check_prior=prior != "const",
+        alpha=0.125 if B % 2 else 0.5,
+        w_losses=(1.0, 10.0) if M != 5 else (0.75, 2.5),
+        reg=10.0,
+    )
 
 
-@pytest.mark.parametrize("M,B,C,R,G,scope,rm", [
-    (3, 70, 2, 100, 32, "joint", "cosine"),  # two batch chunks, two feature chunks
-    (8, 9, 3, 20, 128, "target", "l1"),  # largest graph and gd size
-    (4, 3, 1, 130, 5, "joint", "l2"),
-])
+@pytest.mark.parametrize(
+    "M,B,C,R,G,scope,rm",
+    [
+        (3, 70, 2, 100, 32, "joint", "cosine"),  # two batch chunks, two feature chunks
+        (8, 9, 3, 20, 128, "target", "l1"),  # largest graph and gd size
+        (4, 3, 1, 130, 5, "joint", "l2"),
+    ],
+)
 def test_parity_fp64_large(M, B, C, R, G, scope, rm):
     t, p = make_inputs(M, B, C, R, G, seed=M + B + R, scope=scope)
     assert_parity(t, p, softmax_scope=scope, repr_metric=rm)
@@ -116,15 +136,18 @@ def test_gradients_through_edges_and_scores(scope, rm):
     assert_parity(t, p, edge_grads=True, softmax_scope=scope, repr_metric=rm)
 
 
-@pytest.mark.parametrize("tw,rm", [((1.0, 0.0, 1.0), "l1"), ((1.0, 1.0, 1.0), "cosine"), ((0.0, 2.5, -0.5), "l2"),
-                                   ((0.0, 0.0, 0.0), "l1")])
+@pytest.mark.parametrize(
+    "tw,rm", [((1.0, 0.0, 1.0), "l1"), ((1.0, 1.0, 1.0), "cosine"), ((0.0, 2.5, -0.5), "l2"), ((0.0, 0.0, 0.0), "l1")]
+)
 def test_total_alone(tw, rm):
     """loss_total = Σ tw·terms (weight-0 terms left out, bitwise as upstream's sum) and its gradient,
     which the backward takes from the kernel's stored total row."""
     t, p = make_inputs(3, 6, 1, 11, 8, seed=21)
     ref_t = detached_copy(t)
-    ours, ref = run(t, p, "triton", total_weights=tw, repr_metric=rm), run(ref_t, p, "reference", total_weights=tw,
-                                                                           repr_metric=rm)
+    ours, ref = (
+        run(t, p, "triton", total_weights=tw, repr_metric=rm),
+        run(ref_t, p, "reference", total_weights=tw, repr_metric=rm),
+    )
     parts = [w * getattr(ref, n) for w, n in zip(tw, TERMS) if w != 0] or [ref.loss_logit * 0.0]
     assert torch.equal(ref.loss_total, sum(parts[1:], parts[0]))
     torch.testing.assert_close(ours.loss_total, ref.loss_total, rtol=1e-12, atol=0)
@@ -138,6 +161,7 @@ def test_total_alone(tw, rm):
 
 def test_edges_only_gradient_and_no_edge_vjp_when_unused(monkeypatch):
     import dmd_fast.ops.graph_distill as ops
+
     calls = []
     vjp = ops._edge_vjp
     monkeypatch.setattr(ops, "_edge_vjp", lambda *a: calls.append(1) or vjp(*a))
@@ -147,8 +171,9 @@ def test_edges_only_gradient_and_no_edge_vjp_when_unused(monkeypatch):
     g = torch.randn(6, 4, dtype=torch.float64, device=DEV)
     ref_t = detached_copy(t)
     ours = torch.autograd.grad((run(t, p, "triton").edges * g).sum(), [t[k] for k in PARAMS], allow_unused=True)
-    ref = torch.autograd.grad((run(ref_t, p, "reference").edges * g).sum(), [ref_t[k] for k in PARAMS],
-                              allow_unused=True)
+    ref = torch.autograd.grad(
+        (run(ref_t, p, "reference").edges * g).sum(), [ref_t[k] for k in PARAMS], allow_unused=True
+    )
     assert calls == [1]
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, torch.zeros_like(a) if b is None else b, rtol=1e-9, atol=1e-11)
@@ -197,8 +222,7 @@ def test_deterministic_bitwise():
     outs = []
     for _ in range(2):
         r = run(t, p, "triton", repr_metric="cosine")
-        outs.append([r.loss_logit, r.loss_repr, r.loss_reg, r.edges, r.edge_scores,
-                     *grads_of(r, t, [0.3, 1.0, -2.0])])
+        outs.append([r.loss_logit, r.loss_repr, r.loss_reg, r.edges, r.edge_scores, *grads_of(r, t, [0.3, 1.0, -2.0])])
     for a, b in zip(*outs):
         assert torch.equal(a, b)
 
@@ -244,25 +268,31 @@ def _bad(**changes):
     return t, p, kw
 
 
-@pytest.mark.parametrize("changes,match", [
-    (dict(reprs=lambda x: x[:2]), r"reprs: expected \(M, B\) = \(3, 4\)"),
-    (dict(reprs=lambda x: x[:, :3]), r"reprs: expected \(M, B\)"),
-    (dict(w_repr=lambda w: w[:, :5]), r"w_repr: expected shape \(4, 6\), got \(4, 5\)"),
-    (dict(b_repr=lambda w: w[:3]), r"b_repr: expected shape \(4,\), got \(3,\)"),
-    (dict(w_edge=lambda w: w[:, :8]), r"w_edge: expected shape \(1, 16\), got \(1, 8\)"),
-    (dict(prior=lambda q: q[:5]), r"prior: expected shape \(6,\), got \(5,\)"),
-    (dict(prior=lambda q: q * 2), r"prior: expected to sum to 1"),
-    (dict(softmax_scope="target"), r"prior: expected each target node"),
-    (dict(logits=lambda x: x.index_fill(1, torch.tensor([2], device=DEV), float("nan"))), r"logits: expected finite"),
-    (dict(reprs=lambda x: x.index_fill(2, torch.tensor([0], device=DEV), float("inf"))), r"reprs: expected finite"),
-    (dict(repr_metric="kl"), r"repr_metric: expected one of"),
-    (dict(logit_metric="cosine"), r"logit_metric: expected one of"),
-    (dict(softmax_scope="node"), r"softmax_scope: expected one of"),
-    (dict(logits=lambda x: x[:1], reprs=lambda x: x[:1], prior=lambda q: q[:0]), r"logits: expected 2\.\.8"),
-    (dict(reprs=lambda x: x.new_zeros(3, 4, 1025), w_repr=lambda w: w.new_zeros(4, 1025)), r"R <= 1024"),
-    (dict(logits=lambda x: x.long()), r"logits: expected a floating dtype"),
-    (dict(backend="cuda"), r"backend: expected one of"),
-])
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        (dict(reprs=lambda x: x[:2]), r"reprs: expected \(M, B\) = \(3, 4\)"),
+        (dict(reprs=lambda x: x[:, :3]), r"reprs: expected \(M, B\)"),
+        (dict(w_repr=lambda w: w[:, :5]), r"w_repr: expected shape \(4, 6\), got \(4, 5\)"),
+        (dict(b_repr=lambda w: w[:3]), r"b_repr: expected shape \(4,\), got \(3,\)"),
+        (dict(w_edge=lambda w: w[:, :8]), r"w_edge: expected shape \(1, 16\), got \(1, 8\)"),
+        (dict(prior=lambda q: q[:5]), r"prior: expected shape \(6,\), got \(5,\)"),
+        (dict(prior=lambda q: q * 2), r"prior: expected to sum to 1"),
+        (dict(softmax_scope="target"), r"prior: expected each target node"),
+        (
+            dict(logits=lambda x: x.index_fill(1, torch.tensor([2], device=DEV), float("nan"))),
+            r"logits: expected finite",
+        ),
+        (dict(reprs=lambda x: x.index_fill(2, torch.tensor([0], device=DEV), float("inf"))), r"reprs: expected finite"),
+        (dict(repr_metric="kl"), r"repr_metric: expected one of"),
+        (dict(logit_metric="cosine"), r"logit_metric: expected one of"),
+        (dict(softmax_scope="node"), r"softmax_scope: expected one of"),
+        (dict(logits=lambda x: x[:1], reprs=lambda x: x[:1], prior=lambda q: q[:0]), r"logits: expected 2\.\.8"),
+        (dict(reprs=lambda x: x.new_zeros(3, 4, 1025), w_repr=lambda w: w.new_zeros(4, 1025)), r"R <= 1024"),
+        (dict(logits=lambda x: x.long()), r"logits: expected a floating dtype"),
+        (dict(backend="cuda"), r"backend: expected one of"),
+    ],
+)
 def test_bad_inputs_raise(changes, match):
     t, p, kw = _bad(**changes)
     with pytest.raises(ValueError if "dtype" not in match else TypeError, match=match):
@@ -298,16 +328,23 @@ def test_gd_unit_upstream_fixture(upstream_fixture, backend, kind, factory, hidd
     (0.05 * sum(getattr(res, n) for n in kept)).backward()
     for name, prm in unit.named_parameters():
         ref = fx["grads"][f"gd_{kind}.{name}"].to(DEV)
-        torch.testing.assert_close(prm.grad, ref, rtol=1e-4, atol=1e-6 * max(1.0, ref.abs().max().item()),
-                                   msg=lambda m: f"{kind} {name}: {m}")
+        torch.testing.assert_close(
+            prm.grad, ref, rtol=1e-4, atol=1e-6 * max(1.0, ref.abs().max().item()), msg=lambda m: f"{kind} {name}: {m}"
+        )
     torch.testing.assert_close(unit.last_mean_edges, io[f"edges_{kind}"].mean(1))
     assert unit.last_mean_edges.grad_fn is None
 
 
 def test_gd_unit_layout_and_errors():
     unit = homo_gd(30)
-    assert list(unit.state_dict()) == ["W_logit.weight", "W_logit.bias", "W_repr.weight", "W_repr.bias",
-                                       "W_edge.weight", "W_edge.bias"]
+    assert list(unit.state_dict()) == [
+        "W_logit.weight",
+        "W_logit.bias",
+        "W_repr.weight",
+        "W_repr.bias",
+        "W_edge.weight",
+        "W_edge.bias",
+    ]
     assert unit.edge_names == ["V→L", "A→L", "L→V", "A→V", "L→A", "V→A"] == edge_names(3)
     assert unit.repr_metric == "l1" and hetero_gd(60).repr_metric == "cosine"
     assert sum(p.numel() for p in unit.parameters()) == 64 * 1 + 64 + 64 * 30 + 64 + 256 + 1
@@ -342,11 +379,13 @@ def test_edge_readout_and_table():
 
 # ---- GPU tier ----
 
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("B", [1, 16, 64])
-@pytest.mark.parametrize("M,scope,rm,R,G", [(2, "target", "l1", 30, 64), (3, "joint", "cosine", 60, 32),
-                                            (5, "target", "cosine", 30, 64)])
+@pytest.mark.parametrize(
+    "M,scope,rm,R,G", [(2, "target", "l1", 30, 64), (3, "joint", "cosine", 60, 32), (5, "target", "cosine", 30, 64)]
+)
 def test_gpu_parity(M, scope, rm, R, G, B, dtype):
     t, p = make_inputs(M, B, 1, R, G, seed=B + M, scope=scope, dtype=dtype, device="cuda")
     ref_t = {k: v.detach().double().requires_grad_() for k, v in t.items()}  # the same rounded inputs
@@ -361,8 +400,9 @@ def test_gpu_parity(M, scope, rm, R, G, B, dtype):
     scale = max(1.0, *(g.abs().max().item() for g in g_ref))  # bias grads are ~0 (shift invariance): global atol
     for name, a, b in zip(PARAMS, grads_of(ours, t, wts), g_ref):
         assert a.dtype == dtype
-        torch.testing.assert_close(a.double(), b, rtol=tol["rtol"], atol=tol["atol"] * scale,
-                                   msg=lambda m: f"grad {name}: {m}")
+        torch.testing.assert_close(
+            a.double(), b, rtol=tol["rtol"], atol=tol["atol"] * scale, msg=lambda m: f"grad {name}: {m}"
+        )
 
 
 @pytest.mark.gpu
@@ -372,7 +412,9 @@ def test_gpu_fixture_and_determinism(upstream_fixture):
     unit.load_state_dict(upstream_fixture["gd_hetero_state_dict"], strict=True)
     res = [unit(io["logits_hetero"].cuda(), io["reprs_hetero"].cuda()) for _ in range(2)]
     torch.testing.assert_close(res[0].edges.cpu(), io["edges_hetero"], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(res[0].loss_repr.cpu(), upstream_fixture["losses"]["loss_repr_hetero"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        res[0].loss_repr.cpu(), upstream_fixture["losses"]["loss_repr_hetero"], rtol=1e-5, atol=1e-6
+    )
     assert torch.equal(res[0].edges, res[1].edges) and torch.equal(res[0].loss_reg, res[1].loss_reg)
 
 
@@ -383,6 +425,7 @@ def test_launch_budget_fwd_bwd(make):
     (CPU proxy of the GPU profiler count that the benchmark records.)"""
     import dmd_fast.kernels.graph_distill as kernels
     from dmd_fast.bench.launches import count_launches
+
     torch.manual_seed(0)
     unit = make(50, backend="triton").to(DEV)
     unit.check_finite = False  # DMDSystem's setting: no per-step host sync

@@ -5,6 +5,7 @@ next replay, warm-up, eager fallback for the short last batch, in-place gradient
 through an engine that replays by re-running the captured function; the result must equal the
 eager trainer bit for bit. GPU tier: a real CUDA graph against the eager trainer.
 """
+
 import pytest
 import torch
 
@@ -16,8 +17,16 @@ from dmd_fast.train.graphed_step import CaptureError, GraphedTrainStep
 from dmd_fast.train.trainer import Trainer, TrainOptions
 
 CFG = get_preset("tiny").replace(batch_size=8, update_epochs=2)
-NO_DROPOUT = dict(attn_dropout=0.0, attn_dropout_a=0.0, attn_dropout_v=0.0, embed_dropout=0.0,
-                  text_dropout=0.0, output_dropout=0.0, relu_dropout=0.0, res_dropout=0.0)
+NO_DROPOUT = dict(
+    attn_dropout=0.0,
+    attn_dropout_a=0.0,
+    attn_dropout_v=0.0,
+    embed_dropout=0.0,
+    text_dropout=0.0,
+    output_dropout=0.0,
+    relu_dropout=0.0,
+    res_dropout=0.0,
+)
 
 
 class RerunEngine:
@@ -49,15 +58,29 @@ class RerunEngine:
             self.static[k].copy_(v)
 
 
-def _trainer(tmp, cfg=CFG, n=(44, 8, 8), epochs=2, device="cpu", cuda_graph=False, engine_cls=None,
-             backend="reference", **options):
+def _trainer(
+    tmp,
+    cfg=CFG,
+    n=(44, 8, 8),
+    epochs=2,
+    device="cpu",
+    cuda_graph=False,
+    engine_cls=None,
+    backend="reference",
+    **options,
+):
     torch.manual_seed(5)
     loaders = make_loaders(synthetic_datasets(cfg, *n, seed=5), batch_size=cfg.batch_size, seed=5)
     system = DMDSystem(cfg, backend=backend)
     engine = engine_cls(system.parameters()) if engine_cls else None
-    tr = Trainer(system, loaders, TrainOptions(max_epochs=epochs, out_dir=str(tmp), device=device,
-                                               log_every_epoch=False, cuda_graph=cuda_graph, **options),
-                 graph_engine=engine)
+    tr = Trainer(
+        system,
+        loaders,
+        TrainOptions(
+            max_epochs=epochs, out_dir=str(tmp), device=device, log_every_epoch=False, cuda_graph=cuda_graph, **options
+        ),
+        graph_engine=engine,
+    )
     return tr, engine
 
 
@@ -97,6 +120,7 @@ def test_gradient_reallocation_during_capture_is_caught():
         def capture(self, fn, *args):
             p.grad = torch.zeros(3)  # what an out-of-place accumulation would do
             return {}
+
     step = GraphedTrainStep(lambda x: {"y": x}, [p], "cpu", warmup=1, engine=Reallocates([p]))
     step(torch.ones(2))
     with pytest.raises(CaptureError, match="re-allocated during capture"):
@@ -112,13 +136,15 @@ def test_gpu_cuda_graph_trainer_matches_eager(tmp_path):
     for backend in ("reference", "triton"):
         eager, _ = _trainer(tmp_path / f"eager_{backend}", cfg, n, epochs=1, device="cuda", backend=backend)
         eager.fit()
-        graphed, _ = _trainer(tmp_path / f"graph_{backend}", cfg, n, epochs=1, device="cuda", cuda_graph=True,
-                              backend=backend)
+        graphed, _ = _trainer(
+            tmp_path / f"graph_{backend}", cfg, n, epochs=1, device="cuda", cuda_graph=True, backend=backend
+        )
         graphed.fit()
         assert graphed._step.captured and graphed._step.calls["replay"] == 3
         for k, v in eager.system.state_dict().items():
-            torch.testing.assert_close(graphed.system.state_dict()[k], v, rtol=1e-4, atol=1e-5,
-                                       msg=lambda m: f"{backend} {k}: {m}")
+            torch.testing.assert_close(
+                graphed.system.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=lambda m: f"{backend} {k}: {m}"
+            )
 
 
 @pytest.mark.gpu
@@ -127,8 +153,9 @@ def test_gpu_cuda_graph_with_autocast_and_dropout(tmp_path, amp):
     """Graph replay with autocast (fp16: the loss scaler's device tensors inside the graph) and
     dropout (in-kernel Philox and torch's generator, fresh bits per replay): trains, stays finite."""
     cfg = get_preset("mosi-unaligned").replace(batch_size=16)
-    tr, _ = _trainer(tmp_path, cfg, (16 * 8, 16, 16), epochs=2, device="cuda", cuda_graph=True,
-                     backend="triton", amp=amp)
+    tr, _ = _trainer(
+        tmp_path, cfg, (16 * 8, 16, 16), epochs=2, device="cuda", cuda_graph=True, backend="triton", amp=amp
+    )
     tr.fit()
     assert tr._step.captured and tr._step.calls["replay"] == 2 * 8 - 3
     losses = [h["train"]["Loss"] for h in tr.history]
@@ -140,12 +167,14 @@ def test_gpu_replays_draw_fresh_dropout():
     """Each replay draws new dropout bits (the kernels' seed and torch's dropout both come from the
     graph-safe default generator), as eager calls do."""
     from dmd_fast.ops.attention import cross_modal_attention
+
     gen = torch.Generator(device="cuda").manual_seed(0)
     k, v = (torch.randn(2, 2, 16, 5, device="cuda", generator=gen) for _ in range(2))
 
     def fn(q):
         o = cross_modal_attention(q, k, v, dropout_p=0.5, backend="triton")
         return {"attn": o.detach(), "torch": torch.nn.functional.dropout(q, 0.5).detach()}
+
     step = GraphedTrainStep(fn, [], "cuda", warmup=1)
     q = torch.randn(2, 2, 8, 5, device="cuda", generator=gen)
     step(q)

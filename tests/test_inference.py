@@ -9,12 +9,13 @@ PyTorch makes"), or 1e-6 absolute when that is larger: with one or two samples p
 paths' rounding (different GEMM shapes) can differ by a few ulps by chance (seen: 1.6e-7 against
 6.7e-8 for the full path, at logits of magnitude ~0.3).
 """
+
 import pytest
 import torch
+from tiers import HAS_CUDA
 
 from dmd_fast.model.config import get_preset
 from dmd_fast.model.dmd import DMD, MODALITIES
-from tiers import HAS_CUDA
 
 DEV = "cuda" if HAS_CUDA else "cpu"
 FP32_ATOL = 1e-6  # ~10 fp32 ulps of these O(0.1-1) logits; a semantic slip moves them by 1e-2 or more
@@ -76,8 +77,7 @@ def test_pruned_forward_skips_everything_output_logit_does_not_read():
         getattr(model, name).register_forward_hook(lambda mod, inp, out, name=name: called.append(name))
     for name, enc in model.encoders().items():
         for i, layer in enumerate(enc.layers):
-            layer.fc1.register_forward_hook(
-                lambda mod, inp, out, key=(name, i): rows.__setitem__(key, inp[0].shape[0]))
+            layer.fc1.register_forward_hook(lambda mod, inp, out, key=(name, i): rows.__setitem__(key, inp[0].shape[0]))
     x = _inputs(cfg, dtype=torch.float32)
     model.predict(*x)
     assert called == []
@@ -123,6 +123,7 @@ def test_inference_kernel_counts_pruned_below_full_forward():
     eval forward on both backends, reads no host scalar, and launches one grouped attention per
     encoder layer (2 self-attention + 2 cross-modal + 3 memory layers)."""
     from dmd_fast.bench.launches import format_counts, inference_launch_counts
+
     res = inference_launch_counts("tiny", batch=1)
     b = res["backends"]
     for backend in ("reference", "triton"):

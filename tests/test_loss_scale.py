@@ -1,4 +1,5 @@
 """fp16 loss scaling with upstream's per-backward clipping (dmd_fast.train.loss_scale)."""
+
 import pytest
 import torch
 
@@ -44,7 +45,7 @@ def test_scaled_training_equals_unscaled_bitwise(clip):
     batches = _batches(6)
     ref, ours = _model(), _model()
     _train(ref, None, batches, clip)
-    scaler = ClipAwareLossScaler("cpu", init_scale=2.0 ** 10)
+    scaler = ClipAwareLossScaler("cpu", init_scale=2.0**10)
     _train(ours, scaler, batches, clip)
     for a, b in zip(ref.parameters(), ours.parameters()):
         assert torch.equal(a, b)
@@ -72,8 +73,11 @@ def _one_batch_window(model, scaler, opt, overflow=False, step=True):
 
 def _setup():
     model = _model()
-    return model, ClipAwareLossScaler("cpu", init_scale=2.0 ** 10), torch.optim.Adam(model.parameters(), lr=1e-2,
-                                                                                      fused=True)
+    return (
+        model,
+        ClipAwareLossScaler("cpu", init_scale=2.0**10),
+        torch.optim.Adam(model.parameters(), lr=1e-2, fused=True),
+    )
 
 
 def test_overflow_skips_the_step_and_backs_off():
@@ -83,10 +87,10 @@ def test_overflow_skips_the_step_and_backs_off():
     for a, b in zip(before, model.parameters()):
         assert torch.equal(a, b)
     assert all(s["step"].item() == 0 for s in opt.state.values())
-    assert scaler.get_scale() == 2.0 ** 9
+    assert scaler.get_scale() == 2.0**9
     _one_batch_window(model, scaler, opt)  # a clean window afterwards updates the parameters
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert scaler.get_scale() == 2.0 ** 9
+    assert scaler.get_scale() == 2.0**9
 
 
 def test_overflow_in_a_dropped_window_does_not_skip_the_next_step():
@@ -97,7 +101,7 @@ def test_overflow_in_a_dropped_window_does_not_skip_the_next_step():
     before = [p.detach().clone() for p in model.parameters()]
     _one_batch_window(model, scaler, opt)
     assert not any(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert scaler.get_scale() == 2.0 ** 10
+    assert scaler.get_scale() == 2.0**10
 
 
 def test_growth_after_interval_and_state_roundtrip():

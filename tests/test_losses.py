@@ -1,4 +1,5 @@
 """Loss terms: vectorised margin loss equals upstream's loop; orthogonality semantics."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,8 +20,8 @@ def test_margin_loss_matches_loop(B, d, n_labels):
     mine = margin_loss(ids, feats)
     torch.testing.assert_close(mine, ref, rtol=1e-12, atol=1e-12)
     if ref.requires_grad:
-        g_ref, = torch.autograd.grad(ref, feats)
-        g_mine, = torch.autograd.grad(mine, feats)
+        (g_ref,) = torch.autograd.grad(ref, feats)
+        (g_mine,) = torch.autograd.grad(mine, feats)
         torch.testing.assert_close(g_mine, g_ref, rtol=1e-10, atol=1e-12)
 
 
@@ -35,8 +36,9 @@ def test_margin_loss_fixture(upstream_fixture):
 def test_ort_torch19_equals_documented_cosine_embedding():
     T, B, d = 7, 4, 5
     s, c = torch.randn(T, B, d, dtype=torch.float64), torch.randn(T, B, d, dtype=torch.float64)
-    stock = F.cosine_embedding_loss(s.permute(0, 2, 1).reshape(-1, B), c.permute(0, 2, 1).reshape(-1, B),
-                                    torch.tensor([-1.0], dtype=torch.float64))
+    stock = F.cosine_embedding_loss(
+        s.permute(0, 2, 1).reshape(-1, B), c.permute(0, 2, 1).reshape(-1, B), torch.tensor([-1.0], dtype=torch.float64)
+    )
     torch.testing.assert_close(orthogonality_loss(s, c, "torch19"), stock)
 
 

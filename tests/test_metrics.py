@@ -1,4 +1,5 @@
 """Regression metrics (docs/upstream-semantics.md, "Metrics"), checked against hand computations."""
+
 import math
 
 import numpy as np
@@ -30,8 +31,17 @@ def test_hand_computed_case():
     assert m["Acc_3"] == pytest.approx(5 / 7)
     assert m["MAE"] == pytest.approx((0.2 + 0.1 + 0.3 + 1.0 + 2.1 + 0.6 + 0.1) / 7)
     assert m["Corr"] == pytest.approx(np.corrcoef(PRED, TRUTH)[0, 1])
-    assert set(m) == {"Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score",
-                      "Acc_7", "Acc_5", "Acc_3", "MAE", "Corr"}
+    assert set(m) == {
+        "Has0_acc_2",
+        "Has0_F1_score",
+        "Non0_acc_2",
+        "Non0_F1_score",
+        "Acc_7",
+        "Acc_5",
+        "Acc_3",
+        "MAE",
+        "Corr",
+    }
     assert all(isinstance(v, float) for v in m.values())
 
 

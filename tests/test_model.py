@@ -1,4 +1,5 @@
 """DMD model and MulT modules (reference backend): presets, layout, modules, bad input."""
+
 import pytest
 import torch
 
@@ -13,8 +14,9 @@ def _count(cfg):
     return sum(p.numel() for p in DMD(cfg, backend="reference").parameters())
 
 
-@pytest.mark.parametrize("name,millions", [("mosi-aligned", 4.7), ("mosi-unaligned", 12.6),
-                                           ("mosei-aligned", 1.8), ("mosei-unaligned", 5.1)])
+@pytest.mark.parametrize(
+    "name,millions", [("mosi-aligned", 4.7), ("mosi-unaligned", 12.6), ("mosei-aligned", 1.8), ("mosei-unaligned", 5.1)]
+)
 def test_preset_parameter_counts(name, millions):
     """docs/upstream-semantics.md, "Parameter counts": non-BERT parameter counts per preset."""
     assert abs(_count(get_preset(name)) / 1e6 - millions) < 0.05
@@ -31,8 +33,11 @@ def test_preset_conv_out_lens():
 def _inputs(cfg, B=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     (tl, ta, tv), (dl, da, dv) = cfg.seq_lens, cfg.feature_dims
-    return (torch.randn(B, tl, dl, generator=g), torch.randn(B, ta, da, generator=g),
-            torch.randn(B, tv, dv, generator=g))
+    return (
+        torch.randn(B, tl, dl, generator=g),
+        torch.randn(B, ta, da, generator=g),
+        torch.randn(B, tv, dv, generator=g),
+    )
 
 
 def test_tiny_forward_shapes_and_determinism():
@@ -55,12 +60,15 @@ def test_tiny_forward_shapes_and_determinism():
     assert not torch.equal(a, b), "train-mode dropout should change the output"
 
 
-@pytest.mark.parametrize("case,match", [
-    ("short_audio", "audio: expected shape"),
-    ("batch", "batch size"),
-    ("int_vision", "vision: expected a floating"),
-    ("not_tensor", "text: expected a tensor"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("short_audio", "audio: expected shape"),
+        ("batch", "batch size"),
+        ("int_vision", "vision: expected a floating"),
+        ("not_tensor", "text: expected a tensor"),
+    ],
+)
 def test_model_bad_inputs(case, match):
     cfg = PRESETS["tiny"]
     model = DMD(cfg, backend="reference")
@@ -136,6 +144,7 @@ def test_positional_embedding_zero_frames_and_integer_positions():
 def test_encoder_under_torch_compile_with_dropout_and_dynamic_batch():
     """Trainer(compile=True) path: train-mode dropout traces, also after a batch-size change."""
     from dmd_fast.nn.transformer import TransformerEncoder
+
     torch.manual_seed(0)
     enc = TransformerEncoder(8, 2, 1, attn_dropout=0.3, attn_mask=True, backend="reference").train()
     compiled = torch.compile(enc)
@@ -155,9 +164,12 @@ def test_mha_dense_mask_refuses_other_masks():
 
 def test_encoder_flag_is_offset_causal_with_upstreams_attn_mask_as_alias():
     from dmd_fast.nn.transformer import TransformerEncoder
+
     assert TransformerEncoder(8, 2, 1, offset_causal=True, backend="reference").offset_causal is True
     assert TransformerEncoder(8, 2, 1, attn_mask=True, backend="reference").offset_causal is True
-    assert TransformerEncoder(8, 2, 1, 0.0, 0.0, 0.0, 0.0, True, backend="reference").offset_causal is True  # MulT order
+    assert (
+        TransformerEncoder(8, 2, 1, 0.0, 0.0, 0.0, 0.0, True, backend="reference").offset_causal is True
+    )  # MulT order
     assert TransformerEncoder(8, 2, 1, backend="reference").offset_causal is False
     with pytest.raises(ValueError, match="attn_mask"):
         TransformerEncoder(8, 2, 1, offset_causal=True, attn_mask=False, backend="reference")

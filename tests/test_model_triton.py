@@ -1,10 +1,11 @@
 """The DMD model on the Triton kernels (interpreter on the CPU): upstream parity and grouped launches."""
+
 import torch
+from tiers import HAS_CUDA, fixture_path
 
 from dmd_fast.model.config import get_preset
 from dmd_fast.model.system import DMDSystem
 from dmd_fast.parity import run_parity
-from tiers import HAS_CUDA, fixture_path
 
 DEV = "cuda" if HAS_CUDA else "cpu"
 
@@ -57,14 +58,19 @@ def test_train_step_launches_and_no_host_sync():
     import dmd_fast.kernels.attention as ka
     import dmd_fast.kernels.graph_distill as kg
     from dmd_fast.bench.launches import count_launches
+
     cfg = get_preset("tiny")
     torch.manual_seed(0)
     system = DMDSystem(cfg, backend="triton").to(DEV).train()
     batch = _batch(cfg, B=2)
     _, losses = system(*batch)
     losses["total"].backward()  # warm: compile, descriptor tables
-    with count_launches((ka, "attention_fwd_kernel"), (ka, "attention_bwd_dq_kernel"),
-                        (ka, "attention_bwd_dkv_kernel"), (kg, "graph_distill_fwd_kernel")) as c:
+    with count_launches(
+        (ka, "attention_fwd_kernel"),
+        (ka, "attention_bwd_dq_kernel"),
+        (ka, "attention_bwd_dkv_kernel"),
+        (kg, "graph_distill_fwd_kernel"),
+    ) as c:
         _, losses = system(*batch)
         losses["total"].backward()
     assert c.syncs == [], c.syncs

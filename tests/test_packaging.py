@@ -24,8 +24,18 @@ def test_wheel_contains_every_package(tmp_path):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
-           str(src)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(tmp_path),
+        str(src),
+    ]
     subprocess.run(cmd, check=True, cwd=tmp_path, capture_output=True, text=True)
     (wheel,) = tmp_path.glob("dmd_fast-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

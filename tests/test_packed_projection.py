@@ -1,10 +1,11 @@
 """Packed q/k/v in-projection (dmd_fast.nn.packed_projection) against upstream's sliced F.linear."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dmd_fast.nn.packed_projection import packed_in_projection
 from dmd_fast.bench.launches import count_launches
+from dmd_fast.nn.packed_projection import packed_in_projection
 
 
 def _inputs(E=10, Tq=7, Tk=9, B=3, dtype=torch.float32, bias=True, seed=0):
@@ -15,8 +16,10 @@ def _inputs(E=10, Tq=7, Tk=9, B=3, dtype=torch.float32, bias=True, seed=0):
 
 def _sliced(x_q, x_k, x_v, w, b):
     E = w.shape[1]
-    return tuple(F.linear(x, w[i * E:(i + 1) * E], None if b is None else b[i * E:(i + 1) * E])
-                 for i, x in enumerate((x_q, x_k, x_v)))
+    return tuple(
+        F.linear(x, w[i * E : (i + 1) * E], None if b is None else b[i * E : (i + 1) * E])
+        for i, x in enumerate((x_q, x_k, x_v))
+    )
 
 
 def _clone(ts):
@@ -79,4 +82,3 @@ def test_bad_shapes():
         packed_in_projection(x_q, x_k, x_v, w, b[:5])
     with pytest.raises(ValueError, match="x_k: expected last dim E=10"):
         packed_in_projection(x_q, x_k[..., :4], x_v, w, b)
-

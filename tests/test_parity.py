@@ -1,16 +1,14 @@
 """Parity with the real upstream DMD (shared fixture), and proof that the check catches bugs."""
-import math
 
 import pytest
 import torch
+from tiers import fixture_path
 
 import dmd_fast.reference.attention as ref_attention
 from dmd_fast.cli import main
 from dmd_fast.model.dmd import DMD
 from dmd_fast.model.system import DMDSystem
 from dmd_fast.parity import FixtureError, run_parity
-
-from tiers import fixture_path
 
 
 def test_reference_parity_passes(capsys):
@@ -31,12 +29,14 @@ def test_cli_parity_exit_code(capsys):
 
 def test_parity_catches_wrong_loss_weight(monkeypatch):
     import dmd_fast.model.system as system_mod
+
     real = system_mod.dmd_losses
 
     def wrong_weight(*a, **k):
         L = real(*a, **k)
         L["total"] = L["total"] + 0.01 * L["loss_ort"]  # ort weight 0.02 instead of 0.01
         return L
+
     monkeypatch.setattr(system_mod, "dmd_losses", wrong_weight)
     report = run_parity(fixture_path(), backend="reference")
     assert not report.passed
@@ -48,6 +48,7 @@ def test_parity_catches_wrong_mask(monkeypatch):
     def plain_causal(len_q, len_k, device=None):
         i = torch.arange(len_q, device=device).unsqueeze(1)
         return torch.arange(len_k, device=device).unsqueeze(0) <= i  # no |Lk − Lq| offset
+
     monkeypatch.setattr(ref_attention, "offset_causal_mask", plain_causal)
     report = run_parity(fixture_path(), backend="reference")
     assert not report.passed
@@ -86,6 +87,7 @@ def test_parity_rejects_bad_fixture(tmp_path):
 
 def test_upstream_state_dict_loads_strictly(upstream_fixture):
     from dmd_fast.model.config import config_from_fixture
+
     model = DMD(config_from_fixture(upstream_fixture["config"]), backend="reference")
     assert [n for n, _ in upstream_fixture["param_names"]] == list(model.state_dict().keys())
     model.load_state_dict(upstream_fixture["state_dict"], strict=True)

@@ -1,4 +1,5 @@
 """dmd-fast predict: train -> predict round trip, CSV rows, metrics, unlabelled pickles, clear errors."""
+
 import csv
 import json
 
@@ -14,8 +15,10 @@ from dmd_fast.data.synthetic import make_synthetic
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    assert main(["train", "--epochs", "1", "--synthetic-sizes", "32,16,20", "--out", str(out),
-                 "--backend", "reference"]) == 0
+    assert (
+        main(["train", "--epochs", "1", "--synthetic-sizes", "32,16,20", "--out", str(out), "--backend", "reference"])
+        == 0
+    )
     return out
 
 
@@ -27,8 +30,24 @@ def _rows(path):
 def test_train_then_predict_writes_one_row_per_test_sample_and_metrics(trained, capsys):
     capsys.readouterr()
     preds = trained / "preds.csv"
-    assert main(["predict", "--checkpoint", str(trained / "best.pt"), "--synthetic-sizes", "32,16,20",
-                 "--batch-size", "3", "--backend", "reference", "--out", str(preds)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(trained / "best.pt"),
+                "--synthetic-sizes",
+                "32,16,20",
+                "--batch-size",
+                "3",
+                "--backend",
+                "reference",
+                "--out",
+                str(preds),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     rows = _rows(preds)
     test = make_synthetic({"feature_dims": (32, 8, 12), "seq_lens": (12, 14, 16)}, 32, 16, 20)["test"]
@@ -68,16 +87,19 @@ def test_predict_errors_are_one_line_with_exit_2(trained, tmp_path, capsys):
     obj["model"].pop("dmd.out_layer.bias")
     torch.save(obj, broken)
     mosi = write_mmsa_pickle(tmp_path / "mosi.pkl", make_synthetic("mosi_aligned", 1, 1, 2))
-    no_test = write_mmsa_pickle(tmp_path / "train_only.pkl",
-                                {"train": make_synthetic({"feature_dims": (32, 8, 12), "seq_lens": (12, 14, 16)},
-                                                         2, 1, 1)["train"]})
-    cases = [(["--checkpoint", str(bad)], "could not be read"),
-             (["--checkpoint", str(other)], "expected 'dmd_fast.checkpoint/1'"),
-             (["--checkpoint", str(broken)], "DMD weights do not match preset 'tiny'"),
-             (["--checkpoint", ckpt, "--data", mosi], "feature dim 768 does not match expected 32"),
-             (["--checkpoint", ckpt, "--data", no_test], "missing split(s) ['test']"),
-             (["--checkpoint", ckpt, "--data", str(tmp_path / "nope.pkl")], "nope.pkl"),
-             (["--checkpoint", ckpt, "--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0")]
+    no_test = write_mmsa_pickle(
+        tmp_path / "train_only.pkl",
+        {"train": make_synthetic({"feature_dims": (32, 8, 12), "seq_lens": (12, 14, 16)}, 2, 1, 1)["train"]},
+    )
+    cases = [
+        (["--checkpoint", str(bad)], "could not be read"),
+        (["--checkpoint", str(other)], "expected 'dmd_fast.checkpoint/1'"),
+        (["--checkpoint", str(broken)], "DMD weights do not match preset 'tiny'"),
+        (["--checkpoint", ckpt, "--data", mosi], "feature dim 768 does not match expected 32"),
+        (["--checkpoint", ckpt, "--data", no_test], "missing split(s) ['test']"),
+        (["--checkpoint", ckpt, "--data", str(tmp_path / "nope.pkl")], "nope.pkl"),
+        (["--checkpoint", ckpt, "--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0"),
+    ]
     for argv, expected in cases:
         capsys.readouterr()
         assert main(["predict", "--backend", "reference"] + argv) == 2, argv

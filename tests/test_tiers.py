@@ -15,7 +15,7 @@ def test_every_cuda_only_test_is_marked_gpu():
 
 
 def test_checker_finds_an_unmarked_cuda_test():
-    src = '''
+    src = """
 import pytest
 
 def test_gpu_thing():
@@ -43,7 +43,7 @@ def test_marked(a):
 
 def test_cpu():
     x = torch.ones(2, device="cpu")
-'''
+"""
     bad = [b.split(":")[0] for b in unmarked_cuda_tests(src)]
     assert bad == ["test_gpu_thing", "test_skipped_by_hand", "test_body_skip", "test_cuda_tensors", "test_moves"]
     assert unmarked_cuda_tests("import pytest\npytestmark = pytest.mark.gpu\ndef test_gpu_a():\n    pass\n") == []

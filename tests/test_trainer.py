@@ -1,4 +1,5 @@
 """Trainer: upstream accumulation/clipping, learning on synthetic data, resume after a kill."""
+
 import json
 
 import pytest
@@ -18,8 +19,11 @@ def _trainer(tmp, seed=3, epochs=3, n=(40, 16, 16), resume=False, backend="refer
     torch.manual_seed(seed if init_seed is None else init_seed)
     loaders = make_loaders(synthetic_datasets(CFG, *n, seed=seed), batch_size=CFG.batch_size, seed=seed)
     system = DMDSystem(CFG, backend=backend)
-    return Trainer(system, loaders, TrainOptions(max_epochs=epochs, out_dir=str(tmp), device="cpu",
-                                                 log_every_epoch=False, resume=resume, amp=amp))
+    return Trainer(
+        system,
+        loaders,
+        TrainOptions(max_epochs=epochs, out_dir=str(tmp), device="cpu", log_every_epoch=False, resume=resume, amp=amp),
+    )
 
 
 def test_accumulation_window_and_clipping(tmp_path, monkeypatch):
@@ -47,6 +51,7 @@ def test_resume_after_kill_is_bitwise(tmp_path):
         if killed.epoch == 3:
             raise KeyboardInterrupt("simulated kill")
         return real()
+
     killed.train_epoch = dies_in_epoch_3
     with pytest.raises(KeyboardInterrupt):
         killed.fit()
@@ -94,8 +99,11 @@ def test_corrupt_or_mismatched_checkpoint(tmp_path):
         load_checkpoint(bad, tr)
     other_cfg = CFG.replace(d_model=8)
     torch.manual_seed(0)
-    other = Trainer(DMDSystem(other_cfg, backend="reference"), tr.loaders,
-                    TrainOptions(max_epochs=1, out_dir=str(tmp_path / "o"), device="cpu", log_every_epoch=False))
+    other = Trainer(
+        DMDSystem(other_cfg, backend="reference"),
+        tr.loaders,
+        TrainOptions(max_epochs=1, out_dir=str(tmp_path / "o"), device="cpu", log_every_epoch=False),
+    )
     with pytest.raises(CheckpointError, match="different model config"):
         load_checkpoint(tmp_path / "last.pt", other)
 
@@ -108,8 +116,11 @@ def test_training_learns_synthetic(tmp_path):
     loaders = make_loaders(datasets, batch_size=16, seed=0)
     labels = torch.cat([b["label"] for b in loaders["valid"]]).view(-1)
     constant_l1 = (labels - labels.median()).abs().mean().item()
-    tr = Trainer(DMDSystem(cfg, backend="reference"), loaders,
-                 TrainOptions(max_epochs=10, out_dir=str(tmp_path), device="cpu", log_every_epoch=False))
+    tr = Trainer(
+        DMDSystem(cfg, backend="reference"),
+        loaders,
+        TrainOptions(max_epochs=10, out_dir=str(tmp_path), device="cpu", log_every_epoch=False),
+    )
     result = tr.fit()
     assert result.best_valid_loss < 0.8 * constant_l1
     assert result.test["Non0_acc_2"] > 0.65  # chance: 0.5

@@ -22,13 +22,14 @@ GD providers: ``ours`` (``dmd_fast.ops.graph_distill``, backend="triton"), ``eag
 
 A provider that cannot run a case raises :class:`Unsupported` with the reason; suites record it.
 """
+
 from __future__ import annotations
 
 import inspect
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,7 @@ class Unsupported(Exception):
 @dataclass(frozen=True)
 class AttnCase:
     """One attention problem: (B, H, Lq, D) queries against (B, H, Lk, D) keys/values."""
+
     B: int
     H: int
     Lq: int
@@ -62,8 +64,16 @@ class AttnCase:
         return f"{self.Lq}x{self.Lk} d{self.D} H{self.H} B{self.B} {self.dtype} {mask} p{self.dropout_p:g}"
 
     def as_dict(self) -> dict:
-        return {"B": self.B, "H": self.H, "Lq": self.Lq, "Lk": self.Lk, "D": self.D, "dtype": self.dtype,
-                "offset_causal": self.offset_causal, "dropout_p": self.dropout_p}
+        return {
+            "B": self.B,
+            "H": self.H,
+            "Lq": self.Lq,
+            "Lk": self.Lk,
+            "D": self.D,
+            "dtype": self.dtype,
+            "offset_causal": self.offset_causal,
+            "dropout_p": self.dropout_p,
+        }
 
 
 @dataclass
@@ -73,6 +83,7 @@ class Built:
     ``prepare`` (untimed) maps one input set (q, k, v, g) to the tensors the provider takes (e.g. a
     bf16 copy); ``extra`` holds facts for the report (chosen SDPA backend, block-mask build time).
     """
+
     fn: Callable
     equivalent: bool = True
     note: str = ""
@@ -85,7 +96,7 @@ class ProviderSpec:
     name: str
     label: str
     build: Callable
-    compiled: bool = False      # goes through torch.compile (slow first call)
+    compiled: bool = False  # goes through torch.compile (slow first call)
     cuda_only: bool = False
 
 
@@ -98,8 +109,9 @@ def make_attention_inputs(case: AttnCase, device, n_sets: int = 3, seed: int = 0
         k = torch.randn(case.B, case.H, case.Lk, case.D, generator=gen)
         v = torch.randn(case.B, case.H, case.Lk, case.D, generator=gen)
         g = torch.randn(case.B, case.H, case.Lq, case.D, generator=gen)
-        sets.append(tuple(t.to(device=device, dtype=case.torch_dtype).requires_grad_(i < 3)
-                          for i, t in enumerate((q, k, v, g))))
+        sets.append(
+            tuple(t.to(device=device, dtype=case.torch_dtype).requires_grad_(i < 3) for i, t in enumerate((q, k, v, g)))
+        )
     return sets
 
 
@@ -117,14 +129,20 @@ def _is_cpu(device) -> bool:
 # attention providers
 # ------------------------------------------------------------------------------------------------
 
+
 def _build_ours(case: AttnCase, device, sample) -> Built:
     from dmd_fast.ops.backend import interpreter_enabled
+
     if _is_cpu(device):
         if not interpreter_enabled():
-            raise Unsupported("ours on the CPU needs the Triton interpreter: set TRITON_INTERPRET=1 "
-                              "before starting (skipped)")
+            raise Unsupported(
+                "ours on the CPU needs the Triton interpreter: set TRITON_INTERPRET=1 before starting (skipped)"
+            )
         if case.dtype in ("bf16", "fp16"):
-            raise Unsupported(f"{case.dtype} under the Triton interpreter is unreliable (docs/testing.md, 'The interpreter and 16-bit dtypes')")
+            raise Unsupported(
+                f"{case.dtype} under the Triton interpreter is unreliable "
+                "(docs/testing.md, 'The interpreter and 16-bit dtypes')"
+            )
     try:
         from dmd_fast.ops.attention import cross_modal_attention
     except ImportError as exc:
@@ -133,6 +151,7 @@ def _build_ours(case: AttnCase, device, sample) -> Built:
 
     def fn(q, k, v):
         return cross_modal_attention(q, k, v, **kw)
+
     return Built(fn, note="fused Triton kernel, in-kernel dropout")
 
 
@@ -154,10 +173,11 @@ def _eager_core(q, k, v, mask, scale: float, dropout_p: float):
 
 def _eager_fn(case: AttnCase, device):
     mask = upstream_future_mask(case.Lq, case.Lk, device) if case.offset_causal else None
-    scale, p = case.D ** -0.5, case.dropout_p
+    scale, p = case.D**-0.5, case.dropout_p
 
     def fn(q, k, v):
         return _eager_core(q, k, v, mask, scale, p)
+
     return fn
 
 
@@ -181,19 +201,28 @@ def sdpa_backend_name(q, k, v, attn_mask, dropout_p: float, scale: float | None)
         return f"unknown ({type(exc).__name__}: {exc})"
     try:
         from torch.nn.attention import SDPBackend
+
         return SDPBackend(idx).name
     except Exception:
-        return {-1: "ERROR", 0: "MATH", 1: "FLASH_ATTENTION", 2: "EFFICIENT_ATTENTION",
-                3: "CUDNN_ATTENTION", 4: "OVERRIDEABLE"}.get(int(idx), str(idx))
+        return {
+            -1: "ERROR",
+            0: "MATH",
+            1: "FLASH_ATTENTION",
+            2: "EFFICIENT_ATTENTION",
+            3: "CUDNN_ATTENTION",
+            4: "OVERRIDEABLE",
+        }.get(int(idx), str(idx))
 
 
 def _build_sdpa(case: AttnCase, device, sample) -> Built:
     from dmd_fast.reference.attention import offset_causal_mask
+
     mask = offset_causal_mask(case.Lq, case.Lk, device) if case.offset_causal else None
-    scale, p = case.D ** -0.5, case.dropout_p
+    scale, p = case.D**-0.5, case.dropout_p
 
     def fn(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=scale)
+
     q, k, v = sample[:3]
     backend = sdpa_backend_name(q, k, v, mask, p, scale)
     return Built(fn, note=f"bool mask; dispatch {backend}", extra={"sdpa_backend": backend})
@@ -203,7 +232,8 @@ def _build_sdpa_flash(case: AttnCase, device, sample) -> Built:
     if _is_cpu(device):
         raise Unsupported("SDPA flash needs CUDA")
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    scale, p = case.D ** -0.5, case.dropout_p
+
+    scale, p = case.D**-0.5, case.dropout_p
 
     def fn(q, k, v):
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
@@ -211,6 +241,7 @@ def _build_sdpa_flash(case: AttnCase, device, sample) -> Built:
 
     def prepare(q, k, v, g):
         return tuple(t.detach().to(torch.bfloat16).requires_grad_(i < 3) for i, t in enumerate((q, k, v, g)))
+
     note = "NOT equivalent, lower bound: no mask, bf16"
     if case.dtype != "bf16":
         note += f" (case is {case.dtype})"
@@ -229,13 +260,14 @@ def _build_flex(case: AttnCase, device, sample) -> Built:
     except ImportError as exc:
         raise Unsupported(f"FlexAttention not available in torch {torch.__version__} ({exc})") from exc
     D, Dp = case.D, max(16, _next_pow2(case.D))
-    scale = D ** -0.5
+    scale = D**-0.5
     block_mask, build_us = None, None
     if case.offset_causal:
         off = abs(case.Lk - case.Lq)
 
         def mask_mod(b, h, q_idx, kv_idx):
             return kv_idx <= q_idx + off
+
         times = []
         for _ in range(3):
             torch.cuda.synchronize()
@@ -244,25 +276,28 @@ def _build_flex(case: AttnCase, device, sample) -> Built:
             torch.cuda.synchronize()
             times.append((time.perf_counter() - t0) * 1e6)
         build_us = sorted(times)[1]
+
     def padded(q, k, v):
         pad = (0, Dp - D)
         o = flex_attention(F.pad(q, pad), F.pad(k, pad), F.pad(v, pad), block_mask=block_mask, scale=scale)
         return o[..., :D]
+
     fn = torch.compile(padded, dynamic=False)
     equivalent = case.dropout_p == 0.0
     note = f"compiled with the pad, d padded {D}->{Dp}, BlockMask prebuilt"
     if not equivalent:
         note = f"NOT equivalent: no dropout (p=0 instead of {case.dropout_p:g}); " + note
-    return Built(fn, equivalent=equivalent, note=note,
-                 extra={"block_mask_build_us": build_us, "head_dim_padded": Dp})
+    return Built(fn, equivalent=equivalent, note=note, extra={"block_mask_build_us": build_us, "head_dim_padded": Dp})
 
 
 def _build_reference(case: AttnCase, device, sample) -> Built:
     from dmd_fast.reference.attention import cross_modal_attention
+
     kw = dict(offset_causal=case.offset_causal, dropout_p=case.dropout_p)
 
     def fn(q, k, v):
         return cross_modal_attention(q, k, v, **kw)
+
     return Built(fn, note="dmd_fast.reference (oracle)")
 
 
@@ -271,8 +306,9 @@ ATTENTION_PROVIDERS = {
     "eager": ProviderSpec("eager", "eager MulT/DMD", _build_eager),
     "compiled": ProviderSpec("compiled", "eager + torch.compile", _build_compiled, compiled=True),
     "sdpa": ProviderSpec("sdpa", "SDPA + bool mask", _build_sdpa),
-    "sdpa_flash_nomask": ProviderSpec("sdpa_flash_nomask", "SDPA flash, no mask, bf16 (lower bound)",
-                                      _build_sdpa_flash, cuda_only=True),
+    "sdpa_flash_nomask": ProviderSpec(
+        "sdpa_flash_nomask", "SDPA flash, no mask, bf16 (lower bound)", _build_sdpa_flash, cuda_only=True
+    ),
     "flex": ProviderSpec("flex", "FlexAttention (no dropout)", _build_flex, compiled=True, cuda_only=True),
     "reference": ProviderSpec("reference", "dmd_fast reference", _build_reference),
 }
@@ -282,9 +318,11 @@ ATTENTION_PROVIDERS = {
 # graph-distillation providers
 # ------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class GDCase:
     """One GD-unit problem: M modalities, batch B, logits (M, B, C), reprs (M, B, R), gd size G."""
+
     kind: str
     B: int
     R: int
@@ -299,13 +337,22 @@ class GDCase:
         return f"{self.kind} M{self.M} B{self.B} R{self.R} g{self.G} {self.repr_metric} {self.dtype}"
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "M": self.M, "B": self.B, "C": self.C, "R": self.R, "G": self.G,
-                "repr_metric": self.repr_metric, "dtype": self.dtype}
+        return {
+            "kind": self.kind,
+            "M": self.M,
+            "B": self.B,
+            "C": self.C,
+            "R": self.R,
+            "G": self.G,
+            "repr_metric": self.repr_metric,
+            "dtype": self.dtype,
+        }
 
 
 def gd_prior(kind: str, device=None) -> torch.Tensor:
     """DMD's fixed prior softmax(logits / 0.25) for the homo or hetero unit (fp32)."""
     from dmd_fast.nn.graph_distill import HETERO_PRIOR_LOGITS, HOMO_PRIOR_LOGITS, prior_from_logits
+
     return prior_from_logits(HOMO_PRIOR_LOGITS if kind == "homo" else HETERO_PRIOR_LOGITS).to(device)
 
 
@@ -315,14 +362,21 @@ def make_gd_inputs(case: GDCase, device, n_sets: int = 3, seed: int = 0) -> list
     dt = DTYPES[case.dtype]
     sets = []
     for _ in range(n_sets):
+
         def u(*shape, fan_in):
-            bound = fan_in ** -0.5
+            bound = fan_in**-0.5
             return (torch.rand(*shape, generator=gen) * 2 - 1) * bound
-        tensors = (torch.randn(case.M, case.B, case.C, generator=gen),
-                   torch.randn(case.M, case.B, case.R, generator=gen),
-                   u(case.G, case.C, fan_in=case.C), u(case.G, fan_in=case.C),
-                   u(case.G, case.R, fan_in=case.R), u(case.G, fan_in=case.R),
-                   u(1, 4 * case.G, fan_in=4 * case.G), u(1, fan_in=4 * case.G))
+
+        tensors = (
+            torch.randn(case.M, case.B, case.C, generator=gen),
+            torch.randn(case.M, case.B, case.R, generator=gen),
+            u(case.G, case.C, fan_in=case.C),
+            u(case.G, fan_in=case.C),
+            u(case.G, case.R, fan_in=case.R),
+            u(case.G, fan_in=case.R),
+            u(1, 4 * case.G, fan_in=4 * case.G),
+            u(1, fan_in=4 * case.G),
+        )
         ts = tuple(t.to(device=device, dtype=dt).requires_grad_(True) for t in tensors)
         sets.append(ts + (gd_prior(case.kind, device).to(dt),))
     return sets
@@ -330,13 +384,21 @@ def make_gd_inputs(case: GDCase, device, n_sets: int = 3, seed: int = 0) -> list
 
 def _gd_kwargs(case: GDCase) -> dict:
     from dmd_fast.nn.graph_distill import HETERO_TOTAL_WEIGHTS, HOMO_TOTAL_WEIGHTS
-    return dict(alpha=0.125, softmax_scope="joint", logit_metric="l1", repr_metric=case.repr_metric,
-                w_losses=(1.0, 10.0), reg=10.0,
-                total_weights=HOMO_TOTAL_WEIGHTS if case.kind == "homo" else HETERO_TOTAL_WEIGHTS)
+
+    return dict(
+        alpha=0.125,
+        softmax_scope="joint",
+        logit_metric="l1",
+        repr_metric=case.repr_metric,
+        w_losses=(1.0, 10.0),
+        reg=10.0,
+        total_weights=HOMO_TOTAL_WEIGHTS if case.kind == "homo" else HETERO_TOTAL_WEIGHTS,
+    )
 
 
 def _build_gd_ours(case: GDCase, device, sample) -> Built:
     from dmd_fast.ops.backend import interpreter_enabled
+
     if _is_cpu(device) and not interpreter_enabled():
         raise Unsupported("ours on the CPU needs the Triton interpreter: set TRITON_INTERPRET=1 (skipped)")
     try:
@@ -350,6 +412,7 @@ def _build_gd_ours(case: GDCase, device, sample) -> Built:
 
     def fn(*inputs):
         return graph_distill(*inputs, **kw)
+
     note = "fused Triton kernel"
     if checks_off:
         note += f" ({', '.join(checks_off)}=False: host-syncing input checks off)"
@@ -358,19 +421,23 @@ def _build_gd_ours(case: GDCase, device, sample) -> Built:
 
 def _build_gd_eager(case: GDCase, device, sample) -> Built:
     from dmd_fast.reference.graph_distill import graph_distill
+
     kw = _gd_kwargs(case)
 
     def fn(*inputs):
         return graph_distill(*inputs, **kw)
+
     return Built(fn, note="dmd_fast.reference (upstream semantics, eager)")
 
 
 def _build_gd_compiled(case: GDCase, device, sample) -> Built:
     from dmd_fast.reference.graph_distill import graph_distill
+
     kw = _gd_kwargs(case)
 
     def fn(*inputs):
         return graph_distill(*inputs, **kw)
+
     return Built(torch.compile(fn, dynamic=False), note="reference under torch.compile")
 
 
@@ -390,12 +457,14 @@ def gd_losses(result) -> list:
 # kernel launch counting
 # ------------------------------------------------------------------------------------------------
 
+
 def count_kernel_launches(fn: Callable, *args) -> dict:
     """Device kernels and memcpy/memset events of one ``fn(*args)``, from ``torch.profiler`` (CUDA).
 
     ``fn`` must already be warm (compiled, autotuned).
     """
     from torch.profiler import ProfilerActivity, profile
+
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         out = fn(*args)

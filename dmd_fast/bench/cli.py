@@ -8,6 +8,7 @@ It also runs on its own: ``python -m dmd_fast.bench.cli --suite attention --quic
 Exit codes: 0 ran (individual rows may still record skips or errors), 2 bad arguments or a
 configuration that cannot run here, 1 an unexpected failure (message, no traceback).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,28 +23,51 @@ POSITIVE_FLOAT = check.cli_type(float, check.positive, "a positive finite number
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--suite", default="all", choices=SUITE_CHOICES,
-                   help="op: attention core (+ zero-recompile check); gd: graph distillation; "
-                        "model: DMD train step and hetero branch; all (default: op, gd, model); "
-                        "latency: inference latency per batch size (dmd_fast.bench.suites.latency)")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="output folder (default: $OUT if set, else benchmarks/results/<date>-<card>)")
+    p.add_argument(
+        "--suite",
+        default="all",
+        choices=SUITE_CHOICES,
+        help="op: attention core (+ zero-recompile check); gd: graph distillation; "
+        "model: DMD train step and hetero branch; all (default: op, gd, model); "
+        "latency: inference latency per batch size (dmd_fast.bench.suites.latency)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output folder (default: $OUT if set, else benchmarks/results/<date>-<card>)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny shapes and few repetitions (runs on a CPU)")
-    p.add_argument("--backend-list", default=None, metavar="LIST",
-                   help="comma-separated providers to run (default: each suite's own); 'list' prints them")
+    p.add_argument(
+        "--backend-list",
+        default=None,
+        metavar="LIST",
+        help="comma-separated providers to run (default: each suite's own); 'list' prints them",
+    )
     p.add_argument("--device", default="auto", help="auto (default), cuda, cuda:N or cpu")
-    p.add_argument("--time-budget", type=POSITIVE_FLOAT, default=None, metavar="SECONDS",
-                   help="stop starting new measurements after this long (what is left is recorded as skipped)")
-    p.add_argument("--rep-ms", type=POSITIVE_FLOAT, default=None, metavar="MS",
-                   help="timed repetitions per measurement, in ms of run time (default 60; quick 20)")
+    p.add_argument(
+        "--time-budget",
+        type=POSITIVE_FLOAT,
+        default=None,
+        metavar="SECONDS",
+        help="stop starting new measurements after this long (what is left is recorded as skipped)",
+    )
+    p.add_argument(
+        "--rep-ms",
+        type=POSITIVE_FLOAT,
+        default=None,
+        metavar="MS",
+        help="timed repetitions per measurement, in ms of run time (default 60; quick 20)",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     return p
 
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``bench`` subcommand to the main CLI's subparsers; it dispatches to :func:`run_bench`."""
-    p = subparsers.add_parser("bench", help="benchmark the kernels and the model against baselines",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser(
+        "bench", help="benchmark the kernels and the model against baselines", description=__doc__.split("\n\n")[0]
+    )
     add_bench_arguments(p)
     p.set_defaults(func=run_bench)
     return p
@@ -56,6 +80,7 @@ def _err(msg: str) -> int:
 
 def _providers(text: str | None):
     from dmd_fast.bench.suites import ALL_PROVIDERS
+
     if text is None:
         return None
     names = [t.strip() for t in text.split(",") if t.strip()]
@@ -63,8 +88,10 @@ def _providers(text: str | None):
         raise ValueError("--backend-list: expected a comma-separated list of providers, got an empty list")
     unknown = [n for n in names if n not in ALL_PROVIDERS]
     if unknown:
-        raise ValueError(f"--backend-list: unknown provider(s) {', '.join(map(repr, unknown))} "
-                         f"(choose from {', '.join(ALL_PROVIDERS)})")
+        raise ValueError(
+            f"--backend-list: unknown provider(s) {', '.join(map(repr, unknown))} "
+            f"(choose from {', '.join(ALL_PROVIDERS)})"
+        )
     return tuple(dict.fromkeys(names))
 
 
@@ -73,6 +100,7 @@ def _default_out(device_name: str) -> str:
     if env:
         return env
     from dmd_fast.bench.report import card_slug
+
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d")
     return os.path.join("benchmarks", "results", f"{date}-{card_slug(device_name)}")
 
@@ -96,6 +124,7 @@ def _run(args) -> int:
         return _run_latency(args)
     if args.backend_list is not None and args.backend_list.strip() == "list":
         from dmd_fast.bench.suites import PROVIDER_HELP
+
         for name, text in PROVIDER_HELP.items():
             print(f"{name:18s} {text}")
         return 0
@@ -113,6 +142,7 @@ def _run(args) -> int:
     import torch
 
     from dmd_fast.bench import suites as st
+
     try:
         device = _device(args.device)
     except ValueError as exc:
@@ -120,8 +150,10 @@ def _run(args) -> int:
     suite = st.canonical_suite(args.suite)
     suites = ("attention", "graph_distill", "model") if suite == "all" else (suite,)
     if device.type != "cuda" and not args.quick:
-        return _err(f"--suite {args.suite}: the full-size suites need a CUDA GPU and none is available here; "
-                    "use --quick for tiny shapes on the CPU")
+        return _err(
+            f"--suite {args.suite}: the full-size suites need a CUDA GPU and none is available here; "
+            "use --quick for tiny shapes on the CPU"
+        )
     if providers is not None:
         if not any(p in st.KNOWN_PROVIDERS[s] for s in suites for p in providers):
             return _err(f"--backend-list: none of {', '.join(providers)} applies to --suite {args.suite}")
@@ -132,11 +164,20 @@ def _run(args) -> int:
     except OSError as exc:
         return _err(f"--out: cannot create {out_dir!r} ({exc})")
     rep_ms = args.rep_ms if args.rep_ms is not None else (20.0 if args.quick else 60.0)
-    opts = st.SuiteOptions(suites=suites, quick=args.quick, device=str(device), providers=providers,
-                           time_budget_s=args.time_budget, out_dir=out_dir, rep_ms=rep_ms,
-                           warmup_ms=10.0 if args.quick else 25.0, n_sets=2 if args.quick else 3)
+    opts = st.SuiteOptions(
+        suites=suites,
+        quick=args.quick,
+        device=str(device),
+        providers=providers,
+        time_budget_s=args.time_budget,
+        out_dir=out_dir,
+        rep_ms=rep_ms,
+        warmup_ms=10.0 if args.quick else 25.0,
+        n_sets=2 if args.quick else 3,
+    )
     results = st.run_suites(opts)
     from dmd_fast.bench.report import markdown, write_report
+
     written = write_report(results, out_dir, plots=not args.no_plots)
     print(markdown(results))
     print(f"dmd-fast bench: wrote {', '.join(written)}", file=sys.stderr)
@@ -146,6 +187,7 @@ def _run(args) -> int:
 def _device(text: str):
     """torch.device from ``--device`` (auto, cpu, cuda[:N]; made current on CUDA); ValueError if unusable."""
     import torch
+
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -166,6 +208,7 @@ def _run_latency(args) -> int:
     import torch
 
     from dmd_fast.bench.suites import latency as lt
+
     try:
         providers = lt.parse_providers(None if args.backend_list == "list" else args.backend_list)
         device = _device(args.device)
@@ -178,8 +221,10 @@ def _run_latency(args) -> int:
     if args.time_budget is not None and args.time_budget <= 0:
         return _err(f"--time-budget: expected a positive number of seconds, got {args.time_budget:g}")
     if device.type != "cuda" and not args.quick:
-        return _err("--suite latency: the full suite (mosi-unaligned, B up to 64, 200 calls per row) needs a CUDA "
-                    "GPU and none is available here; use --quick for the tiny preset on the CPU")
+        return _err(
+            "--suite latency: the full suite (mosi-unaligned, B up to 64, 200 calls per row) needs a CUDA "
+            "GPU and none is available here; use --quick for the tiny preset on the CPU"
+        )
     out_dir = args.out or _default_out(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
     try:
         os.makedirs(out_dir, exist_ok=True)
@@ -189,8 +234,14 @@ def _run_latency(args) -> int:
     if device.type == "cpu":
         torch.set_num_threads(1)  # as the other suites: spinning OpenMP threads on a shared CPU
     try:
-        results = lt.run_latency(args.quick, device, providers=providers, time_budget_s=args.time_budget,
-                                 log=lambda m: print(m, file=sys.stderr, flush=True), out_dir=out_dir)
+        results = lt.run_latency(
+            args.quick,
+            device,
+            providers=providers,
+            time_budget_s=args.time_budget,
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+            out_dir=out_dir,
+        )
     finally:
         torch.set_num_threads(threads)
     written = lt.write_latency_report(results, out_dir, plots=not args.no_plots)

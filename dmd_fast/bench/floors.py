@@ -1,8 +1,8 @@
 """What the card can do at our shapes: measured copy bandwidth and the per-score floor.
 
-docs/performance-floor.md, "What binds at DMD's head dims": at DMD's head dims (5, 10) neither the HBM roofline nor the tensor cores
-bind once the scores stay on chip; per-score scalar work does. For N = B·H·Lq·Lk scores a pass
-costs at least the largest of
+docs/performance-floor.md, "What binds at DMD's head dims": at DMD's head dims (5, 10) neither the
+HBM roofline nor the tensor cores bind once the scores stay on chip; per-score scalar work does.
+For N = B·H·Lq·Lk scores a pass costs at least the largest of
 
 - ``exp``:  N exponentials on the MUFU units (H100 SXM: 16/SM/clk × 132 SMs × 1.83 GHz ≈ 3.9e12/s);
 - ``alu``:  about 8 fp32 lane-ops per score for the online softmax (max, subtract, scale, sum,
@@ -21,8 +21,10 @@ measured on an H200). ``floor_fraction = floor_us / measured_us`` (1.0 = at the 
 Rates scale from the H100 SXM anchors by (SM count / 132) × (SM clock / 1.98 GHz) when the SM
 count and clock can be read.
 """
+
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 H100_SMS = 132
@@ -40,6 +42,7 @@ LAUNCH_US = 3.0
 @dataclass
 class DeviceRates:
     """Per-second rates used by the floor model and where they came from."""
+
     exp_per_s: float
     fp32_lane_ops_per_s: float
     int32_ops_per_s: float
@@ -52,35 +55,66 @@ class DeviceRates:
         return asdict(self)
 
 
-def device_rates(sm_count: int | None = None, clock_hz: float | None = None,
-                 copy_bytes_per_s: float | None = None) -> DeviceRates:
+def device_rates(
+    sm_count: int | None = None, clock_hz: float | None = None, copy_bytes_per_s: float | None = None
+) -> DeviceRates:
     """H100 anchors, scaled by SM count × clock when both are given; bandwidth as measured if given."""
     if sm_count and clock_hz:
         f = (sm_count / H100_SMS) * (clock_hz / H100_CLOCK_HZ)
         source = f"H100 anchors scaled to {sm_count} SMs x {clock_hz / 1e9:.3g} GHz (x{f:.3g})"
     else:
         f = 1.0
-        source = "H100 SXM anchors (docs/performance-floor.md, 'Device rates (H100 SXM anchors)'); SM count/clock not read"
+        source = (
+            "H100 SXM anchors (docs/performance-floor.md, 'Device rates (H100 SXM anchors)'); SM count/clock not read"
+        )
     if copy_bytes_per_s:
         bw, bw_src = float(copy_bytes_per_s), "measured device-to-device copy"
     else:
         bw, bw_src = HBM_BYTES_PER_S_H100, "H100 SXM datasheet 3.35 TB/s (not measured)"
-    return DeviceRates(EXP_PER_S_H100 * f, FP32_LANE_OPS_PER_S_H100 * f, INT32_OPS_PER_S_H100 * f,
-                       BF16_TENSOR_FLOPS_H100 * f, bw, source, bw_src)
+    return DeviceRates(
+        EXP_PER_S_H100 * f,
+        FP32_LANE_OPS_PER_S_H100 * f,
+        INT32_OPS_PER_S_H100 * f,
+        BF16_TENSOR_FLOPS_H100 * f,
+        bw,
+        source,
+        bw_src,
+    )
 
 
 def _dtype_bytes(dtype) -> int:
     name = str(dtype).replace("torch.", "")
-    table = {"float32": 4, "fp32": 4, "float": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2,
-             "half": 2, "float64": 8, "fp64": 8, "double": 8}
+    table = {
+        "float32": 4,
+        "fp32": 4,
+        "float": 4,
+        "bfloat16": 2,
+        "bf16": 2,
+        "float16": 2,
+        "fp16": 2,
+        "half": 2,
+        "float64": 8,
+        "fp64": 8,
+        "double": 8,
+    }
     if name not in table:
         raise ValueError(f"dtype: expected fp32/bf16/fp16/fp64, got {dtype!r}")
     return table[name]
 
 
-def attention_terms(B: int, H: int, Lq: int, Lk: int, D: int, *, dtype="float32", pass_: str = "fwd",
-                    dropout: bool = False, rates: DeviceRates | None = None, fp32_dots_on_alu: bool | None = None
-                    ) -> dict:
+def attention_terms(
+    B: int,
+    H: int,
+    Lq: int,
+    Lk: int,
+    D: int,
+    *,
+    dtype="float32",
+    pass_: str = "fwd",
+    dropout: bool = False,
+    rates: DeviceRates | None = None,
+    fp32_dots_on_alu: bool | None = None,
+) -> dict:
     """Seconds per floor term for one pass ('fwd' or 'bwd') of cross-modal attention."""
     if pass_ not in ("fwd", "bwd"):
         raise ValueError(f"pass_: expected 'fwd' or 'bwd', got {pass_!r}")
@@ -106,8 +140,18 @@ def attention_terms(B: int, H: int, Lq: int, Lk: int, D: int, *, dtype="float32"
     return terms
 
 
-def attention_floor(B: int, H: int, Lq: int, Lk: int, D: int, *, dtype="float32", mode: str = "fwdbwd",
-                    dropout: bool = False, rates: DeviceRates | None = None) -> dict:
+def attention_floor(
+    B: int,
+    H: int,
+    Lq: int,
+    Lk: int,
+    D: int,
+    *,
+    dtype="float32",
+    mode: str = "fwdbwd",
+    dropout: bool = False,
+    rates: DeviceRates | None = None,
+) -> dict:
     """Floor in µs for 'fwd', 'bwd' or 'fwdbwd'; with the binding term of each pass.
 
     Returns ``{"floor_us", "launch_us", "scores", "passes": {pass: {"us", "bound", "terms_us"}}}``.
@@ -142,24 +186,35 @@ def measure_copy_bandwidth(device=None, nbytes: int | None = None) -> dict:
     perf_counter (host memcpy, for the record only).
     """
     import torch
+
     from dmd_fast.bench.timing import time_cpu, time_cuda
+
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if nbytes is None:
         nbytes = (1 << 30) if dev.type == "cuda" else (64 << 20)
     n = nbytes // 4
     src = torch.randn(n, device=dev)
     dst = torch.empty_like(src)
+    copy = functools.partial(dst.copy_, src)
     if dev.type == "cuda":
         try:
-            t = time_cuda(lambda: dst.copy_(src), [()], warmup_ms=20, rep_ms=100, method="do_bench")
+            t = time_cuda(copy, [()], warmup_ms=20, rep_ms=100, method="do_bench")
         except ImportError:
-            t = time_cuda(lambda: dst.copy_(src), [()], warmup_ms=20, rep_ms=100)
+            t = time_cuda(copy, [()], warmup_ms=20, rep_ms=100)
     else:
-        t = time_cpu(lambda: dst.copy_(src), [()], warmup=2, rep_ms=200, min_reps=5)
+        t = time_cpu(copy, [()], warmup=2, rep_ms=200, min_reps=5)
     bw = 2.0 * n * 4 / (t.median_us * 1e-6)
-    del src, dst
-    return {"bytes": 2 * n * 4, "median_us": t.median_us, "p20_us": t.p20_us, "p80_us": t.p80_us,
-            "bytes_per_s": bw, "gb_per_s": bw / 1e9, "device": str(dev), "method": t.method}
+    del src, dst, copy
+    return {
+        "bytes": 2 * n * 4,
+        "median_us": t.median_us,
+        "p20_us": t.p20_us,
+        "p80_us": t.p80_us,
+        "bytes_per_s": bw,
+        "gb_per_s": bw / 1e9,
+        "device": str(dev),
+        "method": t.method,
+    }
 
 
 def read_sm_count_and_clock(device=None, nvml: dict | None = None) -> tuple[int | None, float | None]:
@@ -167,6 +222,7 @@ def read_sm_count_and_clock(device=None, nvml: dict | None = None) -> tuple[int 
     sm, clock = None, None
     try:
         import torch
+
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(device if device is not None else torch.cuda.current_device())
             sm = int(props.multi_processor_count)

@@ -4,7 +4,8 @@ A ``TorchDispatchMode`` sees every ATen op below autograd (forward, losses, back
 trainer's in-place gradient accumulation, and upstream's clip); ops that touch tensors are counted
 (views, allocations and dtype/shape-only ops are not; in-place and ``_foreach`` ops are), host scalar
 reads (``.item()``-style, a device sync on a GPU) are counted apart, and Triton kernels are counted
-at their launch. Other host syncs (a copy to the CPU, ``nonzero``) are not detected on a CPU run. ``execute_triton=False`` counts the Triton launches without running them (their outputs are
+at their launch. Other host syncs (a copy to the CPU, ``nonzero``) are not detected on a CPU run.
+``execute_triton=False`` counts the Triton launches without running them (their outputs are
 left uninitialised): a DMD step has no data-dependent control flow, so the counts are those of a
 real step, and a CPU counts the Triton backend's mosi-sized step in seconds instead of minutes in
 the interpreter. On a GPU the profiler's count (``baselines.count_kernel_launches``) is the
@@ -13,6 +14,7 @@ authority; this is the dispatch-level view of the same step.
     python -m dmd_fast.bench.launches [--preset mosi-unaligned] [--batch 16] [--out DIR]
     python -m dmd_fast.bench.launches --mode inference [--batch 1]   (full eval forward vs DMD.predict)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +28,16 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
-NO_KERNEL = {aten.empty.memory_format, aten.empty_strided.default, aten.new_empty.default, aten.empty_like.default,
-             aten.new_empty_strided.default, aten.detach.default, aten.alias.default, aten.lift_fresh.default}
+NO_KERNEL = {
+    aten.empty.memory_format,
+    aten.empty_strided.default,
+    aten.new_empty.default,
+    aten.empty_like.default,
+    aten.new_empty_strided.default,
+    aten.detach.default,
+    aten.alias.default,
+    aten.lift_fresh.default,
+}
 HOST_SYNC = {aten._local_scalar_dense.default, aten.item.default, aten.is_nonzero.default}
 
 
@@ -77,6 +87,7 @@ class _CountingKernel:
                 return self.kernel[grid](*args, **kwargs)
             finally:
                 self.counter._paused = False
+
         return run
 
 
@@ -99,16 +110,23 @@ def dmd_kernels() -> list[tuple]:
     """(module, name) of every Triton kernel dmd_fast launches."""
     import dmd_fast.kernels.attention as ka
     import dmd_fast.kernels.graph_distill as kg
+
     return [(m, n) for m in (ka, kg) for n in sorted(vars(m)) if n.endswith("_kernel")]
 
 
-def step_launch_counts(preset: str = "mosi-unaligned", batch: int = 16, backends=("reference", "triton"),
-                       device: str = "cpu", execute_triton: bool = False) -> dict:
+def step_launch_counts(
+    preset: str = "mosi-unaligned",
+    batch: int = 16,
+    backends=("reference", "triton"),
+    device: str = "cpu",
+    execute_triton: bool = False,
+) -> dict:
     """Kernels of one DMD mini-batch as the trainer runs it (forward, all losses, backward summed into
     existing gradients, ``clip_grad_value_``) per backend, after a warm-up step; the optimizer step
     (once per accumulation window) is not included."""
     from dmd_fast.model.config import get_preset
     from dmd_fast.model.system import DMDSystem
+
     cfg = get_preset(preset)
     batch_t = _random_batch(cfg, batch, device)
     out = {}
@@ -117,38 +135,63 @@ def step_launch_counts(preset: str = "mosi-unaligned", batch: int = 16, backends
         system = DMDSystem(cfg, backend=backend).to(device).train()
         kernels = dmd_kernels() if backend != "reference" else []
         params = list(system.parameters())
-        for counted in (False, True):  # warm-up (compilation, caches, gradients allocated), then counted
+        for _counted in (False, True):  # warm-up (compilation, caches, gradients allocated), then counted
             system.zero_grad(set_to_none=False)  # the trainer zeroes in place: backward then accumulates
             with count_launches(*kernels, execute_triton=execute_triton) as c:
                 _, losses = system(*batch_t)
                 losses["total"].backward()
                 torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
         out[backend] = _summary(c)
-    return {"preset": preset, "batch": batch, "device": device, "triton_executed": execute_triton,
-            "torch": torch.__version__, "commit": _git_commit(), "backends": out}
+    return {
+        "preset": preset,
+        "batch": batch,
+        "device": device,
+        "triton_executed": execute_triton,
+        "torch": torch.__version__,
+        "commit": _git_commit(),
+        "backends": out,
+    }
 
 
 def _random_batch(cfg, batch: int, device) -> list:
     """[text (B, T_l, d_l), audio, vision, labels (B,)] drawn from a fixed seed."""
     (tl, ta, tv), (dl, da, dv) = cfg.seq_lens, cfg.feature_dims
     gen = torch.Generator().manual_seed(0)
-    return [t.to(device) for t in (torch.randn(batch, tl, dl, generator=gen), torch.randn(batch, ta, da, generator=gen),
-                                   torch.randn(batch, tv, dv, generator=gen), torch.randn(batch, generator=gen))]
+    return [
+        t.to(device)
+        for t in (
+            torch.randn(batch, tl, dl, generator=gen),
+            torch.randn(batch, ta, da, generator=gen),
+            torch.randn(batch, tv, dv, generator=gen),
+            torch.randn(batch, generator=gen),
+        )
+    ]
 
 
 def _summary(c: LaunchCounter) -> dict:
-    return {"kernels": c.total, "aten": len(c.aten_ops), "triton": len(c.triton), "host_syncs": len(c.syncs),
-            "top_aten": dict(collections.Counter(c.aten_ops).most_common(10)),
-            "triton_by_kernel": dict(collections.Counter(c.triton))}
+    return {
+        "kernels": c.total,
+        "aten": len(c.aten_ops),
+        "triton": len(c.triton),
+        "host_syncs": len(c.syncs),
+        "top_aten": dict(collections.Counter(c.aten_ops).most_common(10)),
+        "triton_by_kernel": dict(collections.Counter(c.triton)),
+    }
 
 
-def inference_launch_counts(preset: str = "mosi-unaligned", batch: int = 1, backends=("reference", "triton"),
-                            device: str = "cpu", execute_triton: bool = False) -> dict:
+def inference_launch_counts(
+    preset: str = "mosi-unaligned",
+    batch: int = 1,
+    backends=("reference", "triton"),
+    device: str = "cpu",
+    execute_triton: bool = False,
+) -> dict:
     """Kernels of one inference call under ``torch.no_grad`` in eval mode, after a warm-up call: the full
     eval forward (every upstream output; what upstream runs at test time) and the pruned
     ``DMD.predict`` per backend. ``reduction`` is the reference full forward's count over each pruned one."""
     from dmd_fast.model.config import get_preset
     from dmd_fast.model.dmd import DMD
+
     cfg = get_preset(preset)
     text, audio, vision, _ = _random_batch(cfg, batch, device)
     out = {}
@@ -156,24 +199,43 @@ def inference_launch_counts(preset: str = "mosi-unaligned", batch: int = 1, back
         torch.manual_seed(0)
         model = DMD(cfg, backend=backend).to(device).eval()
         kernels = dmd_kernels() if backend != "reference" else []
-        for mode, fn in (("full_eval_forward", lambda: model(text, audio, vision)),
-                         ("predict", lambda: model.predict(text, audio, vision))):
+        for mode, fn in (
+            ("full_eval_forward", lambda: model(text, audio, vision)),
+            ("predict", lambda: model.predict(text, audio, vision)),
+        ):
             for _ in range(2):  # warm-up, then counted
                 with torch.no_grad(), count_launches(*kernels, execute_triton=execute_triton) as c:
                     fn()
             out[f"{backend} {mode}"] = _summary(c)
     base = out.get("reference full_eval_forward", {}).get("kernels")
     reduction = {k: round(base / v["kernels"], 2) for k, v in out.items() if base and k.endswith(" predict")}
-    return {"mode": "inference", "preset": preset, "batch": batch, "device": device,
-            "triton_executed": execute_triton, "torch": torch.__version__, "commit": _git_commit(),
-            "backends": out, "reduction_vs_reference_full_forward": reduction}
+    return {
+        "mode": "inference",
+        "preset": preset,
+        "batch": batch,
+        "device": device,
+        "triton_executed": execute_triton,
+        "torch": torch.__version__,
+        "commit": _git_commit(),
+        "backends": out,
+        "reduction_vs_reference_full_forward": reduction,
+    }
 
 
 def _git_commit() -> str | None:
     import subprocess
+
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                cwd=os.path.dirname(os.path.abspath(__file__)),
+            ).stdout.strip()
+            or None
+        )
     except Exception:
         return None
 
@@ -181,21 +243,30 @@ def _git_commit() -> str | None:
 def format_counts(res: dict) -> str:
     if res.get("mode") == "inference":
         return _format_inference(res)
-    lines = [f"Kernels per DMD mini-batch (preset {res['preset']}, B={res['batch']}; forward, every loss, "
-             f"backward into existing gradients, clip), counted at dispatch on {res['device']}"
-             + ("" if res["triton_executed"] else " with Triton launches counted, not run") + ":", "",
-             "| backend | kernels | ATen | Triton | host scalar reads |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"Kernels per DMD mini-batch (preset {res['preset']}, B={res['batch']}; forward, every loss, "
+        f"backward into existing gradients, clip), counted at dispatch on {res['device']}"
+        + ("" if res["triton_executed"] else " with Triton launches counted, not run")
+        + ":",
+        "",
+        "| backend | kernels | ATen | Triton | host scalar reads |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, r in res["backends"].items():
         lines.append(f"| {name} | {r['kernels']} | {r['aten']} | {r['triton']} | {r['host_syncs']} |")
     return "\n".join(lines)
 
 
 def _format_inference(res: dict) -> str:
-    lines = [f"Kernels per inference call (preset {res['preset']}, B={res['batch']}, eval mode, no_grad), counted "
-             f"at dispatch on {res['device']}" + ("" if res["triton_executed"] else
-                                                  " with Triton launches counted, not run") + ":", "",
-             "| backend and path | kernels | ATen | Triton | host scalar reads | reference full forward / this |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Kernels per inference call (preset {res['preset']}, B={res['batch']}, eval mode, no_grad), counted "
+        f"at dispatch on {res['device']}"
+        + ("" if res["triton_executed"] else " with Triton launches counted, not run")
+        + ":",
+        "",
+        "| backend and path | kernels | ATen | Triton | host scalar reads | reference full forward / this |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     red = res["reduction_vs_reference_full_forward"]
     for name, r in res["backends"].items():
         ratio = f"{red[name]:.2f}x" if name in red else "-"
@@ -207,8 +278,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="mosi-unaligned")
     p.add_argument("--batch", type=int, default=None, help="default 16 (train), 1 (inference)")
-    p.add_argument("--mode", default="train", choices=("train", "inference"),
-                   help="train: one training mini-batch; inference: full eval forward vs DMD.predict")
+    p.add_argument(
+        "--mode",
+        default="train",
+        choices=("train", "inference"),
+        help="train: one training mini-batch; inference: full eval forward vs DMD.predict",
+    )
     p.add_argument("--out", default=None, help="folder for launches.json / launches.md")
     args = p.parse_args(argv)
     if args.batch is None:

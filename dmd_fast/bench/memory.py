@@ -8,9 +8,10 @@ allocated when the region started (``torch.cuda.max_memory_allocated`` after
 through ``pynvml`` (package nvidia-ml-py). Without NVML or an NVIDIA driver it returns
 ``{"available": False, "reason": ...}`` and never raises.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 MiB = 1024 * 1024
 
@@ -21,6 +22,7 @@ def peak_extra_memory(fn: Callable, *args, device=None) -> dict:
     On a non-CUDA device returns ``{"peak_extra_mb": None, "reason": ...}``.
     """
     import torch
+
     dev = torch.device(device) if device is not None else None
     if dev is None or dev.type != "cuda":
         return {"peak_extra_mb": None, "reason": "peak memory is measured on CUDA only"}
@@ -50,6 +52,7 @@ def _handle(pynvml, index):
     """NVML handle of the CUDA device ``index`` (matched by UUID when torch can give it)."""
     try:
         import torch
+
         if torch.cuda.is_available():
             cuda_index = torch.cuda.current_device() if index is None else index
             uuid = getattr(torch.cuda.get_device_properties(cuda_index), "uuid", None)

@@ -4,6 +4,7 @@ Files written by :func:`write_report` into one flat folder: ``results.json``, ``
 ``speedup.png``, ``memory.png``. The JSON carries the card's name, driver, torch/triton/python
 versions, the date and the git commit, so committed results say where they came from.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -20,6 +21,7 @@ RESULT_FILES = ("results.json", "results.md", "speedup.png", "memory.png")
 # environment
 # ------------------------------------------------------------------------------------------------
 
+
 def git_commit(repo_dir: str | None = None) -> str:
     """``git rev-parse HEAD`` (+ ``-dirty``) of the checkout; env ``DMD_FAST_GIT_COMMIT`` overrides."""
     env = os.environ.get("DMD_FAST_GIT_COMMIT")
@@ -27,12 +29,15 @@ def git_commit(repo_dir: str | None = None) -> str:
         return env
     repo_dir = repo_dir or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
-        head = subprocess.run(["git", "-C", repo_dir, "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
+        head = subprocess.run(["git", "-C", repo_dir, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return "unknown (not a git checkout)"
-        dirty = subprocess.run(["git", "-C", repo_dir, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "-C", repo_dir, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except Exception as exc:
         return f"unknown ({type(exc).__name__})"
@@ -49,7 +54,9 @@ def card_slug(name: str) -> str:
 def collect_environment(device=None) -> dict:
     """Card, driver, versions, date, commit; NVML snapshot on CUDA."""
     import torch
+
     from dmd_fast.bench.memory import nvml_snapshot
+
     env = {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git_commit": git_commit(),
@@ -62,11 +69,13 @@ def collect_environment(device=None) -> dict:
     }
     try:
         import triton
+
         env["triton"] = triton.__version__
     except Exception as exc:
         env["triton"] = f"not importable ({type(exc).__name__})"
     try:
         import numpy
+
         env["numpy"] = numpy.__version__
     except Exception:
         env["numpy"] = None
@@ -91,6 +100,7 @@ def collect_environment(device=None) -> dict:
 # ------------------------------------------------------------------------------------------------
 # JSON and markdown
 # ------------------------------------------------------------------------------------------------
+
 
 def _jsonable(x):
     if isinstance(x, dict):
@@ -216,74 +226,135 @@ def markdown(results: dict, compact: bool = False) -> str:
     env = results.get("env", {})
     rows = results.get("rows", [])
     lines = [f"# dmd_fast benchmarks: {env.get('device_name', '?')}", ""]
-    lines.append(f"{env.get('date', '?')}; torch {env.get('torch')}, triton {env.get('triton')}, CUDA "
-                 f"{env.get('cuda_runtime')}, driver {env.get('driver')}, python {env.get('python')}; commit "
-                 f"`{env.get('git_commit')}`")
+    lines.append(
+        f"{env.get('date', '?')}; torch {env.get('torch')}, triton {env.get('triton')}, CUDA "
+        f"{env.get('cuda_runtime')}, driver {env.get('driver')}, python {env.get('python')}; commit "
+        f"`{env.get('git_commit')}`"
+    )
     opts = results.get("options", {})
-    lines.append(f"suites {opts.get('suites')}, {'quick' if opts.get('quick') else 'full'}, device "
-                 f"{opts.get('device')}; elapsed {results.get('elapsed_s', '?')} s")
+    lines.append(
+        f"suites {opts.get('suites')}, {'quick' if opts.get('quick') else 'full'}, device "
+        f"{opts.get('device')}; elapsed {results.get('elapsed_s', '?')} s"
+    )
     fl = results.get("floors") or {}
     if fl.get("copy", {}).get("status") == "ok":
         rates = fl.get("rates", {})
-        lines.append(f"copy bandwidth {fl['copy']['gb_per_s']:.0f} GB/s (measured); exp {rates.get('exp_per_s', 0):.3g}/s, "
-                     f"fp32 {rates.get('fp32_lane_ops_per_s', 0):.3g} lane-ops/s ({rates.get('source')})")
+        lines.append(
+            f"copy bandwidth {fl['copy']['gb_per_s']:.0f} GB/s (measured); exp {rates.get('exp_per_s', 0):.3g}/s, "
+            f"fp32 {rates.get('fp32_lane_ops_per_s', 0):.3g} lane-ops/s ({rates.get('source')})"
+        )
     lines.append("")
-    lines.append(("Times: µs, median (p20/p80 in results.md). " if c else "Times: µs, median [p20-p80]. ") +
-                 "*eager-launched*: synchronised per call, host enqueue "
-                 "included; *graph*: CUDA-graph replay (device time). fwd is the training forward "
-                 "(inputs need grad). Peak: extra MiB allocated during one fwd+bwd. Speedup: eager "
-                 "fwd+bwd / this fwd+bwd. Floor: docs/performance-floor.md, 'Floor terms at DMD's shapes' (floor / graph fwd+bwd).")
+    lines.append(
+        ("Times: µs, median (p20/p80 in results.md). " if c else "Times: µs, median [p20-p80]. ")
+        + "*eager-launched*: synchronised per call, host enqueue "
+        "included; *graph*: CUDA-graph replay (device time). fwd is the training forward "
+        "(inputs need grad). Peak: extra MiB allocated during one fwd+bwd. Speedup: eager "
+        "fwd+bwd / this fwd+bwd. Floor: docs/performance-floor.md, 'Floor terms at DMD's shapes' "
+        "(floor / graph fwd+bwd)."
+    )
     att = _sorted_rows([r for r in rows if r.get("suite") == "attention"])
     if att:
         sp = speedups(rows, "attention")
-        lines += ["", "## Attention core", "",
-                  "| case | provider | fwd | fwd+bwd | graph fwd+bwd | peak MiB | vs eager | floor µs | of floor | notes |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Attention core",
+            "",
+            "| case | provider | fwd | fwd+bwd | graph fwd+bwd | peak MiB | vs eager | floor µs | of floor | notes |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in att:
             modes = r.get("modes") or {}
             floor = r.get("floor") or {}
             g = modes.get("graph_fwdbwd") or {}
             frac = g.get("floor_fraction")
-            lines.append("| " + " | ".join([
-                _case(r, c), r["provider"], _fmt_us(modes.get("fwd"), c), _fmt_us(modes.get("fwdbwd"), c),
-                _fmt_us(g, c),
-                _fmt((r.get("memory") or {}).get("fwdbwd")),
-                _fmt(sp.get((r["case"], r["provider"])), ".2f") + ("x" if (r["case"], r["provider"]) in sp else ""),
-                _fmt(floor.get("fwdbwd_us")), (_fmt(100 * frac, ".1f") + "%") if frac else "-",
-                _notes_col(r, c)]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        _case(r, c),
+                        r["provider"],
+                        _fmt_us(modes.get("fwd"), c),
+                        _fmt_us(modes.get("fwdbwd"), c),
+                        _fmt_us(g, c),
+                        _fmt((r.get("memory") or {}).get("fwdbwd")),
+                        _fmt(sp.get((r["case"], r["provider"])), ".2f")
+                        + ("x" if (r["case"], r["provider"]) in sp else ""),
+                        _fmt(floor.get("fwdbwd_us")),
+                        (_fmt(100 * frac, ".1f") + "%") if frac else "-",
+                        _notes_col(r, c),
+                    ]
+                )
+                + " |"
+            )
     chk = (results.get("checks") or {}).get("recompile")
     if chk:
         lines += ["", "## Zero-recompile check", ""]
         if chk.get("status") == "ok":
-            per = "; ".join(f"{dt}: variants {d['variants_after_each_pair']} -> {d['recompiles_after_first_pair']} "
-                            f"recompiles" for dt, d in chk.get("per_dtype", {}).items())
-            lines.append(f"{'PASS' if chk.get('passed') else 'FAIL'}: {len(chk.get('pairs', []))} length pairs "
-                         f"{chk.get('pairs')}; compiled variants before: {chk.get('variants_before')}; {per}")
+            per = "; ".join(
+                f"{dt}: variants {d['variants_after_each_pair']} -> {d['recompiles_after_first_pair']} recompiles"
+                for dt, d in chk.get("per_dtype", {}).items()
+            )
+            lines.append(
+                f"{'PASS' if chk.get('passed') else 'FAIL'}: {len(chk.get('pairs', []))} length pairs "
+                f"{chk.get('pairs')}; compiled variants before: {chk.get('variants_before')}; {per}"
+            )
         else:
             lines.append(f"{chk.get('status')}: {chk.get('reason')}")
     gd = _sorted_rows([r for r in rows if _suite(r) == "graph_distill"])
     if gd:
         sp = speedups(rows, "graph_distill")
-        lines += ["", "## Graph distillation (GD unit)", "",
-                  "| case | provider | fwd | fwd+bwd | graph fwd+bwd | peak MiB | vs eager | notes |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Graph distillation (GD unit)",
+            "",
+            "| case | provider | fwd | fwd+bwd | graph fwd+bwd | peak MiB | vs eager | notes |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in gd:
             modes = r.get("modes") or {}
-            lines.append("| " + " | ".join([
-                r["case"], r["provider"], _fmt_us(modes.get("fwd"), c), _fmt_us(modes.get("fwdbwd"), c),
-                _fmt_us(modes.get("graph_fwdbwd"), c), _fmt((r.get("memory") or {}).get("fwdbwd"), ".3f"),
-                _fmt(sp.get((r["case"], r["provider"])), ".2f"), _notes_col(r, c)]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        r["case"],
+                        r["provider"],
+                        _fmt_us(modes.get("fwd"), c),
+                        _fmt_us(modes.get("fwdbwd"), c),
+                        _fmt_us(modes.get("graph_fwdbwd"), c),
+                        _fmt((r.get("memory") or {}).get("fwdbwd"), ".3f"),
+                        _fmt(sp.get((r["case"], r["provider"])), ".2f"),
+                        _notes_col(r, c),
+                    ]
+                )
+                + " |"
+            )
     mdl = _sorted_rows([r for r in rows if r.get("suite") == "model"])
     if mdl:
         base = {r["case"]: r.get("samples_per_s") for r in mdl if r["provider"] == "eager"}
-        lines += ["", "## Model level", "",
-                  "| what | provider | step | samples/s | vs eager | peak MiB | notes |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Model level",
+            "",
+            "| what | provider | step | samples/s | vs eager | peak MiB | notes |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in mdl:
             sps, b = r.get("samples_per_s"), base.get(r["case"])
-            lines.append("| " + " | ".join([
-                r["case"], r["provider"], _fmt_us((r.get("modes") or {}).get("step"), c), _fmt(sps, ".0f"),
-                (_fmt(sps / b, ".2f") + "x") if sps and b else "-", _fmt((r.get("memory") or {}).get("step")),
-                _notes_col(r, c)]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        r["case"],
+                        r["provider"],
+                        _fmt_us((r.get("modes") or {}).get("step"), c),
+                        _fmt(sps, ".0f"),
+                        (_fmt(sps / b, ".2f") + "x") if sps and b else "-",
+                        _fmt((r.get("memory") or {}).get("step")),
+                        _notes_col(r, c),
+                    ]
+                )
+                + " |"
+            )
     if results.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
     return "\n".join(lines) + "\n"
@@ -301,15 +372,19 @@ def write_markdown(results: dict, path: str):
 # plots
 # ------------------------------------------------------------------------------------------------
 
+
 def _plt():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
 def _grouped_bars(ax, cases, providers, value, ylabel, title, log=True):
     import numpy as np
+
     x = np.arange(len(cases))
     width = 0.8 / max(len(providers), 1)
     for i, p in enumerate(providers):
@@ -334,9 +409,11 @@ def plot_speedup(results: dict, path: str) -> str | None:
     """Speedup over eager (fwd+bwd, eager-launched and graph) per attention case and provider."""
     rows = results.get("rows", [])
     panels = []
-    for suite, mode, title in (("attention", "fwdbwd", "attention fwd+bwd, eager-launched"),
-                               ("attention", "graph_fwdbwd", "attention fwd+bwd, CUDA graph"),
-                               ("graph_distill", "fwdbwd", "GD fwd+bwd, eager-launched")):
+    for suite, mode, title in (
+        ("attention", "fwdbwd", "attention fwd+bwd, eager-launched"),
+        ("attention", "graph_fwdbwd", "attention fwd+bwd, CUDA graph"),
+        ("graph_distill", "fwdbwd", "GD fwd+bwd, eager-launched"),
+    ):
         sp = speedups(rows, suite, mode)
         if any(p != "eager" for _, p in sp):
             panels.append((sp, title))
@@ -368,10 +445,15 @@ def plot_memory(results: dict, path: str) -> str | None:
     """Peak extra memory (MiB) per case and provider: attention fwd+bwd and model steps."""
     rows = results.get("rows", [])
     panels = []
-    for suite, mode, title in (("attention", "fwdbwd", "attention fwd+bwd peak extra MiB"),
-                               ("model", "step", "model step peak extra MiB")):
-        val = {(r["case"], r["provider"]): (r.get("memory") or {}).get(mode)
-               for r in rows if r.get("suite") == suite and (r.get("memory") or {}).get(mode) is not None}
+    for suite, mode, title in (
+        ("attention", "fwdbwd", "attention fwd+bwd peak extra MiB"),
+        ("model", "step", "model step peak extra MiB"),
+    ):
+        val = {
+            (r["case"], r["provider"]): (r.get("memory") or {}).get(mode)
+            for r in rows
+            if r.get("suite") == suite and (r.get("memory") or {}).get(mode) is not None
+        }
         if val:
             panels.append((val, title))
     if not panels:
@@ -415,13 +497,16 @@ def main(argv=None) -> int:
     """``python -m dmd_fast.bench.report DIR``: re-render results.md and the PNGs from DIR/results.json
     (e.g. after a run was cut off by a time limit) and print the markdown."""
     import sys
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    compact = "--compact" in argv    # print the compact tables
+    compact = "--compact" in argv  # print the compact tables
     print_only = "--print-only" in argv  # do not rewrite the files
     argv = [a for a in argv if a not in ("--compact", "--print-only")]
     if len(argv) != 1:
-        print("usage: python -m dmd_fast.bench.report DIR [--compact] [--print-only] (DIR holds results.json)",
-              file=sys.stderr)
+        print(
+            "usage: python -m dmd_fast.bench.report DIR [--compact] [--print-only] (DIR holds results.json)",
+            file=sys.stderr,
+        )
         return 2
     path = os.path.join(argv[0], "results.json")
     try:

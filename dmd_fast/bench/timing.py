@@ -18,12 +18,13 @@ Two CUDA views of the same function (docs/performance-floor.md, "How benchmarks 
 
 Quantiles are (0.5, 0.2, 0.8): the median and the 20th/80th percentiles.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 QUANTILES = (0.5, 0.2, 0.8)
 _L2_FLUSH_BYTES = 256 * 1024 * 1024
@@ -33,6 +34,7 @@ _flush_buffers: dict = {}
 @dataclass
 class Timing:
     """One timing result in microseconds (median and p20/p80 over ``n`` timed calls)."""
+
     median_us: float
     p20_us: float
     p80_us: float
@@ -72,8 +74,9 @@ def _check_sets(arg_sets) -> list:
     return sets
 
 
-def time_cpu(fn: Callable, arg_sets, *, warmup: int = 1, rep_ms: float = 200.0, min_reps: int = 3,
-             max_reps: int = 100) -> Timing:
+def time_cpu(
+    fn: Callable, arg_sets, *, warmup: int = 1, rep_ms: float = 200.0, min_reps: int = 3, max_reps: int = 100
+) -> Timing:
     """Median wall time per call on the CPU with ``time.perf_counter`` (warm-up excluded)."""
     sets = _check_sets(arg_sets)
     t0 = time.perf_counter()
@@ -96,6 +99,7 @@ def time_cpu(fn: Callable, arg_sets, *, warmup: int = 1, rep_ms: float = 200.0, 
 
 def _flush_buffer(device):
     import torch
+
     key = str(device)
     buf = _flush_buffers.get(key)
     if buf is None:
@@ -104,13 +108,23 @@ def _flush_buffer(device):
     return buf
 
 
-def time_cuda(fn: Callable, arg_sets, *, warmup_ms: float = 25.0, rep_ms: float = 75.0, min_reps: int = 5,
-              max_reps: int = 400, flush_l2: bool = True, method: str = "events") -> Timing:
+def time_cuda(
+    fn: Callable,
+    arg_sets,
+    *,
+    warmup_ms: float = 25.0,
+    rep_ms: float = 75.0,
+    min_reps: int = 5,
+    max_reps: int = 400,
+    flush_l2: bool = True,
+    method: str = "events",
+) -> Timing:
     """Per-call device-event timing of ``fn`` on CUDA, host enqueue included (see module doc).
 
     ``method="do_bench"`` delegates to ``triton.testing.do_bench`` with the same rotation.
     """
     import torch
+
     sets = _check_sets(arg_sets)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -119,11 +133,13 @@ def time_cuda(fn: Callable, arg_sets, *, warmup_ms: float = 25.0, rep_ms: float 
     first_ms = (time.perf_counter() - t0) * 1e3
     if method == "do_bench":
         from triton.testing import do_bench
+
         state = {"i": 0}
 
         def call():
             fn(*sets[state["i"] % len(sets)])
             state["i"] += 1
+
         med, p20, p80 = do_bench(call, warmup=warmup_ms, rep=rep_ms, quantiles=list(QUANTILES))
         n_est = max(1, int(rep_ms / max(med, 1e-6)))
         return Timing(med * 1e3, p20 * 1e3, p80 * 1e3, n_est, "triton do_bench", first_ms)
@@ -160,6 +176,7 @@ def capture_graph(fn: Callable, arg_sets, *, warmup_iters: int = 3):
     autograd and optimizers. Raises :class:`CaptureError` with the reason when capture fails.
     """
     import torch
+
     sets = _check_sets(arg_sets)
     try:
         side = torch.cuda.Stream()
@@ -183,10 +200,12 @@ def capture_graph(fn: Callable, arg_sets, *, warmup_iters: int = 3):
     return graph, outputs
 
 
-def time_cuda_graph(fn: Callable, arg_sets, *, rep_ms: float = 75.0, min_reps: int = 5,
-                    max_reps: int = 400, warmup_replays: int = 3) -> Timing:
+def time_cuda_graph(
+    fn: Callable, arg_sets, *, rep_ms: float = 75.0, min_reps: int = 5, max_reps: int = 400, warmup_replays: int = 3
+) -> Timing:
     """Device time per call from replays of a CUDA graph holding one call per argument set."""
     import torch
+
     sets = _check_sets(arg_sets)
     t0 = time.perf_counter()
     graph, outputs = capture_graph(fn, sets)
@@ -218,6 +237,7 @@ def call_samples(fn: Callable, arg_sets, *, device, n_calls: int, warmup_calls: 
     :func:`time_cuda` without the L2 flush: repeated inference keeps its weights in cache); on the CPU
     ``time.perf_counter`` around the call. The first call (compilation, capture) is timed on its own."""
     import torch
+
     sets = _check_sets(arg_sets)
     cuda = getattr(device, "type", str(device).split(":")[0]) == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -247,8 +267,16 @@ def call_samples(fn: Callable, arg_sets, *, device, n_calls: int, warmup_calls: 
     return samples, first_ms
 
 
-def time_fn(fn: Callable, arg_sets, *, device, warmup_ms: float = 25.0, rep_ms: float = 75.0,
-            min_reps: int = 5, graph: bool = False) -> Timing:
+def time_fn(
+    fn: Callable,
+    arg_sets,
+    *,
+    device,
+    warmup_ms: float = 25.0,
+    rep_ms: float = 75.0,
+    min_reps: int = 5,
+    graph: bool = False,
+) -> Timing:
     """Dispatch: CUDA events (or graph replays with ``graph=True``) on CUDA, perf_counter on the CPU."""
     dev_type = getattr(device, "type", str(device).split(":")[0])
     if dev_type == "cuda":

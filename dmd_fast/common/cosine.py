@@ -1,4 +1,5 @@
 """Upstream's pairwise cosine similarity (DMD's margin loss), shared by the oracle and the model."""
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@
 Edges are the ordered pairs (to j, from i), i != j, in upstream's loop order
 ``for j in range(M): for i in range(M)``; for M = 3 that is V→L, A→L, L→V, A→V, L→A, V→A.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class GraphDistillResult:
     edge_scores: (B, E) raw edge scores before the softmax.
     edge_means: (E,) batch mean of ``edges``, detached (the paper's edge readout; no gradient).
     """
+
     loss_logit: torch.Tensor
     loss_repr: torch.Tensor
     loss_reg: torch.Tensor

@@ -22,6 +22,7 @@ like MMSA's ``feature_dims``/``seq_lens``.
 
 Pickles can execute code when loaded: only load files you trust.
 """
+
 from __future__ import annotations
 
 import os
@@ -135,8 +136,7 @@ def _as_float32(split: str, key: str, value: Any) -> np.ndarray:
         return arr.astype(np.float32, copy=False)  # no copy when already float32
     except (TypeError, ValueError):
         raise DataError(
-            f"split {split!r} key {key!r}: expected a numeric array castable to float32; "
-            f"received {_describe(value)}"
+            f"split {split!r} key {key!r}: expected a numeric array castable to float32; received {_describe(value)}"
         ) from None
 
 
@@ -151,8 +151,9 @@ def _check_finite(split: str, key: str, arr: np.ndarray, note: str = "") -> None
         )
 
 
-def validate_splits(data: Any, expected: Any = None, source: str = "data", splits: tuple = SPLITS,
-                    require_labels: bool = True) -> dict[str, dict[str, Any]]:
+def validate_splits(
+    data: Any, expected: Any = None, source: str = "data", splits: tuple = SPLITS, require_labels: bool = True
+) -> dict[str, dict[str, Any]]:
     """Validate and clean an MMSA-style dict; return ``{split: {key: array}}`` for ``splits``.
 
     ``splits``: the splits that must be there (default all three; others are ignored).
@@ -187,17 +188,14 @@ def validate_splits(data: Any, expected: Any = None, source: str = "data", split
         miss = [k for k in required if k not in raw]
         if miss:
             raise DataError(
-                f"split {split!r}: missing key(s) {miss}; expected {list(required)}, "
-                f"received {sorted(map(str, raw))}"
+                f"split {split!r}: missing key(s) {miss}; expected {list(required)}, received {sorted(map(str, raw))}"
             )
         clean: dict[str, Any] = {}
         # --- features (N, T, d)
         for key in MODALITY_KEYS:
             arr = _as_float32(split, key, raw[key])
             if arr.ndim != 3:
-                raise DataError(
-                    f"split {split!r} key {key!r}: expected rank 3 (N, T, d); received shape {arr.shape}"
-                )
+                raise DataError(f"split {split!r} key {key!r}: expected rank 3 (N, T, d); received shape {arr.shape}")
             if key == "audio":
                 neg_inf = arr == -np.inf
                 if neg_inf.any():
@@ -222,9 +220,7 @@ def validate_splits(data: Any, expected: Any = None, source: str = "data", split
         if raw.get("text_bert") is not None:
             tb = _as_float32(split, "text_bert", raw["text_bert"])
             if tb.ndim != 3 or tb.shape[1] != 3:
-                raise DataError(
-                    f"split {split!r} key 'text_bert': expected shape (N, 3, T_l); received {tb.shape}"
-                )
+                raise DataError(f"split {split!r} key 'text_bert': expected shape (N, 3, T_l); received {tb.shape}")
             _check_finite(split, "text_bert", tb)
             clean["text_bert"] = tb
         for key in ("audio_lengths", "vision_lengths"):
@@ -249,9 +245,7 @@ def validate_splits(data: Any, expected: Any = None, source: str = "data", split
             got = len(val)
             if got != n:
                 disk_key = "regression_labels" if key == "label" else key
-                raise DataError(
-                    f"split {split!r} key {disk_key!r}: has {got} samples; expected N={n} (from 'text')"
-                )
+                raise DataError(f"split {split!r} key {disk_key!r}: has {got} samples; expected N={n} (from 'text')")
         if n == 0:
             raise DataError(f"split {split!r}: has 0 samples; expected N >= 1")
         if "text_bert" in clean and clean["text_bert"].shape[2] != clean["text"].shape[1]:
@@ -318,8 +312,11 @@ class MMSADataset(Dataset):
         self.text = torch.from_numpy(np.ascontiguousarray(split[text_key], dtype=np.float32))
         self.audio = torch.from_numpy(np.ascontiguousarray(split["audio"], dtype=np.float32))
         self.vision = torch.from_numpy(np.ascontiguousarray(split["vision"], dtype=np.float32))
-        self.labels = (None if split.get("label") is None else
-                       torch.from_numpy(np.ascontiguousarray(split["label"], dtype=np.float32).reshape(-1, 1)))
+        self.labels = (
+            None
+            if split.get("label") is None
+            else torch.from_numpy(np.ascontiguousarray(split["label"], dtype=np.float32).reshape(-1, 1))
+        )
         self.text_bert = split.get("text_bert")
         self.audio_lengths = split.get("audio_lengths")
         self.vision_lengths = split.get("vision_lengths")
@@ -354,20 +351,33 @@ class MMSADataset(Dataset):
         return self._seq_lens
 
     def __repr__(self) -> str:
-        return (f"MMSADataset({self.name!r}, N={len(self)}, text={tuple(self.text.shape[1:])}, "
-                f"audio={tuple(self.audio.shape[1:])}, vision={tuple(self.vision.shape[1:])})")
+        return (
+            f"MMSADataset({self.name!r}, N={len(self)}, text={tuple(self.text.shape[1:])}, "
+            f"audio={tuple(self.audio.shape[1:])}, vision={tuple(self.vision.shape[1:])})"
+        )
 
 
-def datasets_from_splits(splits: Any, expected: Any = None, text_key: str = "text", source: str = "data",
-                         names: tuple = SPLITS, require_labels: bool = True) -> dict[str, MMSADataset]:
+def datasets_from_splits(
+    splits: Any,
+    expected: Any = None,
+    text_key: str = "text",
+    source: str = "data",
+    names: tuple = SPLITS,
+    require_labels: bool = True,
+) -> dict[str, MMSADataset]:
     """Validate an in-memory MMSA dict (see :func:`validate_splits`, ``names`` = its ``splits``);
     return ``{split: MMSADataset}``."""
     clean = validate_splits(splits, expected=expected, source=source, splits=names, require_labels=require_labels)
     return {s: MMSADataset(clean[s], name=s, text_key=text_key) for s in names}
 
 
-def load_mmsa(path: str | os.PathLike, expected: Any = None, text_key: str = "text", splits: tuple = SPLITS,
-              require_labels: bool = True) -> dict[str, MMSADataset]:
+def load_mmsa(
+    path: str | os.PathLike,
+    expected: Any = None,
+    text_key: str = "text",
+    splits: tuple = SPLITS,
+    require_labels: bool = True,
+) -> dict[str, MMSADataset]:
     """Load ``aligned_50.pkl``/``unaligned_50.pkl``; return ``{"train"|"valid"|"test": MMSADataset}``.
 
     ``expected``: optional shape check, a preset name (``"mosei_aligned"``) or an object/dict with
@@ -391,16 +401,28 @@ def load_mmsa(path: str | os.PathLike, expected: Any = None, text_key: str = "te
         if isinstance(e, OSError):  # the file itself could not be read (permissions, I/O)
             raise
         raise DataError(f"{path!r}: not a readable pickle ({type(e).__name__}: {e}); expected an MMSA .pkl") from None
-    return datasets_from_splits(data, expected=expected, text_key=text_key, source=repr(path), names=tuple(splits),
-                                require_labels=require_labels)
+    return datasets_from_splits(
+        data,
+        expected=expected,
+        text_key=text_key,
+        source=repr(path),
+        names=tuple(splits),
+        require_labels=require_labels,
+    )
 
 
 # --------------------------------------------------------------------------- loaders
 
 
-def make_loaders(datasets: Mapping[str, Dataset], batch_size: int = 16, shuffle_train: bool = True,
-                 seed: int = 1111, num_workers: int = 0, drop_last: bool = False,
-                 pin_memory: bool = False) -> dict[str, DataLoader]:
+def make_loaders(
+    datasets: Mapping[str, Dataset],
+    batch_size: int = 16,
+    shuffle_train: bool = True,
+    seed: int = 1111,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> dict[str, DataLoader]:
     """Build ``{split: DataLoader}``.
 
     Only ``train`` is shuffled (with ``shuffle_train``) and only ``train`` uses ``drop_last``;

@@ -17,6 +17,7 @@ Lengths: with T_l == T_a == T_v (aligned) one length per sample is shared by all
 otherwise each modality draws its own. Lengths are uniform in [ceil(0.2 T), T].
 ``text_bert`` holds [CLS]=101 ... [SEP]=102 with random token ids (not tied to the label).
 """
+
 from __future__ import annotations
 
 import math
@@ -49,9 +50,17 @@ def _lengths(rng: np.random.Generator, n: int, T: int) -> np.ndarray:
     return rng.integers(lo, T + 1, size=n).astype(np.int64)
 
 
-def make_synthetic(preset_name_or_dims: Any = "mosi_aligned", n_train: int = 256, n_valid: int = 64,
-                   n_test: int = 64, seed: int = 0, *, label_noise: float = 0.3,
-                   frame_noise: float = 1.0, audio_inf_frac: float = 0.0) -> dict[str, dict[str, Any]]:
+def make_synthetic(
+    preset_name_or_dims: Any = "mosi_aligned",
+    n_train: int = 256,
+    n_valid: int = 64,
+    n_test: int = 64,
+    seed: int = 0,
+    *,
+    label_noise: float = 0.3,
+    frame_noise: float = 1.0,
+    audio_inf_frac: float = 0.0,
+) -> dict[str, dict[str, Any]]:
     """Make an MMSA-schema dict ``{"train"|"valid"|"test": {key: array}}`` (deterministic in ``seed``).
 
     Args:
@@ -104,7 +113,9 @@ def make_synthetic(preset_name_or_dims: Any = "mosi_aligned", n_train: int = 256
             z = rng.standard_normal((n, A.shape[0]))
             signal += z @ w
             clean = (z @ A).astype(np.float32)  # (n, d)
-            x = clean[:, None, :] + np.float32(frame_noise) * rng.standard_normal((n, lens[m], dims[m]), dtype=np.float32)
+            x = clean[:, None, :] + np.float32(frame_noise) * rng.standard_normal(
+                (n, lens[m], dims[m]), dtype=np.float32
+            )
             valid = np.arange(lens[m])[None, :] < L[m][:, None]  # (n, T)
             x *= valid[:, :, None]
             feats[m] = x
@@ -135,9 +146,15 @@ def make_synthetic(preset_name_or_dims: Any = "mosi_aligned", n_train: int = 256
     return out
 
 
-def synthetic_datasets(preset_name_or_dims: Any = "mosi_aligned", n_train: int = 256, n_valid: int = 64,
-                       n_test: int = 64, seed: int = 0, text_key: str = "text",
-                       **kwargs: Any) -> dict[str, MMSADataset]:
+def synthetic_datasets(
+    preset_name_or_dims: Any = "mosi_aligned",
+    n_train: int = 256,
+    n_valid: int = 64,
+    n_test: int = 64,
+    seed: int = 0,
+    text_key: str = "text",
+    **kwargs: Any,
+) -> dict[str, MMSADataset]:
     """:func:`make_synthetic` passed through the loader's validation; returns ``{split: MMSADataset}``."""
     splits = make_synthetic(preset_name_or_dims, n_train, n_valid, n_test, seed, **kwargs)
     return datasets_from_splits(splits, expected=preset_name_or_dims, text_key=text_key, source="synthetic")

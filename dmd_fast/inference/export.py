@@ -7,6 +7,7 @@ implementation in :mod:`dmd_fast.ops.attention`), so loading such a program need
 imported; the reference backend exports plain ATen ops. A JSON record (config, batch size, backend,
 torch version) travels inside the ``.pt2`` file.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,14 @@ def export_model(model: DMD, batch_size: int = 1):
 
 def save_exported(program, path, model: DMD, batch_size: int) -> dict:
     """Write ``program`` to ``path`` (``torch.export.save``) with the record; returns the record."""
-    meta = {"format": FORMAT, "config": model.config.to_dict(), "batch_size": batch_size, "backend": model.backend,
-            "device": str(next(model.parameters()).device), "torch": torch.__version__}
+    meta = {
+        "format": FORMAT,
+        "config": model.config.to_dict(),
+        "batch_size": batch_size,
+        "backend": model.backend,
+        "device": str(next(model.parameters()).device),
+        "torch": torch.__version__,
+    }
     parent = os.path.dirname(os.fspath(path))
     if parent:
         os.makedirs(parent, exist_ok=True)
@@ -86,11 +93,17 @@ class ExportedDMD:
         (tl, ta, tv), (dl, da, dv) = self.config.seq_lens, self.config.feature_dims
         B = self.batch_size
         want_text = (B, 3, tl) if self.config.use_bert else (B, tl, dl)
-        for name, x, want in (("text", text, want_text), ("audio", audio, (B, ta, da)), ("vision", vision, (B, tv, dv))):
+        for name, x, want in (
+            ("text", text, want_text),
+            ("audio", audio, (B, ta, da)),
+            ("vision", vision, (B, tv, dv)),
+        ):
             if not torch.is_tensor(x) or tuple(x.shape) != want:
                 got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-                raise ValueError(f"{name}: expected shape {want} ({self.path} was exported at batch size {B}, "
-                                 f"preset {self.config.name!r}), got {got}")
+                raise ValueError(
+                    f"{name}: expected shape {want} ({self.path} was exported at batch size {B}, "
+                    f"preset {self.config.name!r}), got {got}"
+                )
         return self._module(text, audio, vision)
 
 
@@ -105,14 +118,18 @@ def load_exported(path) -> ExportedDMD:
     try:
         program = torch.export.load(path, extra_files=extra)
     except Exception as exc:
-        raise ValueError(f"exported model: {path!r} could not be loaded ({type(exc).__name__}: "
-                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); expected a .pt2 file "
-                         "from dmd-fast export") from exc
+        raise ValueError(
+            f"exported model: {path!r} could not be loaded ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); expected a .pt2 file "
+            "from dmd-fast export"
+        ) from exc
     try:
         meta = json.loads(extra[META_FILE])
     except ValueError:
         meta = None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"exported model: {path!r} has no dmd_fast record ({META_FILE}); expected a file "
-                         f"written by dmd-fast export (format {FORMAT!r})")
+        raise ValueError(
+            f"exported model: {path!r} has no dmd_fast record ({META_FILE}); expected a file "
+            f"written by dmd-fast export (format {FORMAT!r})"
+        )
     return ExportedDMD(program, meta, path)

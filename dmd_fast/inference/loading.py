@@ -4,6 +4,7 @@ Only the DMD weights (``dmd.*`` of the checkpoint's DMDSystem) are loaded, stric
 training-only. Every failure is a :class:`~dmd_fast.train.checkpoint.CheckpointError` naming the file
 and what is wrong with it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,14 +34,16 @@ def load_model(path, backend: str = "auto", device="cpu") -> DMD:
     state = ckpt.get("model")
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint: {path} has no model weights (expected a state_dict under 'model')")
-    dmd_state = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
+    dmd_state = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
     if not dmd_state:
-        raise CheckpointError(f"checkpoint: {path}: no DMD weights (no key starts with {PREFIX!r}; "
-                              f"got e.g. {sorted(state)[:3]})")
+        raise CheckpointError(
+            f"checkpoint: {path}: no DMD weights (no key starts with {PREFIX!r}; got e.g. {sorted(state)[:3]})"
+        )
     model = DMD(cfg, backend=backend)
     try:
         model.load_state_dict(dmd_state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint: {path}: DMD weights do not match preset {cfg.name!r} "
-                              f"({str(exc).splitlines()[0]})") from exc
+        raise CheckpointError(
+            f"checkpoint: {path}: DMD weights do not match preset {cfg.name!r} ({str(exc).splitlines()[0]})"
+        ) from exc
     return model.to(torch.device(device)).eval()

@@ -5,6 +5,7 @@ order. The CSV has one row per sample: ``index``, ``id`` (when the data has ids)
 and ``label`` (when the data has labels); metrics (L1 ``Loss`` and :func:`regression_metrics`) are
 computed when labels exist.
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,6 +28,7 @@ METRIC_COLUMNS = ("split", "samples", "Loss", "Non0_acc_2", "Non0_F1_score", "Ac
 @dataclass
 class Predictions:
     """pred (N,) float32 in split order; labels (N,) or None; ids (N strings) or None."""
+
     split: str
     pred: torch.Tensor
     labels: torch.Tensor | None
@@ -58,8 +60,9 @@ class Predictions:
         return buf.getvalue()
 
 
-def load_split(data: str, cfg: DMDConfig, split: str, *, synthetic_sizes=(480, 96, 96), data_seed: int = 0
-               ) -> MMSADataset:
+def load_split(
+    data: str, cfg: DMDConfig, split: str, *, synthetic_sizes=(480, 96, 96), data_seed: int = 0
+) -> MMSADataset:
     """One split of ``data`` ("synthetic" or an MMSA pickle path), checked against the model's preset.
 
     Synthetic data: the split ``dmd-fast train`` used with the same sizes and seed (each split has its
@@ -70,16 +73,20 @@ def load_split(data: str, cfg: DMDConfig, split: str, *, synthetic_sizes=(480, 9
         n = {s: (sizes[s] if s == split else 1) for s in sizes}
         return synthetic_datasets(cfg, n["train"], n["valid"], n["test"], seed=data_seed, text_key=text_key)[split]
     try:  # with BERT the text rows are token ids: the model's check_inputs checks them
-        ds = load_mmsa(data, expected=None if cfg.use_bert else cfg, text_key=text_key, splits=(split,),
-                       require_labels=False)
+        ds = load_mmsa(
+            data, expected=None if cfg.use_bert else cfg, text_key=text_key, splits=(split,), require_labels=False
+        )
     except DataError as exc:
-        raise DataError(f"--data {data}: {exc} (the checkpoint is for preset {cfg.name!r}, feature dims "
-                        f"{cfg.feature_dims}, sequence lengths {cfg.seq_lens})") from exc
+        raise DataError(
+            f"--data {data}: {exc} (the checkpoint is for preset {cfg.name!r}, feature dims "
+            f"{cfg.feature_dims}, sequence lengths {cfg.seq_lens})"
+        ) from exc
     return ds[split]
 
 
-def predict_dataset(model, dataset: MMSADataset, *, batch_size: int, device, amp: str = "none",
-                    progress: bool | None = None) -> Predictions:
+def predict_dataset(
+    model, dataset: MMSADataset, *, batch_size: int, device, amp: str = "none", progress: bool | None = None
+) -> Predictions:
     """Run ``model.predict`` over ``dataset`` in order, ``batch_size`` samples at a time."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"--batch-size: expected an integer >= 1, got {batch_size!r}")

@@ -3,6 +3,7 @@
 Maps come from a separate path (the reference softmax on the layer's own projections); the fast
 attention path never materialises them.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -21,8 +22,10 @@ def cross_modal_maps(model: DMD, text, audio, vision, layer: int = -1) -> dict:
     """{pair: (Lq, Lk) head-averaged attention of sample 0 at ``layer``} for the six encoders."""
     n = len(model.trans_l_with_a.layers)
     if check.integer(layer, "layer") < -n or layer >= n:
-        raise ValueError(f"layer: expected an encoder layer in [-{n}, {n - 1}] (the cross-modal encoders have "
-                         f"{n} layers), got {layer}")
+        raise ValueError(
+            f"layer: expected an encoder layer in [-{n}, {n - 1}] (the cross-modal encoders have "
+            f"{n} layers), got {layer}"
+        )
     mhas = {p: getattr(model, f"trans_{p}").layers[layer].self_attn for p in CROSS_PAIRS}
     was_training = model.training
     model.eval()
@@ -40,6 +43,7 @@ def cross_modal_maps(model: DMD, text, audio, vision, layer: int = -1) -> dict:
 def save_map_pngs(maps: dict, out_dir, prefix: str = "attention") -> list:
     """One PNG per pair (query modality rows, key modality columns); returns the paths."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -4,6 +4,7 @@ Module names and registration order follow upstream ``trains/singleTask/model/dm
 upstream ``state_dict`` (BERT aside) loads with ``strict=True``. ``backend`` selects the
 attention core of all 12 transformer encoders ("auto" | "triton" | "reference").
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,7 +34,9 @@ class DMD(nn.Module):
     def __init__(self, config: DMDConfig, backend: str = "auto", grouped: bool | None = None):
         super().__init__()
         if not isinstance(config, DMDConfig):
-            raise TypeError(f"config: expected a DMDConfig (dmd_fast.model.get_preset(...)), got {type(config).__name__}")
+            raise TypeError(
+                f"config: expected a DMDConfig (dmd_fast.model.get_preset(...)), got {type(config).__name__}"
+            )
         self.config = c = config
         self.backend = check_backend_name(backend)
         # grouped launches: the 3 self-attention, 6 cross-modal and 3 memory encoders each share
@@ -41,6 +44,7 @@ class DMD(nn.Module):
         self.grouped = backend != "reference" if grouped is None else bool(grouped)
         if c.use_bert:
             from dmd_fast.model.text_encoder import BertTextEncoder
+
             self.text_model = BertTextEncoder(c.bert_config, pretrained_path=c.bert_path)
         d = c.d_model
         dl, da, dv = c.feature_dims
@@ -57,7 +61,11 @@ class DMD(nn.Module):
         self.self_attentions_c_l = self._encoder("l")
         self.self_attentions_c_v = self._encoder("v")
         self.self_attentions_c_a = self._encoder("a")
-        self.proj1_c, self.proj2_c, self.out_layer_c = nn.Linear(3 * d, 3 * d), nn.Linear(3 * d, 3 * d), nn.Linear(3 * d, 1)
+        self.proj1_c, self.proj2_c, self.out_layer_c = (
+            nn.Linear(3 * d, 3 * d),
+            nn.Linear(3 * d, 3 * d),
+            nn.Linear(3 * d, 1),
+        )
         self.trans_l_with_a = self._encoder("la")
         self.trans_l_with_v = self._encoder("lv")
         self.trans_a_with_l = self._encoder("al")
@@ -90,10 +98,17 @@ class DMD(nn.Module):
             dim, drop = c.d_model, c.attn_dropout_v
         else:  # memory encoders
             dim, drop = 2 * c.d_model, c.attn_dropout
-        return TransformerEncoder(dim, c.num_heads, max(c.nlevels, layers), attn_dropout=drop,
-                                  relu_dropout=c.relu_dropout, res_dropout=c.res_dropout,
-                                  embed_dropout=c.embed_dropout, offset_causal=c.attn_mask,
-                                  backend=self.backend)
+        return TransformerEncoder(
+            dim,
+            c.num_heads,
+            max(c.nlevels, layers),
+            attn_dropout=drop,
+            relu_dropout=c.relu_dropout,
+            res_dropout=c.res_dropout,
+            embed_dropout=c.embed_dropout,
+            offset_causal=c.attn_mask,
+            backend=self.backend,
+        )
 
     def encoders(self) -> dict:
         """The 12 transformer encoders by upstream name."""
@@ -106,8 +121,11 @@ class DMD(nn.Module):
         text_shape = ("B", 3, Tl) if c.use_bert else ("B", Tl, dl)
         weight = self.proj_a.weight
         B = None
-        for name, x, want in (("text", text, text_shape), ("audio", audio, ("B", Ta, da)),
-                              ("vision", vision, ("B", Tv, dv))):
+        for name, x, want in (
+            ("text", text, text_shape),
+            ("audio", audio, ("B", Ta, da)),
+            ("vision", vision, ("B", Tv, dv)),
+        ):
             if not torch.is_tensor(x):
                 raise TypeError(f"{name}: expected a tensor, got {type(x).__name__}")
             if x.dim() != 3 or tuple(x.shape[1:]) != tuple(want[1:]):
@@ -146,11 +164,13 @@ class DMD(nn.Module):
         s_seq[m] (T'_m, B, d) → {m: (T'_m, B, 2d)} (grouped launches unless the backend is the reference);
         ``last_row``: the memory encoders' last layer computes only the last row, {m: (1, B, 2d)}."""
         pairs = [(tgt, src) for tgt, srcs in (("l", "av"), ("a", "lv"), ("v", "la")) for src in srcs]
-        cross = self._run([getattr(self, f"trans_{t}_with_{s}") for t, s in pairs],
-                          [(s_seq[t], s_seq[s], s_seq[s]) for t, s in pairs])
+        cross = self._run(
+            [getattr(self, f"trans_{t}_with_{s}") for t, s in pairs], [(s_seq[t], s_seq[s], s_seq[s]) for t, s in pairs]
+        )
         mem_in = [torch.cat([cross[2 * i], cross[2 * i + 1]], dim=2) for i in range(3)]  # l, a, v
-        mem = self._run([self.trans_l_mem, self.trans_a_mem, self.trans_v_mem], [(x, None, None) for x in mem_in],
-                        last_row=last_row)
+        mem = self._run(
+            [self.trans_l_mem, self.trans_a_mem, self.trans_v_mem], [(x, None, None) for x in mem_in], last_row=last_row
+        )
         return dict(zip("lav", mem))
 
     def inference_logit(self, text, audio, vision):
@@ -158,8 +178,10 @@ class DMD(nn.Module):
         reconstructions, re-encodings, c_sim, proj_cosine, homogeneous/hetero/c heads; the self-attention
         and memory encoders compute only the last query row in their last layer; no dropout."""
         if self.training:
-            raise RuntimeError("inference: the model is in training mode; call .eval() first (the inference "
-                               "forward has no dropout, so it equals the eval forward only)")
+            raise RuntimeError(
+                "inference: the model is in training mode; call .eval() first (the inference "
+                "forward has no dropout, so it equals the eval forward only)"
+            )
         self.check_inputs(text, audio, vision)
         if self.config.use_bert:
             text = self.text_model(text)
@@ -167,8 +189,11 @@ class DMD(nn.Module):
         origin = {m: getattr(self, f"proj_{m}")(x[m]) for m in MODALITIES}  # (B, d, T')
         s_seq = {m: getattr(self, f"encoder_s_{m}")(origin[m]).permute(2, 0, 1) for m in MODALITIES}  # (T', B, d)
         c_seq = {m: self.encoder_c(origin[m]).permute(2, 0, 1) for m in MODALITIES}
-        c_att = self._run([getattr(self, f"self_attentions_c_{m}") for m in MODALITIES],
-                          [(c_seq[m], None, None) for m in MODALITIES], last_row=True)  # (1, B, d) each
+        c_att = self._run(
+            [getattr(self, f"self_attentions_c_{m}") for m in MODALITIES],
+            [(c_seq[m], None, None) for m in MODALITIES],
+            last_row=True,
+        )  # (1, B, d) each
         c_fusion = torch.cat([h[-1] for h in c_att], dim=1)  # (B, 3d)
         h = self.hetero_branch(s_seq, last_row=True)  # {m: (1, B, 2d)}
         gates = [torch.sigmoid(getattr(self, f"weight_{m}")(h[m][-1])) for m in MODALITIES]
@@ -189,14 +214,13 @@ class DMD(nn.Module):
             text = self.text_model(text)
         x_l = F.dropout(text.transpose(1, 2), p=c.text_dropout, training=self.training)
         x_a, x_v = audio.transpose(1, 2), vision.transpose(1, 2)
-        B = x_l.shape[0]
         origin = {"l": self.proj_l(x_l), "v": self.proj_v(x_v), "a": self.proj_a(x_a)}  # (B, d, T')
         s = {m: getattr(self, f"encoder_s_{m}")(origin[m]) for m in MODALITIES}
         c_feat = {m: self.encoder_c(origin[m]) for m in MODALITIES}
         c_sim = {m: getattr(self, f"align_c_{m}")(self.flatten_channel_major(c_feat[m])) for m in MODALITIES}
         recon = {m: getattr(self, f"decoder_{m}")(torch.cat([s[m], c_feat[m]], dim=1)) for m in MODALITIES}
         s_r = {m: getattr(self, f"encoder_s_{m}")(recon[m]) for m in MODALITIES}
-        s_seq = {m: s[m].permute(2, 0, 1) for m in MODALITIES}       # (T', B, d)
+        s_seq = {m: s[m].permute(2, 0, 1) for m in MODALITIES}  # (T', B, d)
         c_seq = {m: c_feat[m].permute(2, 0, 1) for m in MODALITIES}
 
         out = {}
@@ -208,8 +232,13 @@ class DMD(nn.Module):
             out[f"repr_{m}_homo"] = repr_low
         proj_s = {m: getattr(self, f"proj_cosine_{m}")(self.flatten_time_major(s_seq[m])) for m in MODALITIES}
 
-        c_att = [h[-1] for h in self._run([getattr(self, f"self_attentions_c_{m}") for m in MODALITIES],
-                                          [(c_seq[m], None, None) for m in MODALITIES])]
+        c_att = [
+            h[-1]
+            for h in self._run(
+                [getattr(self, f"self_attentions_c_{m}") for m in MODALITIES],
+                [(c_seq[m], None, None) for m in MODALITIES],
+            )
+        ]
         c_fusion = torch.cat(c_att, dim=1)
         c_proj = self.proj2_c(F.dropout(F.relu(self.proj1_c(c_fusion)), p=c.output_dropout, training=self.training))
         logits_c = self.out_layer_c(c_proj + c_fusion)
@@ -218,7 +247,10 @@ class DMD(nn.Module):
         last_h = {m: h[m][-1] for m in MODALITIES}
         for m in MODALITIES:  # heterogeneous heads
             hp = getattr(self, f"proj2_{m}_high")(
-                F.dropout(F.relu(getattr(self, f"proj1_{m}_high")(last_h[m])), p=c.output_dropout, training=self.training))
+                F.dropout(
+                    F.relu(getattr(self, f"proj1_{m}_high")(last_h[m])), p=c.output_dropout, training=self.training
+                )
+            )
             hp = hp + last_h[m]
             out[f"logits_{m}_hetero"] = getattr(self, f"out_layer_{m}_high")(hp)
             out[f"repr_{m}_hetero"] = hp

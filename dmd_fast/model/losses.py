@@ -12,6 +12,7 @@ a sync on CUDA, so it is an option, ``margin_no_anchor``:
 - ``"upstream"``: the labels are read on the host (free for CPU labels, a sync on CUDA) and such a
   batch returns a constant 0 with no graph, as upstream (``dmd-fast parity`` uses this).
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -43,12 +44,12 @@ def margin_loss(ids: torch.Tensor, feats: torch.Tensor, no_anchor: str = "zero")
     if no_anchor == "upstream" and not has_margin_anchor(ids):
         return feats.new_zeros(())
     N = feats.shape[0]
-    cos = pairwise_cosine(feats)                                   # (N, N)
+    cos = pairwise_cosine(feats)  # (N, N)
     y = ids.reshape(N)
     eye = torch.eye(N, dtype=torch.bool, device=feats.device)
-    pos = (y.unsqueeze(1) == y.unsqueeze(0)) & ~eye                # (N, N)
-    neg = (y.unsqueeze(1) != y.unsqueeze(0))
-    margin = 0.15 * (y.unsqueeze(1) - y.unsqueeze(0)).abs()        # (N, N)
+    pos = (y.unsqueeze(1) == y.unsqueeze(0)) & ~eye  # (N, N)
+    neg = y.unsqueeze(1) != y.unsqueeze(0)
+    margin = 0.15 * (y.unsqueeze(1) - y.unsqueeze(0)).abs()  # (N, N)
     # hinge[p, a, b] for positive a and negative b of anchor p
     hinge = torch.clamp_min(margin.unsqueeze(1) - cos.unsqueeze(2) + cos.unsqueeze(1), 0.0)
     pair = (pos.unsqueeze(2) & neg.unsqueeze(1)).to(feats.dtype)
@@ -95,8 +96,9 @@ TASK_TERMS = ("all", "l_homo", "v_homo", "a_homo", "l_hetero", "v_hetero", "a_he
 _TASK_KEYS = {"all": "output_logit", "c": "logits_c"}
 
 
-def dmd_losses(outputs: dict, labels: torch.Tensor, gd_homo, gd_hetero, ort_semantics="torch19",
-               margin_no_anchor="zero") -> dict:
+def dmd_losses(
+    outputs: dict, labels: torch.Tensor, gd_homo, gd_hetero, ort_semantics="torch19", margin_no_anchor="zero"
+) -> dict:
     """All loss terms under upstream's trainer variable names, plus ``total``.
 
     gd_homo / gd_hetero: callables (logits (3,B,1), reprs (3,B,h)) → GraphDistillResult.
@@ -118,8 +120,9 @@ def check_labels(labels, like: torch.Tensor) -> None:
     B = like.shape[0]
     check.tensor(labels, "labels", layout=f"(B={B},) or (B, 1)", floating=True)
     if tuple(labels.shape) not in ((B,), (B, 1)):
-        raise ValueError(f"labels: expected shape ({B},) or ({B}, 1) (one regression label per sample), got "
-                         f"{tuple(labels.shape)}")
+        raise ValueError(
+            f"labels: expected shape ({B},) or ({B}, 1) (one regression label per sample), got {tuple(labels.shape)}"
+        )
     check.same_device(labels, "labels", like.device, "the model outputs")
 
 
@@ -143,10 +146,18 @@ def _dmd_losses(outputs: dict, labels: torch.Tensor, gd_homo, gd_hetero, ort_sem
     hetero = gd_hetero(*gd_inputs(outputs, "hetero"))
     L["loss_reg_homo"], L["loss_logit_homo"], L["loss_repr_homo"] = homo.loss_reg, homo.loss_logit, homo.loss_repr
     L["graph_distill_loss_homo"] = 0.05 * homo.loss_total  # logit + reg (the unit's total_weights)
-    L["loss_reg_hetero"], L["loss_logit_hetero"], L["loss_repr_hetero"] = hetero.loss_reg, hetero.loss_logit, hetero.loss_repr
+    L["loss_reg_hetero"], L["loss_logit_hetero"], L["loss_repr_hetero"] = (
+        hetero.loss_reg,
+        hetero.loss_logit,
+        hetero.loss_repr,
+    )
     L["graph_distill_loss_hetero"] = 0.05 * hetero.loss_total  # logit + repr + reg
-    L["total"] = (L["loss_task"] + L["graph_distill_loss_homo"] + L["graph_distill_loss_hetero"]
-                  + (L["loss_s_sr"] + L["loss_recon"] + (L["loss_sim"] + L["loss_ort"]) * 0.1) * 0.1)
+    L["total"] = (
+        L["loss_task"]
+        + L["graph_distill_loss_homo"]
+        + L["graph_distill_loss_hetero"]
+        + (L["loss_s_sr"] + L["loss_recon"] + (L["loss_sim"] + L["loss_ort"]) * 0.1) * 0.1
+    )
     L["edges_homo"], L["edges_hetero"] = homo.edges, hetero.edges
     L["edge_means_homo"], L["edge_means_hetero"] = homo.edge_means, hetero.edge_means  # (E,), detached
     return L

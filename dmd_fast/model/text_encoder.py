@@ -4,6 +4,7 @@ Input: (B, 3, T) rows = input_ids, input_mask, segment_ids (MMSA ``text_bert``).
 Output: last_hidden_state (B, T, hidden). Weights come from a local path or a BertConfig; this
 module never downloads anything itself.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,7 @@ from torch import nn
 class BertTextEncoder(nn.Module):
     """Wraps ``transformers.BertModel`` under the upstream attribute name ``model``."""
 
-    def __init__(self, bert_config: dict | None = None, pretrained_path: str | None = None,
-                 finetune: bool = True):
+    def __init__(self, bert_config: dict | None = None, pretrained_path: str | None = None, finetune: bool = True):
         super().__init__()
         try:
             from transformers import BertConfig, BertModel
@@ -37,9 +37,12 @@ class BertTextEncoder(nn.Module):
 def local_bert_config(path: str):
     """The ``transformers.BertConfig`` of a local BERT folder, or a clear error naming ``--bert``."""
     import os
+
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"--bert: expected a local BERT folder (config.json + weights, e.g. from "
-                                f"save_pretrained), got {path!r}, which is not a directory")
+        raise FileNotFoundError(
+            f"--bert: expected a local BERT folder (config.json + weights, e.g. from "
+            f"save_pretrained), got {path!r}, which is not a directory"
+        )
     try:
         from transformers import BertConfig
     except ImportError as exc:
@@ -55,5 +58,7 @@ def check_token_ids(datasets: dict, vocab_size: int) -> None:
     for split, ds in datasets.items():
         ids = ds.text[:, 0]
         if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
-            raise ValueError(f"text_bert: split {split!r} has token ids in [{int(ids.min())}, {int(ids.max())}], "
-                             f"expected [0, {vocab_size}) for this BERT's vocabulary")
+            raise ValueError(
+                f"text_bert: split {split!r} has token ids in [{int(ids.min())}, {int(ids.max())}], "
+                f"expected [0, {vocab_size}) for this BERT's vocabulary"
+            )

@@ -3,6 +3,7 @@
 Parameter names match upstream (``in_proj_weight`` (3E, E), ``in_proj_bias`` (3E,),
 ``out_proj``), so upstream checkpoints load strictly.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,9 +40,9 @@ class MultiheadAttention(nn.Module):
         self.attn_dropout = check.probability(attn_dropout, "attn_dropout")
         check.boolean(bias, "bias")
         self.head_dim = embed_dim // num_heads
-        self.scaling = self.head_dim ** -0.5
+        self.scaling = self.head_dim**-0.5
         self.backend = check_backend_name(backend)
-        self.record_weights = False   # when True, keep head-averaged weights in ``last_weights``
+        self.record_weights = False  # when True, keep head-averaged weights in ``last_weights``
         self.last_weights = None
         self.in_proj_weight = Parameter(torch.empty(3 * embed_dim, embed_dim))
         if bias:
@@ -66,6 +67,7 @@ class MultiheadAttention(nn.Module):
         """True when the core runs the kernel, which applies head_dim^-0.5 to q·kᵀ itself (no separate
         q * scaling kernel forward and backward); the reference keeps upstream's q * scaling."""
         from dmd_fast.ops.attention import OP
+
         return resolve_backend(self.backend, device, OP) == "triton"
 
     def attention_scale(self, device) -> float:
@@ -77,8 +79,11 @@ class MultiheadAttention(nn.Module):
         weight gradient is written in place, see ``packed_in_projection``). q is multiplied by
         ``scaling`` unless the kernel applies it (``attention_scale``). One tensor: the same object, or
         (eagerly) the same memory and shape; torch.compile cannot compare data pointers without a graph break."""
-        one = query is key is value or (not torch.compiler.is_compiling() and query.shape == key.shape == value.shape
-                                        and query.data_ptr() == key.data_ptr() == value.data_ptr())
+        one = query is key is value or (
+            not torch.compiler.is_compiling()
+            and query.shape == key.shape == value.shape
+            and query.data_ptr() == key.data_ptr() == value.data_ptr()
+        )
         if one:
             q, k, v = self._in_proj_all(query).chunk(3, dim=-1)
         else:
@@ -94,8 +99,17 @@ class MultiheadAttention(nn.Module):
         """Attention core on (B, H, L, D) heads from ``project``, with this module's dropout and backend."""
         p = self.attn_dropout if self.training else 0.0
         from dmd_fast.ops.attention import cross_modal_attention
-        return cross_modal_attention(qh, kh, vh, key_lengths=key_lengths, offset_causal=offset_causal,
-                                     dropout_p=p, scale=self.attention_scale(qh.device), backend=self.backend)
+
+        return cross_modal_attention(
+            qh,
+            kh,
+            vh,
+            key_lengths=key_lengths,
+            offset_causal=offset_causal,
+            dropout_p=p,
+            scale=self.attention_scale(qh.device),
+            backend=self.backend,
+        )
 
     def merge(self, o):
         """(B, H, Tq, D) heads → out_proj of (Tq, B, E)."""
@@ -113,17 +127,17 @@ class MultiheadAttention(nn.Module):
         if key.shape != value.shape:
             raise ValueError(f"key/value: expected equal shapes, got {tuple(key.shape)} and {tuple(value.shape)}")
 
-    def forward(self, query, key, value, attn_mask=None, *, offset_causal=False, key_lengths=None,
-                need_weights=False):
+    def forward(self, query, key, value, attn_mask=None, *, offset_causal=False, key_lengths=None, need_weights=False):
         self.check_inputs(query, key, value)
         if attn_mask is not None:
             check.dense_mask(attn_mask, "attn_mask", query.shape[0], key.shape[0], query.device)
         q, k, v = self.project(query, key, value)
         qh, kh, vh = self._heads(q), self._heads(k), self._heads(v)
-        if attn_mask is not None and (offset_causal or key_lengths is not None or need_weights
-                                      or self.record_weights):
-            raise ValueError("attn_mask: a dense mask cannot be combined with offset_causal, key_lengths or "
-                             "attention-weight output; pass offset_causal/key_lengths instead of a dense mask")
+        if attn_mask is not None and (offset_causal or key_lengths is not None or need_weights or self.record_weights):
+            raise ValueError(
+                "attn_mask: a dense mask cannot be combined with offset_causal, key_lengths or "
+                "attention-weight output; pass offset_causal/key_lengths instead of a dense mask"
+            )
         if attn_mask is not None:
             p = self.attn_dropout if self.training else 0.0
             qs = qh * self.scaling if self.folds_scale(qh.device) else qh  # the dense path is the reference math
@@ -140,8 +154,10 @@ class MultiheadAttention(nn.Module):
         """Visualisation path: softmax weights (B, Tq, Tk) averaged over heads, without dropout, by the
         reference (the fast path never materialises them); kept in ``last_weights`` when recording."""
         from dmd_fast.ops.attention import attention_weights
-        probs = attention_weights(qh, kh, vh, key_lengths=key_lengths, offset_causal=offset_causal,
-                                  scale=self.attention_scale(qh.device))
+
+        probs = attention_weights(
+            qh, kh, vh, key_lengths=key_lengths, offset_causal=offset_causal, scale=self.attention_scale(qh.device)
+        )
         weights = probs.mean(dim=1)
         if self.record_weights:
             self.last_weights = weights

@@ -3,6 +3,7 @@
 An upstream ``DistillationKernel`` state dict (6 keys) loads with ``strict=True``: the prior is a
 non-persistent buffer. ``forward`` runs ``dmd_fast.ops.graph_distill``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -11,15 +12,14 @@ import torch
 from torch import nn
 
 from dmd_fast import validation as check
+from dmd_fast.common.graph_distill import LOGIT_METRICS, REPR_METRICS, SOFTMAX_SCOPES, GraphDistillResult, edge_names
 from dmd_fast.ops.backend import check_backend_name
 from dmd_fast.ops.graph_distill import check_total_weights, graph_distill
-from dmd_fast.common.graph_distill import (LOGIT_METRICS, REPR_METRICS, SOFTMAX_SCOPES, GraphDistillResult,
-                                          edge_names)
 
 PRIOR_TEMPERATURE = 0.25
-HOMO_PRIOR_LOGITS = (0, 0, 1, 0, 1, 0)      # run.py: favours L→V, L→A
-HETERO_PRIOR_LOGITS = (0, 0, 1, 0, 1, 1)    # run.py: favours L→V, L→A, V→A
-HOMO_TOTAL_WEIGHTS = (1.0, 0.0, 1.0)   # DMD.py: homo total = logit + reg (repr computed, unused)
+HOMO_PRIOR_LOGITS = (0, 0, 1, 0, 1, 0)  # run.py: favours L→V, L→A
+HETERO_PRIOR_LOGITS = (0, 0, 1, 0, 1, 1)  # run.py: favours L→V, L→A, V→A
+HOMO_TOTAL_WEIGHTS = (1.0, 0.0, 1.0)  # DMD.py: homo total = logit + reg (repr computed, unused)
 HETERO_TOTAL_WEIGHTS = (1.0, 1.0, 1.0)  # DMD.py: hetero total = logit + repr + reg
 
 
@@ -43,9 +43,25 @@ class GDUnit(nn.Module):
     without the prior (no host sync); ``edge_names`` in the same order.
     """
 
-    def __init__(self, n_classes, hidden_size, gd_size, to_idx, from_idx, gd_prior, gd_reg, w_losses, metric,
-                 alpha=1 / 8, *, repr_metric=None, softmax_scope="joint", backend="auto", check_finite=True,
-                 total_weights=(1.0, 1.0, 1.0)):
+    def __init__(
+        self,
+        n_classes,
+        hidden_size,
+        gd_size,
+        to_idx,
+        from_idx,
+        gd_prior,
+        gd_reg,
+        w_losses,
+        metric,
+        alpha=1 / 8,
+        *,
+        repr_metric=None,
+        softmax_scope="joint",
+        backend="auto",
+        check_finite=True,
+        total_weights=(1.0, 1.0, 1.0),
+    ):
         super().__init__()
         n_classes, hidden_size = check.dim(n_classes, "n_classes"), check.dim(hidden_size, "hidden_size")
         gd_size = check.dim(gd_size, "gd_size")
@@ -57,8 +73,10 @@ class GDUnit(nn.Module):
         to_idx, from_idx = list(to_idx), list(from_idx)
         M = len(to_idx)
         if to_idx != list(range(M)) or from_idx != list(range(M)):
-            raise ValueError(f"to_idx/from_idx: expected both to be range(M) = {list(range(M))}, got to_idx="
-                             f"{to_idx}, from_idx={from_idx} (only the full graph over M modalities is supported)")
+            raise ValueError(
+                f"to_idx/from_idx: expected both to be range(M) = {list(range(M))}, got to_idx="
+                f"{to_idx}, from_idx={from_idx} (only the full graph over M modalities is supported)"
+            )
         if M < 2:
             raise ValueError(f"to_idx/from_idx: expected at least 2 modalities, got M={M}")
         try:
@@ -71,8 +89,9 @@ class GDUnit(nn.Module):
             raise ValueError(f"gd_prior: expected finite values >= 0, got {prior.tolist()}")
         sums = prior.double().sum(0, keepdim=True) if softmax_scope == "joint" else prior.double().view(M, -1).sum(1)
         if not (sums - 1).abs().max() <= 1e-4:
-            raise ValueError(f"gd_prior: expected to sum to 1 (per target node for softmax_scope='target'), got "
-                             f"sums {sums.tolist()}")
+            raise ValueError(
+                f"gd_prior: expected to sum to 1 (per target node for softmax_scope='target'), got sums {sums.tolist()}"
+            )
         self.W_logit = nn.Linear(n_classes, gd_size)
         self.W_repr = nn.Linear(hidden_size, gd_size)
         self.W_edge = nn.Linear(gd_size * 4, 1)
@@ -102,29 +121,72 @@ class GDUnit(nn.Module):
         check.tensor(reprs, "reprs", layout="(M, B, R)")
         if logits.dim() != 3 or logits.shape[0] != self.num_modalities:
             raise ValueError(f"logits: expected shape ({self.num_modalities}, B, C), got {tuple(logits.shape)}")
-        res = graph_distill(logits, reprs, self.W_logit.weight, self.W_logit.bias, self.W_repr.weight,
-                            self.W_repr.bias, self.W_edge.weight, self.W_edge.bias, self.gd_prior,
-                            alpha=self.alpha, softmax_scope=self.softmax_scope, logit_metric=self.metric,
-                            repr_metric=self.repr_metric, w_losses=self.w_losses, reg=self.gd_reg,
-                            total_weights=self.total_weights, backend=self.backend, check_prior=False,
-                            check_finite=self.check_finite)
+        res = graph_distill(
+            logits,
+            reprs,
+            self.W_logit.weight,
+            self.W_logit.bias,
+            self.W_repr.weight,
+            self.W_repr.bias,
+            self.W_edge.weight,
+            self.W_edge.bias,
+            self.gd_prior,
+            alpha=self.alpha,
+            softmax_scope=self.softmax_scope,
+            logit_metric=self.metric,
+            repr_metric=self.repr_metric,
+            w_losses=self.w_losses,
+            reg=self.gd_reg,
+            total_weights=self.total_weights,
+            backend=self.backend,
+            check_prior=False,
+            check_finite=self.check_finite,
+        )
         self.last_mean_edges = res.edge_means
         return res
 
     def extra_repr(self) -> str:
-        return (f"M={self.num_modalities}, gd_size={self.gd_size}, alpha={self.alpha}, metric={self.metric!r}, "
-                f"repr_metric={self.repr_metric!r}, softmax_scope={self.softmax_scope!r}, backend={self.backend!r}, "
-                f"total_weights={self.total_weights}")
+        return (
+            f"M={self.num_modalities}, gd_size={self.gd_size}, alpha={self.alpha}, metric={self.metric!r}, "
+            f"repr_metric={self.repr_metric!r}, softmax_scope={self.softmax_scope!r}, backend={self.backend!r}, "
+            f"total_weights={self.total_weights}"
+        )
 
 
 def homo_gd(hidden: int, backend: str = "auto") -> GDUnit:
     """DMD's HomoGD: g=64, prior softmax([0,0,1,0,1,0]/0.25), l1 logits and reprs, w_losses (1, 10), reg 10;
     loss_total = logit + reg (upstream computes the repr term and leaves it out of the total)."""
-    return GDUnit(1, hidden, 64, range(3), range(3), prior_from_logits(HOMO_PRIOR_LOGITS), 10.0, (1.0, 10.0),
-                  "l1", 1 / 8, repr_metric="l1", backend=backend, total_weights=HOMO_TOTAL_WEIGHTS)
+    return GDUnit(
+        1,
+        hidden,
+        64,
+        range(3),
+        range(3),
+        prior_from_logits(HOMO_PRIOR_LOGITS),
+        10.0,
+        (1.0, 10.0),
+        "l1",
+        1 / 8,
+        repr_metric="l1",
+        backend=backend,
+        total_weights=HOMO_TOTAL_WEIGHTS,
+    )
 
 
 def hetero_gd(hidden: int, backend: str = "auto") -> GDUnit:
     """DMD's HeteroGD: g=32, prior softmax([0,0,1,0,1,1]/0.25), l1 logits, clamped-cosine reprs."""
-    return GDUnit(1, hidden, 32, range(3), range(3), prior_from_logits(HETERO_PRIOR_LOGITS), 10.0, (1.0, 10.0),
-                  "l1", 1 / 8, repr_metric="cosine", backend=backend, total_weights=HETERO_TOTAL_WEIGHTS)
+    return GDUnit(
+        1,
+        hidden,
+        32,
+        range(3),
+        range(3),
+        prior_from_logits(HETERO_PRIOR_LOGITS),
+        10.0,
+        (1.0, 10.0),
+        "l1",
+        1 / 8,
+        repr_metric="cosine",
+        backend=backend,
+        total_weights=HETERO_TOTAL_WEIGHTS,
+    )

@@ -6,6 +6,7 @@ independent; each layer's attention problems go to ``cross_modal_attention_group
 else (LayerNorms, projections, FFN) runs per encoder, as in ``TransformerEncoder.forward``,
 so the result equals running the encoders one by one.
 """
+
 from __future__ import annotations
 
 from dmd_fast.nn.transformer import TransformerEncoder
@@ -22,8 +23,10 @@ def _check_groupable(encoders):
         ref = (len(first.layers), mha0.num_heads, mha0.head_dim, first.offset_causal, mha0.backend)
         for f, a, b in zip(fields, mine, ref):
             if a != b:
-                raise ValueError(f"encoders[{i}]: {f}={a!r} differs from encoders[0]'s {b!r}; only encoders of "
-                                 "one shape can share launches")
+                raise ValueError(
+                    f"encoders[{i}]: {f}={a!r} differs from encoders[0]'s {b!r}; only encoders of "
+                    "one shape can share launches"
+                )
 
 
 def run_encoders_grouped(encoders, streams, last_row=False):
@@ -33,8 +36,10 @@ def run_encoders_grouped(encoders, streams, last_row=False):
     from dmd_fast.ops.attention import cross_modal_attention_grouped
 
     if not encoders or len(encoders) != len(streams):
-        raise ValueError(f"encoders/streams: expected a non-empty list of encoders and one stream each, got "
-                         f"{len(encoders)} encoders and {len(streams)} streams")
+        raise ValueError(
+            f"encoders/streams: expected a non-empty list of encoders and one stream each, got "
+            f"{len(encoders)} encoders and {len(streams)} streams"
+        )
     _check_groupable(encoders)
     xs, sources = [], []
     for enc, (x_in, k_in, v_in) in zip(encoders, streams):
@@ -46,12 +51,15 @@ def run_encoders_grouped(encoders, streams, last_row=False):
     for i in range(n_layers):
         layers = [enc.layers[i] for enc in encoders]
         lr = last_row and i == n_layers - 1
-        problems = [layer.heads(x, last_row=lr) if src is None else layer.heads(x, *src, last_row=lr)
-                    for layer, x, src in zip(layers, xs, sources)]
+        problems = [
+            layer.heads(x, last_row=lr) if src is None else layer.heads(x, *src, last_row=lr)
+            for layer, x, src in zip(layers, xs, sources)
+        ]
         ps = [layer.self_attn.attn_dropout if layer.training else 0.0 for layer in layers]
         scale = layers[0].self_attn.attention_scale(problems[0][0].device)  # one head_dim per group
-        outs = cross_modal_attention_grouped(problems, offset_causal=offset_causal, dropout_p=ps, scale=scale,
-                                             backend=backend)
+        outs = cross_modal_attention_grouped(
+            problems, offset_causal=offset_causal, dropout_p=ps, scale=scale, backend=backend
+        )
         for layer, problem in zip(layers, problems):
             if layer.self_attn.record_weights:  # visualisation path, as the ungrouped layer does
                 layer.self_attn.head_averaged_weights(*problem, offset_causal=offset_causal)

@@ -10,9 +10,8 @@ Autocast is honoured explicitly: inputs, weight and bias are cast to the autocas
 ``F.linear`` would, the math runs in that dtype, and the parameter gradients come back in the
 parameters' dtype.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +34,10 @@ class _PackedInProjection(torch.autograd.Function):
             w = weight.to(cdt)
             b = None if bias is None else bias.to(cdt)
             xs = [x.to(cdt) for x in (x_q, x_k, x_v)]
-            outs = [F.linear(x, w[i * E:(i + 1) * E], None if b is None else b[i * E:(i + 1) * E])
-                    for i, x in enumerate(xs)]
+            outs = [
+                F.linear(x, w[i * E : (i + 1) * E], None if b is None else b[i * E : (i + 1) * E])
+                for i, x in enumerate(xs)
+            ]
         ctx.save_for_backward(*xs, w)
         ctx.in_dtypes = (x_q.dtype, x_k.dtype, x_v.dtype)
         ctx.param_dtypes = (weight.dtype, None if bias is None else bias.dtype)
@@ -60,19 +61,20 @@ class _PackedInProjection(torch.autograd.Function):
             if g is None:
                 g = x.new_zeros(x.shape[:-1] + (E,))
             g2 = g.reshape(-1, E).to(w.dtype)
-            w_i = w[i * E:(i + 1) * E]
+            w_i = w[i * E : (i + 1) * E]
             gxs.append(torch.mm(g2, w_i).view(x.shape).to(ctx.in_dtypes[i]) if need_x[i] else None)
             if need_w:
-                torch.mm(g2.t(), x.reshape(-1, E), out=gw[i * E:(i + 1) * E])
+                torch.mm(g2.t(), x.reshape(-1, E), out=gw[i * E : (i + 1) * E])
             if need_b:
-                torch.sum(g2, 0, out=gb[i * E:(i + 1) * E])
+                torch.sum(g2, 0, out=gb[i * E : (i + 1) * E])
         gw = None if gw is None else gw.to(ctx.param_dtypes[0])
         gb = None if gb is None else gb.to(ctx.param_dtypes[1])
         return (*gxs, gw, gb)
 
 
-def packed_in_projection(x_q: Tensor, x_k: Tensor, x_v: Tensor, weight: Tensor,
-                         bias: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+def packed_in_projection(
+    x_q: Tensor, x_k: Tensor, x_v: Tensor, weight: Tensor, bias: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
     """x_q (Tq, B, E), x_k / x_v (Tk, B, E), weight (3E, E), bias (3E,) or None → q, k, v.
 
     Equal to ``F.linear(x_q, weight[:E], bias[:E])``, ``F.linear(x_k, weight[E:2E], ...)``,

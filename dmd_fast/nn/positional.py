@@ -5,6 +5,7 @@ Position of frame t of sample b is t + 1 when the frame's first feature channel 
 Positions are built as integers (upstream builds them in the input dtype, which rounds them
 under bf16 autocast); the table is fp32 as upstream.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,5 +55,5 @@ class SinusoidalPositionalEmbedding(nn.Module):
         table = self._table(T + 1, x.device)
         steps = torch.arange(1, T + 1, device=x.device).unsqueeze(1)  # (T, 1)
         positions = torch.where(x[:, :, 0] != 0, steps, torch.zeros_like(steps))  # (T, B) int64
-        pe = table[:T + 1].index_select(0, positions.reshape(-1)).view(T, x.shape[1], self.embedding_dim)
+        pe = table[: T + 1].index_select(0, positions.reshape(-1)).view(T, x.shape[1], self.embedding_dim)
         return pe.to(self._float_tensor.dtype).detach()

@@ -4,6 +4,7 @@ Self-attention: ``TransformerEncoder(x)``; cross-modal: ``TransformerEncoder(x, 
 where the query stream x is updated per layer and the embedded source x_k, x_v is fixed and
 re-normalised by each layer's own LN0 (the same LayerNorm as the query).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,18 @@ def resolve_offset_causal(offset_causal, attn_mask) -> bool:
 class TransformerEncoderLayer(nn.Module):
     """x (Tq, B, E) [, x_k, x_v (Tk, B, E)] → (Tq, B, E): pre-LN MHA block then pre-LN FFN (4E)."""
 
-    def __init__(self, embed_dim, num_heads=4, attn_dropout=0.1, relu_dropout=0.1, res_dropout=0.1,
-                 offset_causal=False, backend="auto", *, attn_mask=None):
+    def __init__(
+        self,
+        embed_dim,
+        num_heads=4,
+        attn_dropout=0.1,
+        relu_dropout=0.1,
+        res_dropout=0.1,
+        offset_causal=False,
+        backend="auto",
+        *,
+        attn_mask=None,
+    ):
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
@@ -58,8 +69,10 @@ class TransformerEncoderLayer(nn.Module):
         only, (B, H, 1, D) (keys and values still come from every row)."""
         mha = self.self_attn
         if (x_k is None) != (x_v is None):
-            raise ValueError(f"{'x_v' if x_v is None else 'x_k'}: is None while the other is given; pass both "
-                             "(cross-modal attention) or neither (self-attention)")
+            raise ValueError(
+                f"{'x_v' if x_v is None else 'x_k'}: is None while the other is given; pass both "
+                "(cross-modal attention) or neither (self-attention)"
+            )
         h = self.layer_norms[0](x)
         h_q = h[-1:] if last_row else h
         if x_k is None and x_v is None:
@@ -92,8 +105,20 @@ class TransformerEncoder(nn.Module):
     ``embed_positions._float_tensor`` buffers so upstream checkpoints load strictly.
     """
 
-    def __init__(self, embed_dim, num_heads, layers, attn_dropout=0.0, relu_dropout=0.0,
-                 res_dropout=0.0, embed_dropout=0.0, offset_causal=False, backend="auto", *, attn_mask=None):
+    def __init__(
+        self,
+        embed_dim,
+        num_heads,
+        layers,
+        attn_dropout=0.0,
+        relu_dropout=0.0,
+        res_dropout=0.0,
+        embed_dropout=0.0,
+        offset_causal=False,
+        backend="auto",
+        *,
+        attn_mask=None,
+    ):
         super().__init__()
         check.dim(embed_dim, "embed_dim")
         check.integer(layers, "layers", low=0)
@@ -103,12 +128,20 @@ class TransformerEncoder(nn.Module):
         self.embed_scale = math.sqrt(embed_dim)
         self.embed_positions = SinusoidalPositionalEmbedding(embed_dim)
         self.offset_causal = resolve_offset_causal(offset_causal, attn_mask)
-        self.layers = nn.ModuleList([
-            TransformerEncoderLayer(embed_dim, num_heads=num_heads, attn_dropout=attn_dropout,
-                                    relu_dropout=relu_dropout, res_dropout=res_dropout,
-                                    offset_causal=self.offset_causal, backend=backend)
-            for _ in range(layers)
-        ])
+        self.layers = nn.ModuleList(
+            [
+                TransformerEncoderLayer(
+                    embed_dim,
+                    num_heads=num_heads,
+                    attn_dropout=attn_dropout,
+                    relu_dropout=relu_dropout,
+                    res_dropout=res_dropout,
+                    offset_causal=self.offset_causal,
+                    backend=backend,
+                )
+                for _ in range(layers)
+            ]
+        )
         self.register_buffer("version", torch.tensor([2.0]))
         self.layer_norm = nn.LayerNorm(embed_dim)
 
@@ -122,8 +155,10 @@ class TransformerEncoder(nn.Module):
         E = self.embed_dim
         if (x_in_k is None) != (x_in_v is None):
             given, missing = ("x_in_k", "x_in_v") if x_in_v is None else ("x_in_v", "x_in_k")
-            raise ValueError(f"{missing}: is None while {given} is given; pass both (cross-modal attention) or "
-                             "neither (self-attention)")
+            raise ValueError(
+                f"{missing}: is None while {given} is given; pass both (cross-modal attention) or "
+                "neither (self-attention)"
+            )
         params = self.layer_norm.weight
         for name, t in (("x_in", x_in), ("x_in_k", x_in_k), ("x_in_v", x_in_v)):
             if t is None:
@@ -147,6 +182,9 @@ class TransformerEncoder(nn.Module):
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             lr = last_row and i == last
-            x = (layer(x, x_k, x_v, key_lengths=key_lengths, last_row=lr) if cross
-                 else layer(x, key_lengths=key_lengths, last_row=lr))
+            x = (
+                layer(x, x_k, x_v, key_lengths=key_lengths, last_row=lr)
+                if cross
+                else layer(x, key_lengths=key_lengths, last_row=lr)
+            )
         return self.layer_norm(x)

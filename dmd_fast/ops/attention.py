@@ -17,9 +17,10 @@ hash it with (b, h, i, j). The keep probability is quantised to multiples of 1/2
 ``key_lengths`` values are range-checked only for CPU tensors (a check on CUDA would sync the
 host); on CUDA, values outside [0, Lk] act as clamped, as in the reference.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -39,16 +40,36 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # ops (dmd_fast/ops/registration.py: custom op + eager twin per body)
 # ----------------------------------------------------------------------------------------------
 
+
 def _lse_dtype(q: Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
-def _fwd(q: Tensor, k: Tensor, v: Tensor, key_lengths: Optional[Tensor], seed: Optional[Tensor],
-         offset_causal: bool, dropout_p: float, scale: float, input_precision: str) -> tuple[Tensor, Tensor]:
+def _fwd(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_lengths: Tensor | None,
+    seed: Tensor | None,
+    offset_causal: bool,
+    dropout_p: float,
+    scale: float,
+    input_precision: str,
+) -> tuple[Tensor, Tensor]:
     """(o (B, H, Lq, D), lse (B, H, Lq) base-2 log-sum-exp of the scaled scores)."""
     from dmd_fast.kernels.attention import attention_fwd as launch
-    return launch(q, k, v, key_lengths=key_lengths, offset_causal=offset_causal, dropout_p=dropout_p,
-                  seed=seed, scale=scale, input_precision=input_precision)
+
+    return launch(
+        q,
+        k,
+        v,
+        key_lengths=key_lengths,
+        offset_causal=offset_causal,
+        dropout_p=dropout_p,
+        seed=seed,
+        scale=scale,
+        input_precision=input_precision,
+    )
 
 
 def _fwd_fake(q, k, v, key_lengths, seed, offset_causal, dropout_p, scale, input_precision):
@@ -64,31 +85,74 @@ def _fwd_setup(ctx, inputs, output):
 
 def _fwd_backward(ctx, do, _dlse):
     q, k, v, o, lse, key_lengths, seed = ctx.saved_tensors
-    dq, dk, dv = bwd_op.inner(ctx, do, q, k, v, o, lse, key_lengths, seed, ctx.offset_causal, ctx.dropout_p,
-                              ctx.scale, ctx.precision)
+    dq, dk, dv = bwd_op.inner(
+        ctx, do, q, k, v, o, lse, key_lengths, seed, ctx.offset_causal, ctx.dropout_p, ctx.scale, ctx.precision
+    )
     return dq, dk, dv, None, None, None, None, None, None
 
 
-def _bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, key_lengths: Optional[Tensor],
-         seed: Optional[Tensor], offset_causal: bool, dropout_p: float, scale: float,
-         input_precision: str) -> tuple[Tensor, Tensor, Tensor]:
+def _bwd(
+    do: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    lse: Tensor,
+    key_lengths: Tensor | None,
+    seed: Tensor | None,
+    offset_causal: bool,
+    dropout_p: float,
+    scale: float,
+    input_precision: str,
+) -> tuple[Tensor, Tensor, Tensor]:
     """(dq, dk, dv) shaped like q, k, v."""
     from dmd_fast.kernels.attention import attention_bwd as launch
-    return launch(do, q, k, v, o, lse, key_lengths=key_lengths, offset_causal=offset_causal,
-                  dropout_p=dropout_p, seed=seed, scale=scale, input_precision=input_precision)
+
+    return launch(
+        do,
+        q,
+        k,
+        v,
+        o,
+        lse,
+        key_lengths=key_lengths,
+        offset_causal=offset_causal,
+        dropout_p=dropout_p,
+        seed=seed,
+        scale=scale,
+        input_precision=input_precision,
+    )
 
 
 def _bwd_fake(do, q, k, v, o, lse, key_lengths, seed, offset_causal, dropout_p, scale, input_precision):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
-def _fwd_grouped(qs: list[Tensor], ks: list[Tensor], vs: list[Tensor], key_lengths: list[Tensor],
-                 seed: Optional[Tensor], offset_causal: bool, dropout_p: list[float], scale: float,
-                 input_precision: str) -> list[Tensor]:
+def _fwd_grouped(
+    qs: list[Tensor],
+    ks: list[Tensor],
+    vs: list[Tensor],
+    key_lengths: list[Tensor],
+    seed: Tensor | None,
+    offset_causal: bool,
+    dropout_p: list[float],
+    scale: float,
+    input_precision: str,
+) -> list[Tensor]:
     """G problems in one launch: [o_0 .. o_{G-1}, lse_0 .. lse_{G-1}]. key_lengths: [] or G int32 (B,)."""
     from dmd_fast.kernels.attention import attention_fwd_grouped as launch
-    os_, lses = launch(qs, ks, vs, key_lengths=key_lengths or None, offset_causal=offset_causal, dropout_p=dropout_p,
-                       seed=seed, scale=scale, input_precision=input_precision)
+
+    os_, lses = launch(
+        qs,
+        ks,
+        vs,
+        key_lengths=key_lengths or None,
+        offset_causal=offset_causal,
+        dropout_p=dropout_p,
+        seed=seed,
+        scale=scale,
+        input_precision=input_precision,
+    )
     return os_ + lses
 
 
@@ -106,33 +170,59 @@ def _grouped_setup(ctx, inputs, output):
 
 def _grouped_backward(ctx, grads):
     G, saved = ctx.G, ctx.saved_tensors
-    qs, ks, vs, os_, lses = (list(saved[i * G:(i + 1) * G]) for i in range(5))
-    kls = list(saved[5 * G:6 * G]) if ctx.has_kl else []
+    qs, ks, vs, os_, lses = (list(saved[i * G : (i + 1) * G]) for i in range(5))
+    kls = list(saved[5 * G : 6 * G]) if ctx.has_kl else []
     dos = [torch.zeros_like(o) if g is None else g for g, o in zip(grads[:G], os_)]
-    d = bwd_grouped_op.inner(ctx, dos, qs, ks, vs, os_, lses, kls, saved[-1], ctx.offset_causal, ctx.dropout_p,
-                             ctx.scale, ctx.precision)
-    return d[:G], d[G:2 * G], d[2 * G:], [None] * len(kls), None, None, None, None, None
+    d = bwd_grouped_op.inner(
+        ctx, dos, qs, ks, vs, os_, lses, kls, saved[-1], ctx.offset_causal, ctx.dropout_p, ctx.scale, ctx.precision
+    )
+    return d[:G], d[G : 2 * G], d[2 * G :], [None] * len(kls), None, None, None, None, None
 
 
-def _bwd_grouped(dos: list[Tensor], qs: list[Tensor], ks: list[Tensor], vs: list[Tensor], os_: list[Tensor],
-                 lses: list[Tensor], key_lengths: list[Tensor], seed: Optional[Tensor], offset_causal: bool,
-                 dropout_p: list[float], scale: float, input_precision: str) -> list[Tensor]:
+def _bwd_grouped(
+    dos: list[Tensor],
+    qs: list[Tensor],
+    ks: list[Tensor],
+    vs: list[Tensor],
+    os_: list[Tensor],
+    lses: list[Tensor],
+    key_lengths: list[Tensor],
+    seed: Tensor | None,
+    offset_causal: bool,
+    dropout_p: list[float],
+    scale: float,
+    input_precision: str,
+) -> list[Tensor]:
     """Backward of the grouped op in 2 launches: [dq_0 .., dk_0 .., dv_0 ..]."""
     from dmd_fast.kernels.attention import attention_bwd_grouped as launch
-    dqs, dks, dvs = launch(dos, qs, ks, vs, os_, lses, key_lengths=key_lengths or None, offset_causal=offset_causal,
-                           dropout_p=dropout_p, seed=seed, scale=scale, input_precision=input_precision)
+
+    dqs, dks, dvs = launch(
+        dos,
+        qs,
+        ks,
+        vs,
+        os_,
+        lses,
+        key_lengths=key_lengths or None,
+        offset_causal=offset_causal,
+        dropout_p=dropout_p,
+        seed=seed,
+        scale=scale,
+        input_precision=input_precision,
+    )
     return dqs + dks + dvs
 
 
-def _bwd_grouped_fake(dos, qs, ks, vs, os_, lses, key_lengths, seed, offset_causal, dropout_p, scale,
-                      input_precision):
+def _bwd_grouped_fake(dos, qs, ks, vs, os_, lses, key_lengths, seed, offset_causal, dropout_p, scale, input_precision):
     return [torch.empty_like(t) for t in (*qs, *ks, *vs)]
 
 
-def _dropout_mask(seed: Tensor, batch: int, heads: int, len_q: int, len_k: int, dropout_p: float,
-                  group_index: int) -> Tensor:
+def _dropout_mask(
+    seed: Tensor, batch: int, heads: int, len_q: int, len_k: int, dropout_p: float, group_index: int
+) -> Tensor:
     """The kernels' keep-mask bool (B, H, Lq, Lk) for ``seed`` (debug/test path)."""
     from dmd_fast.kernels.attention_dropout import attention_dropout_mask as launch
+
     return launch(seed, batch, heads, len_q, len_k, dropout_p, group_index=group_index)
 
 
@@ -144,14 +234,21 @@ def _dropout_mask_fake(seed, batch, heads, len_q, len_k, dropout_p, group_index)
 bwd_op = define_op("attention_bwd", _bwd, fake=_bwd_fake)
 fwd_op = define_op("attention_fwd", _fwd, fake=_fwd_fake, setup_context=_fwd_setup, backward=_fwd_backward)
 bwd_grouped_op = define_op("attention_bwd_grouped", _bwd_grouped, fake=_bwd_grouped_fake)
-fwd_grouped_op = define_op("attention_fwd_grouped", _fwd_grouped, fake=_fwd_grouped_fake,
-                           setup_context=_grouped_setup, backward=_grouped_backward, list_output=True)
+fwd_grouped_op = define_op(
+    "attention_fwd_grouped",
+    _fwd_grouped,
+    fake=_fwd_grouped_fake,
+    setup_context=_grouped_setup,
+    backward=_grouped_backward,
+    list_output=True,
+)
 dropout_mask_op = define_op("attention_dropout_mask", _dropout_mask, fake=_dropout_mask_fake)
 
 
 # ----------------------------------------------------------------------------------------------
 # validation
 # ----------------------------------------------------------------------------------------------
+
 
 def _fail(cls, msg):
     raise cls(f"{OP}: {msg}")
@@ -175,11 +272,17 @@ def _check_qkv(q, k, v, names=("q", "k", "v")):
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     if tuple(k.shape[:2]) != (B, H) or k.shape[3] != D:
-        _fail(ValueError, f"{kn}: expected shape (B, H, Lk, D) = ({B}, {H}, Lk, {D}) to match {qn} "
-                          f"{tuple(q.shape)}, got {tuple(k.shape)}")
+        _fail(
+            ValueError,
+            f"{kn}: expected shape (B, H, Lk, D) = ({B}, {H}, Lk, {D}) to match {qn} "
+            f"{tuple(q.shape)}, got {tuple(k.shape)}",
+        )
     if tuple(v.shape) != tuple(k.shape):
-        _fail(ValueError, f"{vn}: expected the shape of {kn} {tuple(k.shape)} (same batch, heads, key length "
-                          f"and head_dim), got {tuple(v.shape)}")
+        _fail(
+            ValueError,
+            f"{vn}: expected the shape of {kn} {tuple(k.shape)} (same batch, heads, key length "
+            f"and head_dim), got {tuple(v.shape)}",
+        )
     if not 1 <= D <= MAX_HEAD_DIM:
         _fail(ValueError, f"{qn}: head_dim must be in [1, {MAX_HEAD_DIM}], got {D}")
     return B, H, Lq, Lk, D
@@ -218,7 +321,7 @@ def _check_options(dropout_p, scale, input_precision, D, dtype):
 def _draw_seed(generator, device) -> Tensor:
     """int64 [seed, offset] on ``device`` from ``generator`` (default: torch's generator for device)."""
     gen_device = generator.device if generator is not None else device
-    seed = torch.randint(0, 2 ** 62, (2,), dtype=torch.int64, device=gen_device, generator=generator)
+    seed = torch.randint(0, 2**62, (2,), dtype=torch.int64, device=gen_device, generator=generator)
     return seed.to(device, non_blocking=True)
 
 
@@ -226,10 +329,21 @@ def _draw_seed(generator, device) -> Tensor:
 # functional API
 # ----------------------------------------------------------------------------------------------
 
-def cross_modal_attention(q: Tensor, k: Tensor, v: Tensor, *, key_lengths: Optional[Tensor] = None,
-                          offset_causal: bool = False, dropout_p: float = 0.0, scale: Optional[float] = None,
-                          generator: Optional[torch.Generator] = None, input_precision: str = "ieee",
-                          backend: str = "auto", return_keep_mask: bool = False):
+
+def cross_modal_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    key_lengths: Tensor | None = None,
+    offset_causal: bool = False,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    generator: torch.Generator | None = None,
+    input_precision: str = "ieee",
+    backend: str = "auto",
+    return_keep_mask: bool = False,
+):
     """O = dropout(softmax(scale · Q Kᵀ + mask)) · V.
 
     Args:
@@ -255,8 +369,17 @@ def cross_modal_attention(q: Tensor, k: Tensor, v: Tensor, *, key_lengths: Optio
         keep = None
         if return_keep_mask and dropout_p > 0:
             keep = torch.rand((B, H, Lq, Lk), generator=generator, device=q.device) >= dropout_p
-        out = reference_attention(q, k, v, key_lengths=key_lengths, offset_causal=offset_causal,
-                                  dropout_p=dropout_p, scale=scale, keep_mask=keep, generator=generator)
+        out = reference_attention(
+            q,
+            k,
+            v,
+            key_lengths=key_lengths,
+            offset_causal=offset_causal,
+            dropout_p=dropout_p,
+            scale=scale,
+            keep_mask=keep,
+            generator=generator,
+        )
     else:
         if q.device.type == "cpu":
             check.interpreter_dtype(q.dtype, "q", OP)
@@ -273,12 +396,18 @@ def cross_modal_attention(q: Tensor, k: Tensor, v: Tensor, *, key_lengths: Optio
     return out, keep
 
 
-def cross_modal_attention_grouped(problems: Sequence[tuple[Tensor, Tensor, Tensor]], *,
-                                  key_lengths: Optional[Sequence[Optional[Tensor]]] = None,
-                                  offset_causal: bool = False, dropout_p: float | Sequence[float] = 0.0,
-                                  scale: Optional[float] = None, generator: Optional[torch.Generator] = None,
-                                  input_precision: str = "ieee", backend: str = "auto",
-                                  return_keep_mask: bool = False):
+def cross_modal_attention_grouped(
+    problems: Sequence[tuple[Tensor, Tensor, Tensor]],
+    *,
+    key_lengths: Sequence[Tensor | None] | None = None,
+    offset_causal: bool = False,
+    dropout_p: float | Sequence[float] = 0.0,
+    scale: float | None = None,
+    generator: torch.Generator | None = None,
+    input_precision: str = "ieee",
+    backend: str = "auto",
+    return_keep_mask: bool = False,
+):
     """G independent attentions (e.g. DMD's six cross-modal pairs of one layer) in one launch.
 
     Args:
@@ -303,9 +432,12 @@ def cross_modal_attention_grouped(problems: Sequence[tuple[Tensor, Tensor, Tenso
     B, H, _, _, D = dims[0]
     for g, (p, d) in enumerate(zip(problems, dims)):
         if (d[0], d[1], d[4]) != (B, H, D) or p[0].dtype != q0.dtype or p[0].device != q0.device:
-            _fail(ValueError, f"problems[{g}]: expected B={B}, H={H}, D={D}, dtype {q0.dtype} and device "
-                              f"{q0.device} like problems[0], got B={d[0]}, H={d[1]}, D={d[4]}, "
-                              f"{p[0].dtype} on {p[0].device}")
+            _fail(
+                ValueError,
+                f"problems[{g}]: expected B={B}, H={H}, D={D}, dtype {q0.dtype} and device "
+                f"{q0.device} like problems[0], got B={d[0]}, H={d[1]}, D={d[4]}, "
+                f"{p[0].dtype} on {p[0].device}",
+            )
     if isinstance(dropout_p, Sequence) and not isinstance(dropout_p, str):
         if len(dropout_p) != G:
             _fail(ValueError, f"dropout_p: expected a float or {G} floats (one per problem), got {len(dropout_p)}")
@@ -315,8 +447,10 @@ def cross_modal_attention_grouped(problems: Sequence[tuple[Tensor, Tensor, Tenso
     _, scale = _check_options(0.0, scale, input_precision, D, q0.dtype)
     if key_lengths is not None and (not isinstance(key_lengths, Sequence) or len(key_lengths) != G):
         _fail(TypeError, f"key_lengths: expected None or a sequence of {G} entries (None or (B,) tensors)")
-    kls = [_check_key_lengths(kl, B, d[3], q0.device, f"key_lengths[{g}]")
-           for g, (kl, d) in enumerate(zip(key_lengths or [None] * G, dims))]
+    kls = [
+        _check_key_lengths(kl, B, d[3], q0.device, f"key_lengths[{g}]")
+        for g, (kl, d) in enumerate(zip(key_lengths or [None] * G, dims))
+    ]
     check.generator(generator, "generator", q0.device)
     check.boolean(offset_causal, "offset_causal")
     if resolve_backend(backend, q0.device, OP) == "reference":
@@ -325,8 +459,19 @@ def cross_modal_attention_grouped(problems: Sequence[tuple[Tensor, Tensor, Tenso
             keep = None
             if return_keep_mask:
                 keep = torch.rand((B, H, d[2], d[3]), generator=generator, device=q.device) >= p
-            outs.append(reference_attention(q, k, v, key_lengths=kl, offset_causal=offset_causal,
-                                            dropout_p=p, scale=scale, keep_mask=keep, generator=generator))
+            outs.append(
+                reference_attention(
+                    q,
+                    k,
+                    v,
+                    key_lengths=kl,
+                    offset_causal=offset_causal,
+                    dropout_p=p,
+                    scale=scale,
+                    keep_mask=keep,
+                    generator=generator,
+                )
+            )
             keeps.append(keep)
     else:
         if q0.device.type == "cpu":
@@ -336,21 +481,42 @@ def cross_modal_attention_grouped(problems: Sequence[tuple[Tensor, Tensor, Tenso
         if all(kl is None for kl in kls):
             kls = []
         else:
-            kls = [torch.full((B,), d[3], dtype=torch.int32, device=q0.device) if kl is None else kl
-                   for kl, d in zip(kls, dims)]
+            kls = [
+                torch.full((B,), d[3], dtype=torch.int32, device=q0.device) if kl is None else kl
+                for kl, d in zip(kls, dims)
+            ]
         seed = _draw_seed(generator, q0.device) if max(ps) > 0 else None
-        res = fwd_grouped_op([p[0] for p in problems], [p[1] for p in problems], [p[2] for p in problems], kls,
-                             seed, bool(offset_causal), ps, scale, input_precision)
+        res = fwd_grouped_op(
+            [p[0] for p in problems],
+            [p[1] for p in problems],
+            [p[2] for p in problems],
+            kls,
+            seed,
+            bool(offset_causal),
+            ps,
+            scale,
+            input_precision,
+        )
         outs = list(res[:G])
         if return_keep_mask:
-            keeps = [dropout_mask_op(seed, B, H, d[2], d[3], p, g) if p > 0 else
-                     torch.ones((B, H, d[2], d[3]), dtype=torch.bool, device=q0.device)
-                     for g, (d, p) in enumerate(zip(dims, ps))]
+            keeps = [
+                dropout_mask_op(seed, B, H, d[2], d[3], p, g)
+                if p > 0
+                else torch.ones((B, H, d[2], d[3]), dtype=torch.bool, device=q0.device)
+                for g, (d, p) in enumerate(zip(dims, ps))
+            ]
     return (outs, keeps) if return_keep_mask else outs
 
 
-def attention_weights(q: Tensor, k: Tensor, v: Tensor, *, key_lengths: Optional[Tensor] = None,
-                      offset_causal: bool = False, scale: Optional[float] = None) -> Tensor:
+def attention_weights(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    key_lengths: Tensor | None = None,
+    offset_causal: bool = False,
+    scale: float | None = None,
+) -> Tensor:
     """Attention probabilities (B, H, Lq, Lk) for visualisation, without dropout.
 
     A separate path through the reference (it materialises the scores); the fast op never does.
@@ -358,6 +524,7 @@ def attention_weights(q: Tensor, k: Tensor, v: Tensor, *, key_lengths: Optional[
     B, H, Lq, Lk, D = _check_qkv(q, k, v)
     _, scale = _check_options(0.0, scale, "ieee", D, q.dtype)
     key_lengths = _check_key_lengths(key_lengths, B, Lk, q.device)
-    _, probs = reference_attention(q, k, v, key_lengths=key_lengths, offset_causal=offset_causal, scale=scale,
-                                   return_weights=True)
+    _, probs = reference_attention(
+        q, k, v, key_lengths=key_lengths, offset_causal=offset_causal, scale=scale, return_weights=True
+    )
     return probs

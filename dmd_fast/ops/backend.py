@@ -7,6 +7,7 @@ Rules (no silent fallback on CUDA):
 - ``"auto"``: Triton on CUDA or under the interpreter; otherwise the reference, reported once
   through ``warnings`` and recorded in :func:`last_backend`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,16 +54,20 @@ def resolve_backend(backend: str, device, op: str) -> str:
             if dev_type == "cpu":
                 raise RuntimeError(
                     f"{op}: backend='triton' on a CPU tensor needs the Triton interpreter; set "
-                    "TRITON_INTERPRET=1 before importing dmd_fast, or use backend='reference'")
-            raise RuntimeError(f"{op}: backend='triton' needs CUDA tensors and an importable triton; "
-                               f"got device {device}")
+                    "TRITON_INTERPRET=1 before importing dmd_fast, or use backend='reference'"
+                )
+            raise RuntimeError(
+                f"{op}: backend='triton' needs CUDA tensors and an importable triton; got device {device}"
+            )
         else:
             chosen = "reference"
             if op not in _warned:
                 _warned.add(op)
-                warnings.warn(f"{op}: no CUDA device and no Triton interpreter; running the "
-                              "PyTorch reference (set TRITON_INTERPRET=1 to run the kernels on CPU)",
-                              stacklevel=3)
+                warnings.warn(
+                    f"{op}: no CUDA device and no Triton interpreter; running the "
+                    "PyTorch reference (set TRITON_INTERPRET=1 to run the kernels on CPU)",
+                    stacklevel=3,
+                )
     _last[op] = chosen
     return chosen
 

@@ -8,6 +8,7 @@ or mixes the term rows when the terms themselves are differentiated. Gradients t
 or ``edge_scores`` are supported too (a short PyTorch vector-Jacobian product, run only when such a
 gradient exists). ``prior`` is a constant: it gets no gradient on the Triton path.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,10 +17,9 @@ import torch
 from torch import Tensor
 
 from dmd_fast import validation as check
+from dmd_fast.common.graph_distill import LOGIT_METRICS, REPR_METRICS, SOFTMAX_SCOPES, GraphDistillResult, edge_pairs
 from dmd_fast.ops.backend import check_backend_name, resolve_backend
 from dmd_fast.ops.registration import define_op
-from dmd_fast.common.graph_distill import (LOGIT_METRICS, REPR_METRICS, SOFTMAX_SCOPES, GraphDistillResult,
-                                          edge_pairs)
 from dmd_fast.reference.graph_distill import graph_distill as reference_graph_distill
 
 OP = "graph_distill"
@@ -44,25 +44,77 @@ def _acc_dtype(*tensors) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _fwd(logits: Tensor, reprs: Tensor, w_logit: Tensor, b_logit: Tensor, w_repr: Tensor,
-                      b_repr: Tensor, w_edge: Tensor, b_edge: Tensor, prior: Tensor, alpha: float,
-                      joint: bool, logit_metric: str, repr_metric: str, w_logit_loss: float,
-                      w_repr_loss: float, reg: float, need_grad: bool, total_weights: list[float]
-                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _fwd(
+    logits: Tensor,
+    reprs: Tensor,
+    w_logit: Tensor,
+    b_logit: Tensor,
+    w_repr: Tensor,
+    b_repr: Tensor,
+    w_edge: Tensor,
+    b_edge: Tensor,
+    prior: Tensor,
+    alpha: float,
+    joint: bool,
+    logit_metric: str,
+    repr_metric: str,
+    w_logit_loss: float,
+    w_repr_loss: float,
+    reg: float,
+    need_grad: bool,
+    total_weights: list[float],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Fused forward: loss (3,), total (), edges (E, B), scores (B, E), edge means (E,), gradient rows (4, N)
     (see grad_shapes)."""
     from dmd_fast.kernels.graph_distill import graph_distill_fwd as launch
-    return launch(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, alpha=alpha, joint=joint,
-                  logit_metric=logit_metric, repr_metric=repr_metric, w_logit_loss=w_logit_loss,
-                  w_repr_loss=w_repr_loss, reg=reg, need_grad=need_grad, total_weights=total_weights)
+
+    return launch(
+        logits,
+        reprs,
+        w_logit,
+        b_logit,
+        w_repr,
+        b_repr,
+        w_edge,
+        b_edge,
+        prior,
+        alpha=alpha,
+        joint=joint,
+        logit_metric=logit_metric,
+        repr_metric=repr_metric,
+        w_logit_loss=w_logit_loss,
+        w_repr_loss=w_repr_loss,
+        reg=reg,
+        need_grad=need_grad,
+        total_weights=total_weights,
+    )
 
 
-def _fwd_fake(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, alpha, joint, logit_metric,
-      repr_metric, w_logit_loss, w_repr_loss, reg, need_grad, total_weights):
+def _fwd_fake(
+    logits,
+    reprs,
+    w_logit,
+    b_logit,
+    w_repr,
+    b_repr,
+    w_edge,
+    b_edge,
+    prior,
+    alpha,
+    joint,
+    logit_metric,
+    repr_metric,
+    w_logit_loss,
+    w_repr_loss,
+    reg,
+    need_grad,
+    total_weights,
+):
     M, B, C = logits.shape
     R, G = reprs.shape[2], w_logit.shape[0]
     acc = _acc_dtype(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior)
     from dmd_fast.kernels.graph_distill import grad_shapes
+
     N = sum(math.prod(s) for s in grad_shapes(M, B, C, R, G))
     new = lambda *shape: logits.new_empty(shape, dtype=acc)  # noqa: E731
     E = M * (M - 1)
@@ -74,6 +126,7 @@ def _setup_context(ctx, inputs, output):
     ctx.alpha, ctx.joint = inputs[9], inputs[10]
     ctx.dtypes = [t.dtype for t in inputs[:8]]
     from dmd_fast.kernels.graph_distill import grad_shapes
+
     ctx.shapes = grad_shapes(*logits.shape, reprs.shape[2], w_logit.shape[0])
     ctx.mark_non_differentiable(output[4], output[5])  # edge means: a detached readout
     ctx.set_materialize_grads(False)  # unused outputs give None: the edge VJP runs only when needed
@@ -88,8 +141,11 @@ def _edge_vjp(ctx, logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, edge
     g_e = torch.zeros_like(p) if g_scores is None else g_scores.to(acc)
     if g_edges is not None:
         gp = g_edges.t().to(acc) * p
-        dot = gp.sum(1, keepdim=True) if ctx.joint else gp.view(B, M, M - 1).sum(2, keepdim=True).expand(
-            B, M, M - 1).reshape(B, -1)
+        dot = (
+            gp.sum(1, keepdim=True)
+            if ctx.joint
+            else gp.view(B, M, M - 1).sum(2, keepdim=True).expand(B, M, M - 1).reshape(B, -1)
+        )
         g_e = g_e + ctx.alpha * (gp - p * dot)
     pairs = torch.tensor(edge_pairs(M), device=p.device)  # (E, 2) = (to j, from i)
     eye = torch.eye(M, device=p.device, dtype=acc)
@@ -138,8 +194,26 @@ def _shape_error(arg, got, expected, hint=""):
     return ValueError(f"{arg}: expected shape {expected}, got {tuple(got)}{hint}")
 
 
-def _validate(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, *, alpha, softmax_scope,
-              logit_metric, repr_metric, w_losses, reg, check_prior, check_finite):
+def _validate(
+    logits,
+    reprs,
+    w_logit,
+    b_logit,
+    w_repr,
+    b_repr,
+    w_edge,
+    b_edge,
+    prior,
+    *,
+    alpha,
+    softmax_scope,
+    logit_metric,
+    repr_metric,
+    w_losses,
+    reg,
+    check_prior,
+    check_finite,
+):
     """Raise ValueError/TypeError naming the argument, what it received and what it expects."""
     if softmax_scope not in SOFTMAX_SCOPES:
         raise ValueError(f"softmax_scope: expected one of {SOFTMAX_SCOPES}, got {softmax_scope!r}")
@@ -150,8 +224,17 @@ def _validate(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, p
     check.real(alpha, "alpha")
     check.real(reg, "reg")
     check.reals(w_losses, "w_losses", 2, "weights (logit, repr)")
-    named = dict(logits=logits, reprs=reprs, w_logit=w_logit, b_logit=b_logit, w_repr=w_repr, b_repr=b_repr,
-                 w_edge=w_edge, b_edge=b_edge, prior=prior)
+    named = dict(
+        logits=logits,
+        reprs=reprs,
+        w_logit=w_logit,
+        b_logit=b_logit,
+        w_repr=w_repr,
+        b_repr=b_repr,
+        w_edge=w_edge,
+        b_edge=b_edge,
+        prior=prior,
+    )
     for name, t in named.items():
         if not isinstance(t, Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
@@ -168,11 +251,15 @@ def _validate(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, p
     if not 2 <= M <= MAX_MODALITIES:
         raise ValueError(f"logits: expected 2..{MAX_MODALITIES} modalities (dim 0), got M={M}")
     if reprs.shape[:2] != logits.shape[:2]:
-        raise ValueError(f"reprs: expected (M, B) = {tuple(logits.shape[:2])} as logits, got "
-                         f"{tuple(reprs.shape[:2])} (shape {tuple(reprs.shape)})")
+        raise ValueError(
+            f"reprs: expected (M, B) = {tuple(logits.shape[:2])} as logits, got "
+            f"{tuple(reprs.shape[:2])} (shape {tuple(reprs.shape)})"
+        )
     if B < 1 or C < 1 or R < 1:
-        raise ValueError(f"logits/reprs: expected non-empty batch and feature dims, got logits "
-                         f"{tuple(logits.shape)}, reprs {tuple(reprs.shape)}")
+        raise ValueError(
+            f"logits/reprs: expected non-empty batch and feature dims, got logits "
+            f"{tuple(logits.shape)}, reprs {tuple(reprs.shape)}"
+        )
     if R > MAX_REPR_DIM:
         raise ValueError(f"reprs: expected repr dim R <= {MAX_REPR_DIM}, got R={R}")
     if w_logit.dim() != 2 or w_logit.shape[1] != C:
@@ -180,8 +267,14 @@ def _validate(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, p
     G = w_logit.shape[0]
     if not 1 <= G <= MAX_GD_SIZE:
         raise ValueError(f"w_logit: expected gd size g in 1..{MAX_GD_SIZE} (dim 0), got g={G}")
-    for name, t, exp in (("b_logit", b_logit, (G,)), ("w_repr", w_repr, (G, R)), ("b_repr", b_repr, (G,)),
-                         ("w_edge", w_edge, (1, 4 * G)), ("b_edge", b_edge, (1,)), ("prior", prior, (M * (M - 1),))):
+    for name, t, exp in (
+        ("b_logit", b_logit, (G,)),
+        ("w_repr", w_repr, (G, R)),
+        ("b_repr", b_repr, (G,)),
+        ("w_edge", w_edge, (1, 4 * G)),
+        ("b_edge", b_edge, (1,)),
+        ("prior", prior, (M * (M - 1),)),
+    ):
         if tuple(t.shape) != exp:
             raise _shape_error(name, t.shape, exp, f" (g={G} from w_logit, R={R} from reprs, E=M(M-1) for M={M})")
     may_sync = not torch.compiler.is_compiling() and not (logits.is_cuda and torch.cuda.is_current_stream_capturing())
@@ -191,25 +284,49 @@ def _validate(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, p
         if softmax_scope == "joint":
             s = p.sum().item()
             if not abs(s - 1.0) <= _PRIOR_ATOL:
-                raise ValueError(f"prior: expected to sum to 1 for softmax_scope='joint', got sum {s:.6g} "
-                                 "(pass check_prior=False to allow)")
+                raise ValueError(
+                    f"prior: expected to sum to 1 for softmax_scope='joint', got sum {s:.6g} "
+                    "(pass check_prior=False to allow)"
+                )
         else:
             s = p.view(M, M - 1).sum(1)
             if not (s - 1.0).abs().max().item() <= _PRIOR_ATOL:
-                raise ValueError(f"prior: expected each target node's {M - 1} incoming edges to sum to 1 for "
-                                 f"softmax_scope='target', got group sums {s.tolist()} "
-                                 "(pass check_prior=False to allow)")
+                raise ValueError(
+                    f"prior: expected each target node's {M - 1} incoming edges to sum to 1 for "
+                    f"softmax_scope='target', got group sums {s.tolist()} "
+                    "(pass check_prior=False to allow)"
+                )
     if check_finite and may_sync:
         for name, t in (("logits", logits), ("reprs", reprs), ("prior", prior)):
             if not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{name}: expected finite values, got NaN or inf "
-                                 "(pass check_finite=False to skip this host-syncing check)")
+                raise ValueError(
+                    f"{name}: expected finite values, got NaN or inf "
+                    "(pass check_finite=False to skip this host-syncing check)"
+                )
 
 
-def graph_distill(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, *, alpha=0.125,
-                  softmax_scope="joint", logit_metric="l1", repr_metric="l1", w_losses=(1.0, 10.0), reg=10.0,
-                  total_weights=(1.0, 1.0, 1.0), backend="auto", check_prior=True,
-                  check_finite=True) -> GraphDistillResult:
+def graph_distill(
+    logits,
+    reprs,
+    w_logit,
+    b_logit,
+    w_repr,
+    b_repr,
+    w_edge,
+    b_edge,
+    prior,
+    *,
+    alpha=0.125,
+    softmax_scope="joint",
+    logit_metric="l1",
+    repr_metric="l1",
+    w_losses=(1.0, 10.0),
+    reg=10.0,
+    total_weights=(1.0, 1.0, 1.0),
+    backend="auto",
+    check_prior=True,
+    check_finite=True,
+) -> GraphDistillResult:
     """One GD-unit; the reference's semantics (see ``dmd_fast.reference.graph_distill``).
 
     Args:
@@ -228,23 +345,70 @@ def graph_distill(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edg
         Scalar hyperparameters reach the kernel as fp32 values.
     """
     check_backend_name(backend)
-    _validate(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, alpha=alpha,
-              softmax_scope=softmax_scope, logit_metric=logit_metric, repr_metric=repr_metric, w_losses=w_losses,
-              reg=reg, check_prior=check_prior, check_finite=check_finite)
+    _validate(
+        logits,
+        reprs,
+        w_logit,
+        b_logit,
+        w_repr,
+        b_repr,
+        w_edge,
+        b_edge,
+        prior,
+        alpha=alpha,
+        softmax_scope=softmax_scope,
+        logit_metric=logit_metric,
+        repr_metric=repr_metric,
+        w_losses=w_losses,
+        reg=reg,
+        check_prior=check_prior,
+        check_finite=check_finite,
+    )
     total_weights = check_total_weights(total_weights)
-    kw = dict(alpha=alpha, softmax_scope=softmax_scope, logit_metric=logit_metric, repr_metric=repr_metric,
-              w_losses=tuple(w_losses), reg=reg, total_weights=total_weights)
+    kw = dict(
+        alpha=alpha,
+        softmax_scope=softmax_scope,
+        logit_metric=logit_metric,
+        repr_metric=repr_metric,
+        w_losses=tuple(w_losses),
+        reg=reg,
+        total_weights=total_weights,
+    )
     if resolve_backend(backend, logits.device, OP) == "reference":
         return reference_graph_distill(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, **kw)
     inputs = (logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge)
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-    args = (logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior.detach(), float(alpha),
-            softmax_scope == "joint", logit_metric, repr_metric, float(w_losses[0]), float(w_losses[1]), float(reg),
-            need_grad, list(total_weights))
+    args = (
+        logits,
+        reprs,
+        w_logit,
+        b_logit,
+        w_repr,
+        b_repr,
+        w_edge,
+        b_edge,
+        prior.detach(),
+        float(alpha),
+        softmax_scope == "joint",
+        logit_metric,
+        repr_metric,
+        float(w_losses[0]),
+        float(w_losses[1]),
+        float(reg),
+        need_grad,
+        list(total_weights),
+    )
     out = fwd_op(*args)
     loss, total, edges, scores, means = out[:5]
     dt = logits.dtype
     for t in inputs[1:]:
         dt = torch.promote_types(dt, t.dtype)
-    return GraphDistillResult(_as(loss[0], dt), _as(loss[1], dt), _as(loss[2], dt), _as(total, dt), _as(edges, dt),
-                              _as(scores, dt), _as(means, dt))
+    return GraphDistillResult(
+        _as(loss[0], dt),
+        _as(loss[1], dt),
+        _as(loss[2], dt),
+        _as(total, dt),
+        _as(edges, dt),
+        _as(scores, dt),
+        _as(means, dt),
+    )

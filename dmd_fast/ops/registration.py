@@ -14,7 +14,7 @@ the twin rebuilds the lists, and flattens the backward's per-argument gradients 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -80,17 +80,28 @@ def _eager_twin(name: str, body, setup_context, backward, list_output: bool) -> 
                 flat.extend([None] * n if g is None else g)
         return tuple(flat)
 
-    twin = type(f"Eager_{name}", (torch.autograd.Function,), {
-        "forward": staticmethod(forward),
-        "backward": staticmethod(backward_flat),
-        "list_output": list_output,
-        "__doc__": f"Eager autograd twin of dmd_fast::{name} (same body, setup and backward).",
-    })
+    twin = type(
+        f"Eager_{name}",
+        (torch.autograd.Function,),
+        {
+            "forward": staticmethod(forward),
+            "backward": staticmethod(backward_flat),
+            "list_output": list_output,
+            "__doc__": f"Eager autograd twin of dmd_fast::{name} (same body, setup and backward).",
+        },
+    )
     return twin
 
 
-def define_op(name: str, body: Callable, *, fake: Callable, setup_context: Callable | None = None,
-              backward: Callable | None = None, list_output: bool = False) -> DefinedOp:
+def define_op(
+    name: str,
+    body: Callable,
+    *,
+    fake: Callable,
+    setup_context: Callable | None = None,
+    backward: Callable | None = None,
+    list_output: bool = False,
+) -> DefinedOp:
     """Register ``body`` as ``dmd_fast::name`` and build its eager twin (only with a ``backward``).
 
     ``body`` is annotated as torch.library requires; ``setup_context(ctx, inputs, output)`` and

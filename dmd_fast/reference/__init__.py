@@ -1,6 +1,7 @@
 """Plain-PyTorch oracle: readable, float64-capable, no Triton import."""
-from dmd_fast.reference.attention import cross_modal_attention, visible_mask, offset_causal_mask
-from dmd_fast.reference.graph_distill import graph_distill, edge_pairs, edge_names
+
+from dmd_fast.reference.attention import cross_modal_attention, offset_causal_mask, visible_mask
+from dmd_fast.reference.graph_distill import edge_names, edge_pairs, graph_distill
 
 __all__ = [
     "cross_modal_attention",

@@ -5,6 +5,7 @@ upstream MulT/DMD ``MultiheadAttention`` (bmm, additive −inf mask, softmax in 
 bmm) with two extensions that upstream does not have: per-sample key lengths and a defined
 output (zeros) for a query row that sees no key.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,9 @@ def offset_causal_mask(len_q: int, len_k: int, device=None) -> torch.Tensor:
     return j <= i + abs(len_k - len_q)
 
 
-def visible_mask(batch: int, len_q: int, len_k: int, *, key_lengths=None, offset_causal=False,
-                 device=None) -> torch.Tensor:
+def visible_mask(
+    batch: int, len_q: int, len_k: int, *, key_lengths=None, offset_causal=False, device=None
+) -> torch.Tensor:
     """Bool (B, 1, Lq, Lk): True where query i may attend to key j of sample b."""
     vis = torch.ones(batch, 1, len_q, len_k, dtype=torch.bool, device=device)
     if offset_causal:
@@ -29,8 +31,19 @@ def visible_mask(batch: int, len_q: int, len_k: int, *, key_lengths=None, offset
     return vis
 
 
-def cross_modal_attention(q, k, v, *, key_lengths=None, offset_causal=False, dropout_p=0.0,
-                          scale=None, keep_mask=None, generator=None, return_weights=False):
+def cross_modal_attention(
+    q,
+    k,
+    v,
+    *,
+    key_lengths=None,
+    offset_causal=False,
+    dropout_p=0.0,
+    scale=None,
+    keep_mask=None,
+    generator=None,
+    return_weights=False,
+):
     """Attention per (batch, head) on (B, H, L, D) tensors.
 
     Args:
@@ -50,10 +63,9 @@ def cross_modal_attention(q, k, v, *, key_lengths=None, offset_causal=False, dro
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     if scale is None:
-        scale = D ** -0.5
+        scale = D**-0.5
     scores = torch.matmul(q * scale, k.transpose(-1, -2))
-    vis = visible_mask(B, Lq, Lk, key_lengths=key_lengths, offset_causal=offset_causal,
-                       device=q.device)
+    vis = visible_mask(B, Lq, Lk, key_lengths=key_lengths, offset_causal=offset_causal, device=q.device)
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     row_has_key = vis.any(dim=-1, keepdim=True)
     scores = scores.to(compute).masked_fill(~vis, float("-inf"))

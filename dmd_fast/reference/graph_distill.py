@@ -1,17 +1,25 @@
 """Reference graph-distillation (GD-unit) edge aggregation, as upstream DMD computes it.
 
 Upstream: ``trains/singleTask/distillnets/get_distillation_kernel{,_homo}.py`` and
-``utils/misc.py`` (docs/upstream-semantics.md, "GD unit (graph distillation)"). Edges are the ordered pairs (to j, from i), i != j, in the
-loop order ``for j in range(M): for i in range(M)``; for M = 3 that is
+``utils/misc.py`` (docs/upstream-semantics.md, "GD unit (graph distillation)"). Edges are the
+ordered pairs (to j, from i), i != j, in the loop order ``for j in range(M): for i in range(M)``; for M = 3 that is
 V→L, A→L, L→V, A→V, L→A, V→A.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from dmd_fast.common.graph_distill import (LOGIT_METRICS, MODALITY_LETTERS, REPR_METRICS, SOFTMAX_SCOPES,  # noqa: F401
-                                          GraphDistillResult, edge_names, edge_pairs)
+from dmd_fast.common.graph_distill import (  # noqa: F401
+    LOGIT_METRICS,
+    MODALITY_LETTERS,
+    REPR_METRICS,
+    SOFTMAX_SCOPES,
+    GraphDistillResult,
+    edge_names,
+    edge_pairs,
+)
 
 _COS_EPS = 1e-12  # ATen cosine_embedding_loss EPSILON
 
@@ -43,9 +51,25 @@ def edge_softmax(scores: torch.Tensor, num_modalities: int, alpha: float, scope:
     return F.softmax(grouped * alpha, dim=2).reshape(B, -1)
 
 
-def graph_distill(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edge, prior, *,
-                  alpha=0.125, softmax_scope="joint", logit_metric="l1", repr_metric="l1",
-                  w_losses=(1.0, 10.0), reg=10.0, total_weights=(1.0, 1.0, 1.0)) -> GraphDistillResult:
+def graph_distill(
+    logits,
+    reprs,
+    w_logit,
+    b_logit,
+    w_repr,
+    b_repr,
+    w_edge,
+    b_edge,
+    prior,
+    *,
+    alpha=0.125,
+    softmax_scope="joint",
+    logit_metric="l1",
+    repr_metric="l1",
+    w_losses=(1.0, 10.0),
+    reg=10.0,
+    total_weights=(1.0, 1.0, 1.0),
+) -> GraphDistillResult:
     """One GD-unit: node embeddings, edge scores, edge softmax, weighted distillation losses.
 
     Args:
@@ -82,9 +106,15 @@ def graph_distill(logits, reprs, w_logit, b_logit, w_repr, b_repr, w_edge, b_edg
             loss_repr = loss_repr + w_losses[1] * _clamped_cosine(reprs[j], reprs[i]).mean() * w.mean()
         else:
             loss_repr = loss_repr + w_losses[1] * (_distance(reprs[j], reprs[i], repr_metric) * w).mean()
-    return GraphDistillResult(loss_logit, loss_repr, loss_reg,
-                              weighted_total((loss_logit, loss_repr, loss_reg), total_weights), edges, scores,
-                              edge_means.detach())
+    return GraphDistillResult(
+        loss_logit,
+        loss_repr,
+        loss_reg,
+        weighted_total((loss_logit, loss_repr, loss_reg), total_weights),
+        edges,
+        scores,
+        edge_means.detach(),
+    )
 
 
 def weighted_total(terms, weights) -> torch.Tensor:

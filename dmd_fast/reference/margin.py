@@ -2,6 +2,7 @@
 
 The fast version is ``dmd_fast.model.losses.margin_loss`` (no Python loop over anchors).
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,8 @@ def margin_loss_loop(ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         neg = (y != y[p]) & others
         if not bool(pos.any()) or not bool(neg.any()):
             continue
-        c_pos = cos[p, pos].unsqueeze(1)                     # (P, 1)
-        c_neg = cos[p, neg].unsqueeze(0)                     # (1, Q)
+        c_pos = cos[p, pos].unsqueeze(1)  # (P, 1)
+        c_neg = cos[p, neg].unsqueeze(0)  # (1, Q)
         margin = (0.15 * (y[neg] - y[p]).abs()).unsqueeze(0)  # (1, Q)
         total = total + torch.clamp_min(margin - c_pos + c_neg, 0.0).mean()
         count += 1

@@ -5,6 +5,7 @@ A full checkpoint holds the model (DMD + GD units), optimizer, scheduler, every 
 generator, taken at an epoch boundary, so a resumed run replays exactly what an uninterrupted
 one would do next.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,14 +51,17 @@ def atomic_save(obj, path) -> None:
 
 
 def save_checkpoint(path, trainer, weights_only: bool = False) -> None:
-    obj = {"format": FORMAT, "config": trainer.system.config.to_dict(),
-           "model": trainer.system.state_dict()}
+    obj = {"format": FORMAT, "config": trainer.system.config.to_dict(), "model": trainer.system.state_dict()}
     if not weights_only:
         gen = trainer.loaders["train"].generator
-        obj.update(optimizer=trainer.optimizer.state_dict(), scheduler=trainer.scheduler.state_dict(),
-                   rng=_rng_state(), trainer=trainer.state(),
-                   loader_generator=gen.get_state() if gen is not None else None,
-                   scaler=trainer.scaler.state_dict() if getattr(trainer, "scaler", None) is not None else None)
+        obj.update(
+            optimizer=trainer.optimizer.state_dict(),
+            scheduler=trainer.scheduler.state_dict(),
+            rng=_rng_state(),
+            trainer=trainer.state(),
+            loader_generator=gen.get_state() if gen is not None else None,
+            scaler=trainer.scaler.state_dict() if getattr(trainer, "scaler", None) is not None else None,
+        )
     atomic_save(obj, path)
 
 
@@ -74,8 +78,10 @@ def read_checkpoint(path, keys=WEIGHT_KEYS) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise CheckpointError(f"checkpoint: {path} could not be read ({type(exc).__name__}: {exc}); "
-                              "it is corrupt or not a dmd_fast checkpoint") from exc
+        raise CheckpointError(
+            f"checkpoint: {path} could not be read ({type(exc).__name__}: {exc}); "
+            "it is corrupt or not a dmd_fast checkpoint"
+        ) from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"checkpoint: {path} has format {got!r}, expected {FORMAT!r}")
@@ -86,6 +92,7 @@ def read_checkpoint(path, keys=WEIGHT_KEYS) -> dict:
         check.require_keys(obj["trainer"], _TRAINER_KEYS, f"checkpoint: {path}: 'trainer'", CheckpointError)
     if "config" in keys:
         from dmd_fast.model.config import DMDConfig
+
         try:
             check.require_keys(obj["config"], (), f"checkpoint: {path}: 'config'", CheckpointError)
             DMDConfig.from_dict(obj["config"])
@@ -100,8 +107,7 @@ def load_checkpoint(path, trainer, weights_only: bool = False) -> None:
     mine = trainer.system.config.to_dict()
     if obj["config"] != mine:
         diff = sorted(k for k in set(mine) | set(obj["config"]) if mine.get(k) != obj["config"].get(k))
-        raise CheckpointError(f"checkpoint: {path} was written for a different model config "
-                              f"(differs in {diff})")
+        raise CheckpointError(f"checkpoint: {path} was written for a different model config (differs in {diff})")
     try:
         trainer.system.load_state_dict(obj["model"], strict=True)
     except RuntimeError as exc:
@@ -110,8 +116,10 @@ def load_checkpoint(path, trainer, weights_only: bool = False) -> None:
         return
     scaler = getattr(trainer, "scaler", None)
     if scaler is not None and obj.get("scaler") is None:
-        raise CheckpointError(f"checkpoint: {path} has no fp16 loss-scaler state (it was written by a run "
-                              "without --amp fp16); resume with the same --amp")
+        raise CheckpointError(
+            f"checkpoint: {path} has no fp16 loss-scaler state (it was written by a run "
+            "without --amp fp16); resume with the same --amp"
+        )
     try:
         trainer.optimizer.load_state_dict(obj["optimizer"])
         trainer.scheduler.load_state_dict(obj["scheduler"])
@@ -119,8 +127,10 @@ def load_checkpoint(path, trainer, weights_only: bool = False) -> None:
         if scaler is not None:
             scaler.load_state_dict(obj["scaler"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"checkpoint: {path}: optimizer, scheduler or RNG state does not load "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        raise CheckpointError(
+            f"checkpoint: {path}: optimizer, scheduler or RNG state does not load "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
     st = obj["trainer"]
     trainer.epoch, trainer.best_valid, trainer.best_epoch = st["epoch"], st["best_valid"], st["best_epoch"]
     trainer.history = list(st["history"])

@@ -5,6 +5,7 @@ uses NCCL on CUDA and gloo on the CPU. Each rank sees 1/N of every epoch (Distri
 reshuffled per epoch from the seed); gradients are averaged across ranks at every backward, so the
 accumulation window and value clipping act on identical gradients on every rank.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Edge-weight readouts of GD units, aggregated over runs (the paper's supplementary Table 1)."""
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,9 @@ def aggregate_edges(runs: Sequence[Mapping[str, float]], ddof: int = 1) -> dict[
     return out
 
 
-def format_edge_table(columns: Mapping[str, Mapping[str, tuple[float, float]]], names: Sequence[str] | None = None,
-                      digits: int = 3) -> str:
+def format_edge_table(
+    columns: Mapping[str, Mapping[str, tuple[float, float]]], names: Sequence[str] | None = None, digits: int = 3
+) -> str:
     """Markdown table, one row per edge, one 'mean ± STD' column per unit (e.g. {'Homo': ..., 'Hetero': ...}).
 
     ``names`` fixes the row order (default: V→L, A→L, L→V, A→V, L→A, V→A when those are the edges).

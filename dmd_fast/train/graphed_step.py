@@ -16,9 +16,10 @@ Capture does not run the step: the call that captures replays the graph once aft
 mini-batch is skipped or doubled. Outputs are the graph's static tensors, overwritten by the next
 replay: clone what you keep.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -68,7 +69,9 @@ class GraphedTrainStep:
 
     def __init__(self, step_fn: Callable[..., dict], params, device, *, warmup: int = 3, engine=None):
         if warmup < 1:
-            raise ValueError(f"GraphedTrainStep: warmup must be >= 1 (autograd must run once before capture), got {warmup}")
+            raise ValueError(
+                f"GraphedTrainStep: warmup must be >= 1 (autograd must run once before capture), got {warmup}"
+            )
         device = torch.device(device)
         if engine is None:
             if device.type != "cuda":
@@ -91,7 +94,7 @@ class GraphedTrainStep:
         shapes = tuple((t.shape, t.dtype, t.device) for t in batch)
         if self._shapes is None:
             self._shapes = shapes
-        if shapes != self._shapes:                  # another shape: run eagerly, same buffers
+        if shapes != self._shapes:  # another shape: run eagerly, same buffers
             self.calls["eager"] += 1
             return self.step_fn(*batch)
         if self.calls["warmup"] < self.warmup:
@@ -111,13 +114,17 @@ class GraphedTrainStep:
         try:
             out = self.engine.capture(self.step_fn, *self._static_in)
         except Exception as exc:
-            raise CaptureError(f"cuda_graph: capturing the training step failed ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else ''}); the step must not sync with "
-                               "the host or create CPU tensors; run without --cuda-graph") from exc
+            raise CaptureError(
+                f"cuda_graph: capturing the training step failed ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); the step must not sync with "
+                "the host or create CPU tensors; run without --cuda-graph"
+            ) from exc
         moved = [i for i, (p, g) in enumerate(zip(self.params, grads)) if p.grad is not g]
         if moved:
-            raise CaptureError(f"cuda_graph: {len(moved)} parameter gradients were re-allocated during capture "
-                               "instead of accumulated in place (gradients must exist before capture)")
+            raise CaptureError(
+                f"cuda_graph: {len(moved)} parameter gradients were re-allocated during capture "
+                "instead of accumulated in place (gradients must exist before capture)"
+            )
         if not isinstance(out, dict):
             raise CaptureError(f"cuda_graph: step_fn must return a dict of tensors, got {type(out).__name__}")
         self._static_out = out

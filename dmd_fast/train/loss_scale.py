@@ -15,6 +15,7 @@ window's end the fused Adam divides by S inside its kernel and skips the update 
 is set (no host sync); the scale then halves on overflow or doubles after ``growth_interval``
 clean steps, as GradScaler does. Nothing here reads a value back to the host.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,15 +38,25 @@ class ClipAwareLossScaler:
     factors must be powers of two: that is what makes scaling exact.
     """
 
-    def __init__(self, device, init_scale: float = 2.0 ** 16, growth_factor: float = 2.0,
-                 backoff_factor: float = 0.5, growth_interval: int = 2000):
-        for name, val, ok in (("init_scale", init_scale, init_scale > 0 and _pow2(init_scale)),
-                              ("growth_factor", growth_factor, growth_factor > 1 and _pow2(growth_factor)),
-                              ("backoff_factor", backoff_factor, 0 < backoff_factor < 1 and _pow2(backoff_factor)),
-                              ("growth_interval", growth_interval, growth_interval >= 1)):
+    def __init__(
+        self,
+        device,
+        init_scale: float = 2.0**16,
+        growth_factor: float = 2.0,
+        backoff_factor: float = 0.5,
+        growth_interval: int = 2000,
+    ):
+        for name, val, ok in (
+            ("init_scale", init_scale, init_scale > 0 and _pow2(init_scale)),
+            ("growth_factor", growth_factor, growth_factor > 1 and _pow2(growth_factor)),
+            ("backoff_factor", backoff_factor, 0 < backoff_factor < 1 and _pow2(backoff_factor)),
+            ("growth_interval", growth_interval, growth_interval >= 1),
+        ):
             if not ok:
-                raise ValueError(f"ClipAwareLossScaler: {name} out of range (scale and factors must be powers "
-                                 f"of two, growth > 1, backoff in (0, 1), interval >= 1), got {val!r}")
+                raise ValueError(
+                    f"ClipAwareLossScaler: {name} out of range (scale and factors must be powers "
+                    f"of two, growth > 1, backoff in (0, 1), interval >= 1), got {val!r}"
+                )
         self.device = torch.device(device)
         self.growth_factor, self.backoff_factor = float(growth_factor), float(backoff_factor)
         self.growth_interval = int(growth_interval)
@@ -83,9 +94,11 @@ class ClipAwareLossScaler:
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         """Unscale inside the fused optimizer, skip it on overflow, then update S. No host sync."""
         if not all(g.get("fused") for g in optimizer.param_groups):
-            raise ValueError("ClipAwareLossScaler.step: the optimizer must be fused (e.g. "
-                             "torch.optim.Adam(..., fused=True)) so it can unscale and skip on the device, got "
-                             f"{type(optimizer).__name__} with fused={optimizer.param_groups[0].get('fused')}")
+            raise ValueError(
+                "ClipAwareLossScaler.step: the optimizer must be fused (e.g. "
+                "torch.optim.Adam(..., fused=True)) so it can unscale and skip on the device, got "
+                f"{type(optimizer).__name__} with fused={optimizer.param_groups[0].get('fused')}"
+            )
         optimizer.grad_scale = self._scale
         optimizer.found_inf = self._found_inf
         try:
@@ -93,8 +106,14 @@ class ClipAwareLossScaler:
         finally:
             del optimizer.grad_scale
             del optimizer.found_inf
-        torch._amp_update_scale_(self._scale, self._growth_tracker, self._found_inf,
-                                 self.growth_factor, self.backoff_factor, self.growth_interval)
+        torch._amp_update_scale_(
+            self._scale,
+            self._growth_tracker,
+            self._found_inf,
+            self.growth_factor,
+            self.backoff_factor,
+            self.growth_interval,
+        )
         torch.reciprocal(self._scale, out=self._inv_scale)
         self._found_inf.zero_()
 
@@ -104,9 +123,14 @@ class ClipAwareLossScaler:
         return float(self._scale.item())
 
     def state_dict(self) -> dict:
-        return {"scale": self._scale.detach().cpu().clone(), "growth_tracker": self._growth_tracker.detach().cpu().clone(),
-                "found_inf": self._found_inf.detach().cpu().clone(), "growth_factor": self.growth_factor,
-                "backoff_factor": self.backoff_factor, "growth_interval": self.growth_interval}
+        return {
+            "scale": self._scale.detach().cpu().clone(),
+            "growth_tracker": self._growth_tracker.detach().cpu().clone(),
+            "found_inf": self._found_inf.detach().cpu().clone(),
+            "growth_factor": self.growth_factor,
+            "backoff_factor": self.backoff_factor,
+            "growth_interval": self.growth_interval,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         missing = {"scale", "growth_tracker", "found_inf"} - set(state)

@@ -7,6 +7,7 @@ thresholds and rounding match upstream).
 Rounding for Acc_7/Acc_5/Acc_3 is ``np.round`` (round half to even: 0.5 -> 0, 1.5 -> 2), as
 upstream.
 """
+
 from __future__ import annotations
 
 import math
@@ -159,7 +160,6 @@ def format_metrics_table(rows: Sequence[dict], columns: Sequence[str] | None = N
             raise ValueError(f"rows[{i}]: expected a dict; received {type(r).__name__}")
     cells = [[_fmt(r.get(c), digits) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[j]) for row in cells]) for j, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths)),
-             "  ".join("-" * w for w in widths)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(s.rjust(w) for s, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)

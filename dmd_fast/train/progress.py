@@ -1,4 +1,5 @@
 """A minimal progress bar on stderr (no extra dependency); silent when not a terminal unless forced."""
+
 from __future__ import annotations
 
 import sys
@@ -8,8 +9,7 @@ import time
 class Progress:
     """``for x in Progress(iterable, desc)``; ``set(text)`` updates the trailing status."""
 
-    def __init__(self, iterable, desc: str = "", total: int | None = None, enabled: bool | None = None,
-                 stream=None):
+    def __init__(self, iterable, desc: str = "", total: int | None = None, enabled: bool | None = None, stream=None):
         self.iterable = iterable
         self.desc = desc
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)

@@ -1,4 +1,5 @@
 """Several seeds of one setting, summarised like the paper: metrics and GD edges, mean ± STD."""
+
 from __future__ import annotations
 
 import math
@@ -25,15 +26,27 @@ def best_epoch_edges(result) -> dict:
 
 def summarize_seeds(seeds, results) -> str:
     """Markdown: per-seed test metrics, their mean ± STD, and the edge table (homo, hetero)."""
-    lines = ["## Test metrics per seed", "",
-             "| seed | " + " | ".join(SUMMARY_METRICS) + " |", "|---|" + "---|" * len(SUMMARY_METRICS)]
+    lines = [
+        "## Test metrics per seed",
+        "",
+        "| seed | " + " | ".join(SUMMARY_METRICS) + " |",
+        "|---|" + "---|" * len(SUMMARY_METRICS),
+    ]
     for seed, r in zip(seeds, results):
         lines.append(f"| {seed} | " + " | ".join(f"{r.test[m]:.4f}" for m in SUMMARY_METRICS) + " |")
     stats = [_mean_std([r.test[m] for r in results]) for m in SUMMARY_METRICS]
     lines.append("| mean ± STD | " + " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in stats) + " |")
     edges = [best_epoch_edges(r) for r in results]
-    table = format_edge_table({"Homo GD": aggregate_edges([e["homo"] for e in edges]),
-                               "Hetero GD": aggregate_edges([e["hetero"] for e in edges])})
-    lines += ["", "## Graph edges (mean softmax weight without the prior, best epoch; mean ± STD over seeds)", "",
-              table]
+    table = format_edge_table(
+        {
+            "Homo GD": aggregate_edges([e["homo"] for e in edges]),
+            "Hetero GD": aggregate_edges([e["hetero"] for e in edges]),
+        }
+    )
+    lines += [
+        "",
+        "## Graph edges (mean softmax weight without the prior, best epoch; mean ± STD over seeds)",
+        "",
+        table,
+    ]
     return "\n".join(lines) + "\n"

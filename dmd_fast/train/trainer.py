@@ -1,4 +1,5 @@
-"""DMD training with upstream's procedure (``trains/singleTask/DMD.py``, docs/upstream-semantics.md, "Training procedure").
+"""DMD training with upstream's procedure (``trains/singleTask/DMD.py``;
+docs/upstream-semantics.md, "Training procedure").
 
 Adam(lr) over DMD + both GD units; gradients summed over windows of ``update_epochs``
 mini-batches (a trailing partial window is discarded, as upstream); ``clip_grad_value_`` after
@@ -6,6 +7,7 @@ every backward; ReduceLROnPlateau(min, 0.5, patience) on the validation L1 loss;
 validation loss (1e-6 tolerance); early stop after ``early_stop`` epochs without improvement.
 Per step nothing is read back to the host: losses and predictions accumulate on the device.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,22 +28,21 @@ from dmd_fast.train.loss_scale import ClipAwareLossScaler
 from dmd_fast.train.metrics import format_metrics_table, regression_metrics
 from dmd_fast.train.progress import Progress
 
-
 # fp16 needs loss scaling; ClipAwareLossScaler keeps upstream's clip after every backward exact.
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
 class TrainOptions:
-    max_epochs: int | None = None       # upstream: unbounded (early stop only)
+    max_epochs: int | None = None  # upstream: unbounded (early stop only)
     out_dir: str = "runs/dmd"
     device: str = "auto"
-    progress: bool | None = None         # None: only on a terminal
+    progress: bool | None = None  # None: only on a terminal
     log_every_epoch: bool = True
     resume: bool = False
-    amp: str = "none"                    # "none" | "bf16" | "fp16" autocast (fp16 with loss scaling)
-    compile: bool = False                # torch.compile the DMD model (static shapes per preset)
-    cuda_graph: bool = False             # replay each full-size mini-batch (fwd+bwd+clip) from a CUDA graph
+    amp: str = "none"  # "none" | "bf16" | "fp16" autocast (fp16 with loss scaling)
+    compile: bool = False  # torch.compile the DMD model (static shapes per preset)
+    cuda_graph: bool = False  # replay each full-size mini-batch (fwd+bwd+clip) from a CUDA graph
 
 
 @dataclass
@@ -63,8 +64,12 @@ def pick_device(name: str) -> torch.device:
 
 
 def _to(batch, device):
-    return (batch["text"].to(device, non_blocking=True), batch["audio"].to(device, non_blocking=True),
-            batch["vision"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True).view(-1, 1))
+    return (
+        batch["text"].to(device, non_blocking=True),
+        batch["audio"].to(device, non_blocking=True),
+        batch["vision"].to(device, non_blocking=True),
+        batch["label"].to(device, non_blocking=True).view(-1, 1),
+    )
 
 
 @torch.no_grad()
@@ -102,6 +107,7 @@ class Trainer:
         self.model = self.system
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
+
             ids = [self.device.index] if self.device.type == "cuda" else None
             # proj_cosine_* feed no loss (as upstream), hence find_unused_parameters
             self.model = DistributedDataParallel(system, device_ids=ids, find_unused_parameters=True)
@@ -111,8 +117,10 @@ class Trainer:
             raise ValueError(f"amp: expected one of {sorted(AMP_DTYPES)}, got {options.amp!r}")
         self.autocast_dtype = AMP_DTYPES[options.amp]
         if options.cuda_graph and self.dist.enabled:
-            raise ValueError("cuda_graph: whole-step capture is not supported with DistributedDataParallel "
-                             "(its gradient all-reduce hooks run outside a graph); drop --cuda-graph or run one rank")
+            raise ValueError(
+                "cuda_graph: whole-step capture is not supported with DistributedDataParallel "
+                "(its gradient all-reduce hooks run outside a graph); drop --cuda-graph or run one rank"
+            )
         if options.cuda_graph and options.compile:
             raise ValueError("cuda_graph: not supported together with --compile (use one of them)")
         if options.compile:
@@ -126,8 +134,9 @@ class Trainer:
         self._step = self._mini_batch
         if options.cuda_graph:
             self._step = GraphedTrainStep(self._mini_batch, self._params, self.device, engine=graph_engine)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=0.5,
-                                                                    patience=cfg.patience)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=0.5, patience=cfg.patience
+        )
         self.out_dir = pathlib.Path(options.out_dir)
         self.epoch = 0
         self.best_valid = float("inf")
@@ -147,8 +156,12 @@ class Trainer:
             losses["total"].backward()
             if clip != -1.0:
                 torch.nn.utils.clip_grad_value_(self._params, clip)
-        return {"total": losses["total"].detach().reshape(()), "pred": out["output_logit"].detach().view(-1),
-                "edges_homo": losses["edge_means_homo"], "edges_hetero": losses["edge_means_hetero"]}
+        return {
+            "total": losses["total"].detach().reshape(()),
+            "pred": out["output_logit"].detach().view(-1),
+            "edges_homo": losses["edge_means_homo"],
+            "edges_hetero": losses["edge_means_hetero"],
+        }
 
     # --- one epoch -------------------------------------------------------------------------
     def train_epoch(self) -> dict:
@@ -190,8 +203,10 @@ class Trainer:
         seconds = time.perf_counter() - t0
         loss = ddp.all_reduce_mean(loss_sum / max(n_batches, 1)).item()
         if not math.isfinite(loss):
-            raise FloatingPointError(f"training diverged: the mean train loss of epoch {self.epoch} is "
-                                     f"{loss} (check the inputs for NaN/inf and the learning rate)")
+            raise FloatingPointError(
+                f"training diverged: the mean train loss of epoch {self.epoch} is "
+                f"{loss} (check the inputs for NaN/inf and the learning rate)"
+            )
         pred, truth = ddp.all_gather_cat(torch.cat(preds)), ddp.all_gather_cat(torch.cat(truths))
         metrics = regression_metrics(pred.cpu().numpy(), truth.cpu().numpy())
         metrics["Loss"] = loss
@@ -201,8 +216,12 @@ class Trainer:
 
     # --- whole run ---------------------------------------------------------------------------
     def state(self) -> dict:
-        return {"epoch": self.epoch, "best_valid": self.best_valid, "best_epoch": self.best_epoch,
-                "history": self.history}
+        return {
+            "epoch": self.epoch,
+            "best_valid": self.best_valid,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+        }
 
     def fit(self) -> TrainResult:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -224,9 +243,15 @@ class Trainer:
                 self.best_valid, self.best_epoch = valid["Loss"], self.epoch
                 if self.dist.is_main:
                     save_checkpoint(self.out_dir / "best.pt", self, weights_only=True)
-            record = {"epoch": self.epoch, "train": train["metrics"], "valid": valid, "test": test,
-                      "edges": train["edges"], "lr": self.optimizer.param_groups[0]["lr"],
-                      "peak_mem_bytes": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None}
+            record = {
+                "epoch": self.epoch,
+                "train": train["metrics"],
+                "valid": valid,
+                "test": test,
+                "edges": train["edges"],
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "peak_mem_bytes": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None,
+            }
             if self.scaler is not None:
                 record["loss_scale"] = self.scaler.get_scale()
             self.history.append(record)
@@ -234,11 +259,16 @@ class Trainer:
                 with open(log_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
             if self.opt.log_every_epoch and self.dist.is_main:
-                rows = [dict(epoch=self.epoch, split=s, **{k: m.get(k) for k in header[2:]})
-                        for s, m in (("train", train["metrics"]), ("valid", valid), ("test", test))]
+                rows = [
+                    dict(epoch=self.epoch, split=s, **{k: m.get(k) for k in header[2:]})
+                    for s, m in (("train", train["metrics"]), ("valid", valid), ("test", test))
+                ]
                 print(format_metrics_table(rows, list(header)), flush=True)
-                print(f"  samples/s {train['metrics']['samples_per_s']:.1f}  lr {record['lr']:.2e}"
-                      f"  best epoch {self.best_epoch} (valid L1 {self.best_valid:.4f})", flush=True)
+                print(
+                    f"  samples/s {train['metrics']['samples_per_s']:.1f}  lr {record['lr']:.2e}"
+                    f"  best epoch {self.best_epoch} (valid L1 {self.best_valid:.4f})",
+                    flush=True,
+                )
             if self.dist.is_main:
                 save_checkpoint(last, self)
             if self.dist.enabled:

@@ -7,9 +7,29 @@
 - :mod:`~dmd_fast.bench.suites.runner`: options, budget table, recorder and the one item runner.
 - :mod:`~dmd_fast.bench.suites.driver`: suite and provider selection, order, :func:`run_suites`.
 """
-from dmd_fast.bench.suites.driver import (ALL_PROVIDERS, KNOWN_PROVIDERS, PROVIDER_HELP, SUITE_ALIASES, SUITES,
-                                          canonical_suite, default_providers, run_suites)
+
+from dmd_fast.bench.suites.driver import (
+    ALL_PROVIDERS,
+    KNOWN_PROVIDERS,
+    PROVIDER_HELP,
+    SUITE_ALIASES,
+    SUITES,
+    canonical_suite,
+    default_providers,
+    run_suites,
+)
 from dmd_fast.bench.suites.runner import BUDGET_S, Budget, SuiteOptions
 
-__all__ = ["ALL_PROVIDERS", "BUDGET_S", "Budget", "KNOWN_PROVIDERS", "PROVIDER_HELP", "SUITES", "SUITE_ALIASES",
-           "SuiteOptions", "canonical_suite", "default_providers", "run_suites"]
+__all__ = [
+    "ALL_PROVIDERS",
+    "BUDGET_S",
+    "Budget",
+    "KNOWN_PROVIDERS",
+    "PROVIDER_HELP",
+    "SUITES",
+    "SUITE_ALIASES",
+    "SuiteOptions",
+    "canonical_suite",
+    "default_providers",
+    "run_suites",
+]

@@ -6,6 +6,7 @@ aligned 46x46; fp32 and bf16, offset-causal mask, dropout 0.3: forward, forward+
 (eager-launched) and forward+backward replayed from a CUDA graph, peak extra memory, each result
 against the floor of :mod:`dmd_fast.bench.floors`; two larger cases for scaling.
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,23 +37,40 @@ def _attention_floor(case: bl.AttnCase, rates, cuda: bool) -> dict | None:
     kw = dict(dtype=case.dtype, dropout=case.dropout_p > 0, rates=rates)
     f_fwd = fl.attention_floor(case.B, case.H, case.Lq, case.Lk, case.D, mode="fwd", **kw)
     f_all = fl.attention_floor(case.B, case.H, case.Lq, case.Lk, case.D, mode="fwdbwd", **kw)
-    return {"fwd_us": f_fwd["floor_us"], "fwdbwd_us": f_all["floor_us"],
-            "fwd_bound": f_fwd["passes"]["fwd"]["bound"], "bwd_bound": f_all["passes"]["bwd"]["bound"],
-            "launch_us_fwdbwd": f_all["launch_us"]}
+    return {
+        "fwd_us": f_fwd["floor_us"],
+        "fwdbwd_us": f_all["floor_us"],
+        "fwd_bound": f_fwd["passes"]["fwd"]["bound"],
+        "bwd_bound": f_all["passes"]["bwd"]["bound"],
+        "launch_us_fwdbwd": f_all["launch_us"],
+    }
 
 
-def run_attention_item(rec: Recorder, opts: SuiteOptions, device, case: bl.AttnCase, pname: str,
-                       budget: Budget, rates=None, count_launches: bool = False):
+def run_attention_item(
+    rec: Recorder,
+    opts: SuiteOptions,
+    device,
+    case: bl.AttnCase,
+    pname: str,
+    budget: Budget,
+    rates=None,
+    count_launches: bool = False,
+):
     spec = bl.ATTENTION_PROVIDERS[pname]
-    base = {"suite": "attention", "case": case.name, "shape": case.as_dict(), "provider": pname,
-            "label": spec.label, "equivalent": True}
+    base = {
+        "suite": "attention",
+        "case": case.name,
+        "shape": case.as_dict(),
+        "provider": pname,
+        "label": spec.label,
+        "equivalent": True,
+    }
     cuda = device.type == "cuda"
     refuse = None
     if spec.cuda_only and not cuda:
         refuse = f"{pname} needs CUDA"
     elif spec.compiled and not cuda and opts.providers is None:
-        refuse = ("torch.compile baselines are not run on the CPU by default (name them in --backend-list to "
-                  "run them)")
+        refuse = "torch.compile baselines are not run on the CPU by default (name them in --backend-list to run them)"
 
     def build():
         sets = bl.make_attention_inputs(case, device, opts.n_sets)
@@ -95,28 +113,46 @@ def run_attention_item(rec: Recorder, opts: SuiteOptions, device, case: bl.AttnC
                 if m.get("status") == "ok":
                     m["floor_fraction"] = fl.floor_fraction(row["floor"][key], m["median_us"])
 
-    run_item(rec, device, base, need_s=need_seconds("attention", "compiled" if spec.compiled else "plain", cuda),
-             budget=budget, refuse=refuse, build=build, measure_into=measure_into)
+    run_item(
+        rec,
+        device,
+        base,
+        need_s=need_seconds("attention", "compiled" if spec.compiled else "plain", cuda),
+        budget=budget,
+        refuse=refuse,
+        build=build,
+        measure_into=measure_into,
+    )
 
 
 def recompile_check(opts: SuiteOptions, device, budget: Budget) -> dict:
     """Distinct compiled variants of our attention kernels before/after the eight length pairs."""
     if device.type != "cuda":
-        return {"status": "skipped", "reason": "needs compiled Triton kernels on CUDA (the interpreter keeps no "
-                                               "kernel cache)"}
+        return {
+            "status": "skipped",
+            "reason": "needs compiled Triton kernels on CUDA (the interpreter keeps no kernel cache)",
+        }
     if not budget.allows(need_seconds("check", "recompile", True)):
         return {"status": "skipped", "reason": "time budget exhausted"}
     try:
-        from dmd_fast.ops.attention import cross_modal_attention
         import dmd_fast.kernels.attention as kmod
+        from dmd_fast.ops.attention import cross_modal_attention
     except ImportError as exc:
         return {"status": "skipped", "reason": f"dmd_fast.ops.attention not importable yet ({exc})"}
     jits = _jit_functions(kmod)
     if not jits:
         return {"status": "error", "reason": "no triton JITFunction found in dmd_fast.kernels.attention"}
     B, H, D = (2, 2, 5) if opts.quick else (16, 10, 5)
-    out = {"status": "ok", "pairs": [list(p) for p in RECOMPILE_PAIRS], "B": B, "H": H, "D": D,
-           "offset_causal": True, "dropout_p": 0.3, "per_dtype": {}}
+    out = {
+        "status": "ok",
+        "pairs": [list(p) for p in RECOMPILE_PAIRS],
+        "B": B,
+        "H": H,
+        "D": D,
+        "offset_causal": True,
+        "dropout_p": 0.3,
+        "per_dtype": {},
+    }
     try:
         out["variants_before"] = _variant_count(jits)
         for dtype in ("fp32", "bf16"):
@@ -128,8 +164,10 @@ def recompile_check(opts: SuiteOptions, device, budget: Budget) -> dict:
                 torch.autograd.grad(o, (q, k, v), g)
                 torch.cuda.synchronize()
                 counts.append(_variant_count(jits))
-            out["per_dtype"][dtype] = {"variants_after_each_pair": counts,
-                                       "recompiles_after_first_pair": counts[-1] - counts[0]}
+            out["per_dtype"][dtype] = {
+                "variants_after_each_pair": counts,
+                "recompiles_after_first_pair": counts[-1] - counts[0],
+            }
     except Exception as exc:
         return {"status": "error", "reason": short_reason(exc), **{k: out[k] for k in ("pairs", "per_dtype")}}
     total = sum(d["recompiles_after_first_pair"] for d in out["per_dtype"].values())

@@ -4,6 +4,7 @@ Work runs cheapest-first (uncompiled providers, checks, model, then everything t
 ``torch.compile``) under an optional time budget; what the budget leaves out is recorded as
 skipped with the reason. Nothing here raises out of :func:`run_suites`.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,11 @@ PROVIDER_HELP = {
     "reference": "dmd_fast.reference attention (attention suite)",
     "cudagraph": "ours, whole step captured in a CUDA graph (model suite, CUDA)",
 }
-KNOWN_PROVIDERS = {"attention": bl.ATTENTION_PROVIDERS, "graph_distill": bl.GD_PROVIDERS,
-                   "model": dict.fromkeys(MODEL_PROVIDERS)}
+KNOWN_PROVIDERS = {
+    "attention": bl.ATTENTION_PROVIDERS,
+    "graph_distill": bl.GD_PROVIDERS,
+    "model": dict.fromkeys(MODEL_PROVIDERS),
+}
 
 
 def canonical_suite(name: str) -> str:
@@ -75,8 +79,13 @@ def _floors(rec: Recorder, device, nvml: dict):
     bw = measure(lambda: fl.measure_copy_bandwidth(device))
     sm, clock = fl.read_sm_count_and_clock(device, nvml)
     rates = fl.device_rates(sm, clock, bw.get("bytes_per_s") if bw["status"] == "ok" else None)
-    rec.results["floors"] = {"copy": bw, "sm_count": sm, "sm_clock_hz": clock, "rates": rates.as_dict(),
-                             "launch_us": fl.LAUNCH_US}
+    rec.results["floors"] = {
+        "copy": bw,
+        "sm_count": sm,
+        "sm_clock_hz": clock,
+        "rates": rates.as_dict(),
+        "launch_us": fl.LAUNCH_US,
+    }
     rec.save()
     rec.log(f"copy bandwidth: {bw.get('gb_per_s', float('nan')):.0f} GB/s; rates: {rates.source}")
     return rates
@@ -84,12 +93,26 @@ def _floors(rec: Recorder, device, nvml: dict):
 
 def new_results(device, opts: SuiteOptions) -> dict:
     from dmd_fast.bench.report import collect_environment
-    return {"schema": 1, "env": collect_environment(device),
-            "options": {"suites": list(opts.suites), "quick": opts.quick, "device": str(device),
-                        "providers": None if opts.providers is None else list(opts.providers),
-                        "time_budget_s": opts.time_budget_s, "warmup_ms": opts.warmup_ms, "rep_ms": opts.rep_ms,
-                        "n_sets": opts.n_sets, "cpu_threads": torch.get_num_threads()},
-            "rows": [], "checks": {}, "floors": {}, "notes": []}
+
+    return {
+        "schema": 1,
+        "env": collect_environment(device),
+        "options": {
+            "suites": list(opts.suites),
+            "quick": opts.quick,
+            "device": str(device),
+            "providers": None if opts.providers is None else list(opts.providers),
+            "time_budget_s": opts.time_budget_s,
+            "warmup_ms": opts.warmup_ms,
+            "rep_ms": opts.rep_ms,
+            "n_sets": opts.n_sets,
+            "cpu_threads": torch.get_num_threads(),
+        },
+        "rows": [],
+        "checks": {},
+        "floors": {},
+        "notes": [],
+    }
 
 
 def run_suites(opts: SuiteOptions) -> dict:
@@ -118,14 +141,17 @@ def _run_suites(opts: SuiteOptions, device: torch.device) -> dict:
     rec.save()
     configure_dynamo()
     log = opts.log
-    log(f"dmd-fast bench: suites {sorted(suites)} on {results['env'].get('device_name')} "
-        f"({'quick' if opts.quick else 'full'})")
+    log(
+        f"dmd-fast bench: suites {sorted(suites)} on {results['env'].get('device_name')} "
+        f"({'quick' if opts.quick else 'full'})"
+    )
     rates = _floors(rec, device, results["env"].get("nvml", {})) if "attention" in suites else None
 
     def phase(name: str):
         log(f"[{budget.elapsed():6.1f} s] {name}")
         if opts.out_dir:
             from dmd_fast.bench.report import write_markdown
+
             write_markdown(results, os.path.join(opts.out_dir, "results.md"))
 
     cases = attention_cases(opts.quick, device)
@@ -170,6 +196,7 @@ def _run_suites(opts: SuiteOptions, device: torch.device) -> dict:
                 reset_dynamo()
             for p in costly_op:
                 run_attention_item(rec, opts, device, case, p, budget, rates, count_launches=(case == ranked[0]))
+
     compiled_attention(ranked[:2])
     for case in graph_distill_cases(opts.quick) if "compiled" in gd_prov else []:
         phase(f"graph_distill (compiled) {case.name}")

@@ -1,5 +1,6 @@
 """The graph-distillation suite: DMD's homo and hetero GD units (B=16), every provider, and the
 launches of one forward+backward."""
+
 from __future__ import annotations
 
 import torch
@@ -17,11 +18,16 @@ def graph_distill_cases(quick: bool) -> list[bl.GDCase]:
     return [bl.GDCase("homo", 16, 50, 64, "l1"), bl.GDCase("hetero", 16, 100, 32, "cosine")]
 
 
-def run_graph_distill_item(rec: Recorder, opts: SuiteOptions, device, case: bl.GDCase, pname: str,
-                           budget: Budget):
+def run_graph_distill_item(rec: Recorder, opts: SuiteOptions, device, case: bl.GDCase, pname: str, budget: Budget):
     spec = bl.GD_PROVIDERS[pname]
-    base = {"suite": "graph_distill", "case": case.name, "shape": case.as_dict(), "provider": pname,
-            "label": spec.label, "equivalent": True}
+    base = {
+        "suite": "graph_distill",
+        "case": case.name,
+        "shape": case.as_dict(),
+        "provider": pname,
+        "label": spec.label,
+        "equivalent": True,
+    }
     cuda = device.type == "cuda"
     refuse = None
     if spec.compiled and not cuda and opts.providers is None:
@@ -48,12 +54,21 @@ def run_graph_distill_item(rec: Recorder, opts: SuiteOptions, device, case: bl.G
         if not cuda:
             row["modes"]["graph_fwdbwd"] = {"status": "skipped", "reason": "CUDA graphs need CUDA"}
         elif row["modes"]["fwdbwd"]["status"] == "ok":
-            row["memory"]["fwdbwd"] = measure(
-                lambda: peak_extra_memory(fwdbwd, *sets[0], device=device)).get("peak_extra_mb")
+            row["memory"]["fwdbwd"] = measure(lambda: peak_extra_memory(fwdbwd, *sets[0], device=device)).get(
+                "peak_extra_mb"
+            )
             row["modes"]["graph_fwdbwd"] = measure(lambda: time_fn(fwdbwd, sets, graph=True, **tkw))
             row["extra"]["launches_fwdbwd"] = measure(lambda: bl.count_kernel_launches(fwdbwd, *sets[0]))
         else:
             row["modes"]["graph_fwdbwd"] = {"status": "skipped", "reason": "fwd+bwd did not run"}
 
-    run_item(rec, device, base, need_s=need_seconds("graph_distill", "compiled" if spec.compiled else "plain", cuda),
-             budget=budget, refuse=refuse, build=build, measure_into=measure_into)
+    run_item(
+        rec,
+        device,
+        base,
+        need_s=need_seconds("graph_distill", "compiled" if spec.compiled else "plain", cuda),
+        budget=budget,
+        refuse=refuse,
+        build=build,
+        measure_into=measure_into,
+    )

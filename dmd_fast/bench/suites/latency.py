@@ -18,13 +18,14 @@ dispatches + Triton launches, not available for inductor's C++ kernels), peak ex
 only) and the largest |difference| of the outputs from ``ref_eager``'s. Rows that cannot run here say
 why ("GPU only", ...) and carry no numbers. Writes ``latency.json``, ``latency.md``, ``latency.png``.
 """
+
 from __future__ import annotations
 
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -50,6 +51,7 @@ GPU_ONLY = {"ref_compile_ro": "CUDA graphs need a GPU", "ours_cudagraph": "CUDA 
 class Built:
     """A provider ready to time: ``fn(text, audio, vision)`` → (B, 1); ``first_ms`` overrides the first
     call's time when setup did the costly part (capture); ``extra`` goes into the row."""
+
     fn: Callable
     first_ms: float | None = None
     extra: dict | None = None
@@ -58,11 +60,13 @@ class Built:
 
 def latency_config(quick: bool):
     from dmd_fast.model.config import get_preset
+
     return get_preset("tiny" if quick else "mosi-unaligned")
 
 
 def _inputs(cfg, B: int, device, n_sets: int = 2) -> list:
     from dmd_fast.inference.export import example_inputs
+
     return [example_inputs(cfg, B, device, seed=100 + i) for i in range(n_sets)]
 
 
@@ -73,6 +77,7 @@ class Models:
     def __init__(self, cfg, device):
         from dmd_fast.model.dmd import DMD
         from dmd_fast.ops.backend import interpreter_enabled
+
         torch.manual_seed(0)
         self.ref = DMD(cfg, backend="reference").to(device).eval()
         self.ours = None
@@ -88,12 +93,14 @@ def _no_grad(fn):
     def call(*x):
         with torch.no_grad():
             return fn(*x)
+
     return call
 
 
 def build(provider: str, models: Models, cfg, B: int, device, sets) -> Built:
     """Set up one provider at batch size B (raises ``Unsupported`` with the reason when it cannot run)."""
     from dmd_fast.bench.baselines import Unsupported
+
     cuda = device.type == "cuda"
     if provider in GPU_ONLY and not cuda:
         raise Unsupported(f"GPU only ({GPU_ONLY[provider]})")
@@ -107,8 +114,9 @@ def build(provider: str, models: Models, cfg, B: int, device, sets) -> Built:
         torch._dynamo.reset()
         mode = "reduce-overhead" if provider == "ref_compile_ro" else None
         compiled = torch.compile(models.ref, mode=mode, dynamic=False)
-        return Built(_no_grad(lambda t, a, v: compiled(t, a, v, inference=True)["output_logit"]),
-                     dispatch_countable=False)
+        return Built(
+            _no_grad(lambda t, a, v: compiled(t, a, v, inference=True)["output_logit"]), dispatch_countable=False
+        )
     if provider == "ours_cudagraph":
         static = [t.clone() for t in sets[0]]
         t0 = time.perf_counter()
@@ -120,11 +128,13 @@ def build(provider: str, models: Models, cfg, B: int, device, sets) -> Built:
                 buf.copy_(x)
             graph.replay()
             return outs[0]
+
         return Built(replay, first_ms=capture_ms, extra={"graph": graph})
     if provider == "exported":
         import tempfile
 
         from dmd_fast.inference.export import export_model, load_exported, save_exported
+
         model = models.ours if cuda else models.ref
         t0 = time.perf_counter()
         program = export_model(model, batch_size=B)
@@ -140,10 +150,12 @@ def build(provider: str, models: Models, cfg, B: int, device, sets) -> Built:
 def _kernels(built: Built, args, device) -> dict:
     if device.type == "cuda":
         from dmd_fast.bench.baselines import count_kernel_launches
+
         return {"kernels": count_kernel_launches(built.fn, *args)["kernels"], "how": "torch.profiler (CUDA)"}
     if not built.dispatch_countable:
         return {"kernels": None, "how": "n/a on the CPU: inductor's C++ kernels bypass ATen dispatch"}
     from dmd_fast.bench.launches import count_launches, dmd_kernels
+
     with count_launches(*dmd_kernels()) as c:
         built.fn(*args)
     return {"kernels": c.total, "how": "ATen dispatches + Triton launches (CPU)"}
@@ -151,9 +163,14 @@ def _kernels(built: Built, args, device) -> dict:
 
 def _stats(samples_ms: list) -> dict:
     us = [s * 1e3 for s in samples_ms]
-    return {"p50_us": quantile(us, 0.5), "p90_us": quantile(us, 0.9), "p99_us": quantile(us, 0.99),
-            "mean_us": statistics.fmean(us), "std_us": statistics.stdev(us) if len(us) > 1 else 0.0,
-            "n_calls": len(us)}
+    return {
+        "p50_us": quantile(us, 0.5),
+        "p90_us": quantile(us, 0.9),
+        "p99_us": quantile(us, 0.99),
+        "mean_us": statistics.fmean(us),
+        "std_us": statistics.stdev(us) if len(us) > 1 else 0.0,
+        "n_calls": len(us),
+    }
 
 
 def _first_call_ms(built: Built, args, device) -> float:
@@ -180,8 +197,15 @@ def _n_calls(built: Built, args, quick: bool, device) -> tuple[int, str | None]:
 def run_row(provider: str, models: Models, cfg, B: int, device, quick: bool, reference_out) -> dict:
     """One measured row (never raises: failures become a status and a reason)."""
     from dmd_fast.bench.baselines import Unsupported
-    row = {"suite": "latency", "case": f"B={B}", "batch": B, "provider": provider, "label": PROVIDERS[provider],
-           "preset": cfg.name}
+
+    row = {
+        "suite": "latency",
+        "case": f"B={B}",
+        "batch": B,
+        "provider": provider,
+        "label": PROVIDERS[provider],
+        "preset": cfg.name,
+    }
     sets = _inputs(cfg, B, device)
     try:
         built = build(provider, models, cfg, B, device, sets)
@@ -210,37 +234,64 @@ def run_row(provider: str, models: Models, cfg, B: int, device, quick: bool, ref
     return row
 
 
-def run_latency(quick: bool, device, providers=None, batch_sizes=None, time_budget_s=None, log=print,
-                out_dir: str | None = None) -> dict:
+def run_latency(
+    quick: bool, device, providers=None, batch_sizes=None, time_budget_s=None, log=print, out_dir: str | None = None
+) -> dict:
     """All rows of the suite, batch size by batch size, providers in the given order → results dict (env,
     options, rows). With ``out_dir``, latency.json is rewritten after every row (a killed run keeps its rows)."""
-    from dmd_fast.bench.report import write_json
-    from dmd_fast.bench.report import collect_environment
+    from dmd_fast.bench.report import collect_environment, write_json
     from dmd_fast.bench.suites.runner import Budget, configure_dynamo
+
     device = torch.device(device)
     cfg = latency_config(quick)
     batch_sizes = tuple(batch_sizes or (QUICK_BATCH_SIZES if quick else BATCH_SIZES))
     providers = tuple(providers or PROVIDERS)
     budget = Budget(time_budget_s)
-    results = {"schema": 1, "suite": "latency", "env": collect_environment(device),
-               "options": {"quick": quick, "device": str(device), "preset": cfg.name, "batch_sizes": list(batch_sizes),
-                           "providers": list(providers), "min_calls": MIN_CALLS, "time_budget_s": time_budget_s,
-                           "cpu_threads": torch.get_num_threads()}, "rows": []}
+    results = {
+        "schema": 1,
+        "suite": "latency",
+        "env": collect_environment(device),
+        "options": {
+            "quick": quick,
+            "device": str(device),
+            "preset": cfg.name,
+            "batch_sizes": list(batch_sizes),
+            "providers": list(providers),
+            "min_calls": MIN_CALLS,
+            "time_budget_s": time_budget_s,
+            "cpu_threads": torch.get_num_threads(),
+        },
+        "rows": [],
+    }
     configure_dynamo()
     models = Models(cfg, device)
     for B in batch_sizes:
         ref_out = models.ref.predict(*_inputs(cfg, B, device)[0]).float()
         for p in providers:
             if not budget.allows(0.0):
-                row = {"suite": "latency", "case": f"B={B}", "batch": B, "provider": p, "label": PROVIDERS[p],
-                       "preset": cfg.name, "status": "skipped", "reason": "time budget exhausted"}
+                row = {
+                    "suite": "latency",
+                    "case": f"B={B}",
+                    "batch": B,
+                    "provider": p,
+                    "label": PROVIDERS[p],
+                    "preset": cfg.name,
+                    "status": "skipped",
+                    "reason": "time budget exhausted",
+                }
             else:
                 row = run_row(p, models, cfg, B, device, quick, ref_out)
             results["rows"].append(row)
             if out_dir:
                 write_json(results, os.path.join(out_dir, "latency.json"))
-            log(f"  B={B} {p}: " + (f"p50 {row['p50_us']:.0f} us, p99 {row['p99_us']:.0f} us ({row['n_calls']} calls)"
-                                    if row["status"] == "ok" else f"{row['status']}: {row['reason']}"))
+            log(
+                f"  B={B} {p}: "
+                + (
+                    f"p50 {row['p50_us']:.0f} us, p99 {row['p99_us']:.0f} us ({row['n_calls']} calls)"
+                    if row["status"] == "ok"
+                    else f"{row['status']}: {row['reason']}"
+                )
+            )
     results["elapsed_s"] = round(budget.elapsed(), 1)
     return results
 
@@ -249,45 +300,74 @@ def run_latency(quick: bool, device, providers=None, batch_sizes=None, time_budg
 # report
 # ------------------------------------------------------------------------------------------------
 
+
 def _ms(us) -> str:
     return "-" if us is None else (f"{us / 1e3:.2f}" if us >= 100 else f"{us / 1e3:.3f}")
 
 
 def markdown(results: dict) -> str:
     env, opts = results["env"], results["options"]
-    lines = [f"# DMD inference latency: {env.get('device_name')}", "",
-             f"{env.get('date')}; torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda_runtime')}, "
-             f"python {env.get('python')}, {env.get('platform')}, {env.get('cpu_count')} CPUs "
-             f"({opts.get('cpu_threads')} torch thread(s)); TRITON_INTERPRET={env.get('triton_interpret') or '0'}; "
-             f"commit `{env.get('git_commit')}`",
-             f"preset {opts['preset']}, {'quick' if opts['quick'] else 'full'}, device {opts['device']}; "
-             f"elapsed {results.get('elapsed_s')} s", "",
-             "Per-call latency in ms (each call isolated and synchronised), over the timed calls after warm-up; "
-             "first call includes compilation / capture; max |diff| against ref_eager's outputs.", "",
-             "| B | provider | p50 | p90 | p99 | mean ± std | calls | first call ms | kernels/call | peak MiB "
-             "| max abs diff | samples/s | notes |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        f"# DMD inference latency: {env.get('device_name')}",
+        "",
+        f"{env.get('date')}; torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda_runtime')}, "
+        f"python {env.get('python')}, {env.get('platform')}, {env.get('cpu_count')} CPUs "
+        f"({opts.get('cpu_threads')} torch thread(s)); TRITON_INTERPRET={env.get('triton_interpret') or '0'}; "
+        f"commit `{env.get('git_commit')}`",
+        f"preset {opts['preset']}, {'quick' if opts['quick'] else 'full'}, device {opts['device']}; "
+        f"elapsed {results.get('elapsed_s')} s",
+        "",
+        "Per-call latency in ms (each call isolated and synchronised), over the timed calls after warm-up; "
+        "first call includes compilation / capture; max |diff| against ref_eager's outputs.",
+        "",
+        "| B | provider | p50 | p90 | p99 | mean ± std | calls | first call ms | kernels/call | peak MiB "
+        "| max abs diff | samples/s | notes |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in results["rows"]:
         if r["status"] != "ok":
             cell = "GPU only" if r.get("reason", "").startswith("GPU only") else r["status"]
             lines.append(f"| {r['batch']} | {r['provider']} | " + " | ".join([cell] * 11) + f" | {r.get('reason')} |")
             continue
         k = r["kernels_per_call"]
-        notes = "; ".join(x for x in (r.get("note"), k["how"] if k["kernels"] is None else None,
-                                      r.get("peak_note"), ", ".join(f"{a} {b}" for a, b in (r.get("extra") or {}).items()))
-                          if x)
-        lines.append("| " + " | ".join([
-            str(r["batch"]), r["provider"], _ms(r["p50_us"]), _ms(r["p90_us"]), _ms(r["p99_us"]),
-            f"{_ms(r['mean_us'])} ± {_ms(r['std_us'])}", str(r["n_calls"]), f"{r['first_call_ms']:.0f}",
-            "-" if k["kernels"] is None else str(k["kernels"]),
-            "-" if r["peak_extra_mb"] is None else f"{r['peak_extra_mb']:.2f}",
-            f"{r['max_abs_diff_vs_ref_eager']:.2e}", f"{r['samples_per_s']:.0f}", notes]) + " |")
+        notes = "; ".join(
+            x
+            for x in (
+                r.get("note"),
+                k["how"] if k["kernels"] is None else None,
+                r.get("peak_note"),
+                ", ".join(f"{a} {b}" for a, b in (r.get("extra") or {}).items()),
+            )
+            if x
+        )
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    str(r["batch"]),
+                    r["provider"],
+                    _ms(r["p50_us"]),
+                    _ms(r["p90_us"]),
+                    _ms(r["p99_us"]),
+                    f"{_ms(r['mean_us'])} ± {_ms(r['std_us'])}",
+                    str(r["n_calls"]),
+                    f"{r['first_call_ms']:.0f}",
+                    "-" if k["kernels"] is None else str(k["kernels"]),
+                    "-" if r["peak_extra_mb"] is None else f"{r['peak_extra_mb']:.2f}",
+                    f"{r['max_abs_diff_vs_ref_eager']:.2e}",
+                    f"{r['samples_per_s']:.0f}",
+                    notes,
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def plot(results: dict, path: str) -> str | None:
     """p50 latency and throughput (B / p50) against batch size, one line per provider that ran."""
     from dmd_fast.bench.report import _plt
+
     plt = _plt()
     ok = [r for r in results["rows"] if r["status"] == "ok"]
     if not ok:
@@ -318,6 +398,7 @@ def plot(results: dict, path: str) -> str | None:
 
 def write_latency_report(results: dict, out_dir: str, plots: bool = True) -> list:
     from dmd_fast.bench.report import write_json
+
     os.makedirs(out_dir, exist_ok=True)
     written = [os.path.join(out_dir, "latency.json"), os.path.join(out_dir, "latency.md")]
     write_json(results, written[0])

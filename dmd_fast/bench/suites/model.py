@@ -2,6 +2,7 @@
 dropout of the preset; forward, backward, ``clip_grad_value_``, Adam step) and one hetero-branch
 step (the six cross-modal and three memory encoders, forward+backward on s features (T', B, d)),
 as samples/s, peak memory and kernels per call."""
+
 from __future__ import annotations
 
 import torch
@@ -12,12 +13,17 @@ from dmd_fast.bench.suites.runner import Budget, Recorder, SuiteOptions, measure
 from dmd_fast.bench.timing import time_fn
 
 MODEL_PROVIDERS = ("eager", "compiled", "ours", "cudagraph")
-LABELS = {"eager": "reference eager", "compiled": "reference + torch.compile", "ours": "dmd_fast Triton",
-          "cudagraph": "dmd_fast Triton + CUDA graph"}
+LABELS = {
+    "eager": "reference eager",
+    "compiled": "reference + torch.compile",
+    "ours": "dmd_fast Triton",
+    "cudagraph": "dmd_fast Triton + CUDA graph",
+}
 
 
 def _model_config(quick: bool):
     from dmd_fast.model.config import get_preset
+
     return get_preset("tiny" if quick else "mosi-unaligned"), (4 if quick else 16)
 
 
@@ -36,6 +42,7 @@ class HeteroBranch(torch.nn.Module):
 
 def _backend_for(pname: str, device) -> str:
     from dmd_fast.ops.backend import interpreter_enabled
+
     if pname in ("ours", "cudagraph"):
         if device.type == "cpu" and not interpreter_enabled():
             raise bl.Unsupported("ours on the CPU needs the Triton interpreter: set TRITON_INTERPRET=1 (skipped)")
@@ -71,30 +78,42 @@ def _build_model_step(pname: str, device, quick: bool):
     gen = torch.Generator(device="cpu").manual_seed(1)
     sets = []
     for _ in range(2):
-        sets.append((torch.randn(B, Tl, dl, generator=gen).to(device), torch.randn(B, Ta, da, generator=gen).to(device),
-                     torch.randn(B, Tv, dv, generator=gen).to(device),
-                     (torch.rand(B, generator=gen) * 6 - 3).to(device)))
-    note = (f"preset {cfg.name}, B={B}, backend={backend}; step = fwd + losses + bwd + clip_grad_value_ + Adam "
-            f"(upstream steps Adam every {cfg.update_epochs} batches)")
+        sets.append(
+            (
+                torch.randn(B, Tl, dl, generator=gen).to(device),
+                torch.randn(B, Ta, da, generator=gen).to(device),
+                torch.randn(B, Tv, dv, generator=gen).to(device),
+                (torch.rand(B, generator=gen) * 6 - 3).to(device),
+            )
+        )
+    note = (
+        f"preset {cfg.name}, B={B}, backend={backend}; step = fwd + losses + bwd + clip_grad_value_ + Adam "
+        f"(upstream steps Adam every {cfg.update_epochs} batches)"
+    )
     return step, sets, B, note
 
 
 def _build_hetero_step(pname: str, device, quick: bool):
     """(fwd+bwd fn, arg sets, samples per call, note) for the hetero branch."""
     from dmd_fast.model.dmd import DMD
+
     cfg, B = _model_config(quick)
     backend = _backend_for(pname, device)
     torch.manual_seed(0)
     branch = HeteroBranch(DMD(cfg, backend=backend)).to(device).train()
     model = torch.compile(branch) if pname == "compiled" else branch
-    params = [p for n, p in branch.named_parameters() if p.requires_grad
-              and n.startswith(("dmd.trans_l_", "dmd.trans_a_", "dmd.trans_v_"))]
+    params = [
+        p
+        for n, p in branch.named_parameters()
+        if p.requires_grad and n.startswith(("dmd.trans_l_", "dmd.trans_a_", "dmd.trans_v_"))
+    ]
     tl_, ta_, tv_ = cfg.conv_out_lens
     d = cfg.d_model
     gen = torch.Generator(device="cpu").manual_seed(2)
 
     def rnd(*shape, grad=False):
         return torch.randn(*shape, generator=gen).to(device).requires_grad_(grad)
+
     sets = []
     for _ in range(2):
         s = (rnd(tl_, B, d, grad=True), rnd(ta_, B, d, grad=True), rnd(tv_, B, d, grad=True))
@@ -104,22 +123,30 @@ def _build_hetero_step(pname: str, device, quick: bool):
     def fwdbwd(s_l, s_a, s_v, g_l, g_a, g_v):
         outs = model(s_l, s_a, s_v)
         return torch.autograd.grad(outs, params + [s_l, s_a, s_v], (g_l, g_a, g_v), allow_unused=True)
+
     note = f"preset {cfg.name}, B={B}, T'=(l {tl_}, a {ta_}, v {tv_}), d={d}, backend={backend}"
     return fwdbwd, sets, B, note
 
 
 def run_model_item(rec: Recorder, opts: SuiteOptions, device, what: str, pname: str, budget: Budget):
     cuda = device.type == "cuda"
-    base = {"suite": "model", "case": "DMD train step" if what == "step" else "hetero branch fwd+bwd",
-            "provider": pname, "label": LABELS[pname], "equivalent": True}
+    base = {
+        "suite": "model",
+        "case": "DMD train step" if what == "step" else "hetero branch fwd+bwd",
+        "provider": pname,
+        "label": LABELS[pname],
+        "equivalent": True,
+    }
     refuse = None
     if pname == "cudagraph" and not cuda:
         refuse = "CUDA graphs need CUDA"
     elif pname == "compiled" and not cuda and opts.providers is None:
         refuse = "torch.compile baselines are not run on the CPU by default"
     elif pname == "ours" and not cuda and opts.providers is None:
-        refuse = ("model-level ours on the CPU runs every kernel in the Triton interpreter (~20-35 s per step); "
-                  "name 'ours' in --backend-list to run it anyway")
+        refuse = (
+            "model-level ours on the CPU runs every kernel in the Triton interpreter (~20-35 s per step); "
+            "name 'ours' in --backend-list to run it anyway"
+        )
 
     def build():
         builder = _build_model_step if what == "step" else _build_hetero_step
@@ -153,5 +180,13 @@ def run_model_item(rec: Recorder, opts: SuiteOptions, device, what: str, pname: 
             row["extra"]["kernels_per_call"] = measure(lambda: bl.count_kernel_launches(fn, *sets[0]))
 
     kind = pname if pname in ("compiled", "cudagraph") else "plain"
-    run_item(rec, device, base, need_s=need_seconds("model", kind, cuda), budget=budget, refuse=refuse, build=build,
-             measure_into=measure_into)
+    run_item(
+        rec,
+        device,
+        base,
+        need_s=need_seconds("model", kind, cuda),
+        budget=budget,
+        refuse=refuse,
+        build=build,
+        measure_into=measure_into,
+    )

@@ -4,6 +4,7 @@
 measurements, the status, the record and the clean-up. Every failure (unsupported case, capture
 failure, out of memory, any error) becomes a row with a reason; nothing here raises.
 """
+
 from __future__ import annotations
 
 import gc
@@ -11,8 +12,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -23,9 +24,13 @@ from dmd_fast.bench.timing import CaptureError, short_reason
 # seconds an item needs on CUDA before it is started (on the CPU the budget is only checked, never
 # reserved): what one compile, capture or measurement of that kind has taken
 BUDGET_S = {
-    ("attention", "plain"): 2.0, ("attention", "compiled"): 20.0,
-    ("graph_distill", "plain"): 1.0, ("graph_distill", "compiled"): 15.0,
-    ("model", "plain"): 5.0, ("model", "compiled"): 90.0, ("model", "cudagraph"): 10.0,
+    ("attention", "plain"): 2.0,
+    ("attention", "compiled"): 20.0,
+    ("graph_distill", "plain"): 1.0,
+    ("graph_distill", "compiled"): 15.0,
+    ("model", "plain"): 5.0,
+    ("model", "compiled"): 90.0,
+    ("model", "cudagraph"): 10.0,
     ("check", "recompile"): 10.0,
 }
 
@@ -33,10 +38,11 @@ BUDGET_S = {
 @dataclass
 class SuiteOptions:
     """What to run and how hard to measure."""
+
     suites: tuple = ("all",)
     quick: bool = False
     device: str = "auto"
-    providers: tuple | None = None        # None: the defaults of each suite
+    providers: tuple | None = None  # None: the defaults of each suite
     time_budget_s: float | None = None
     out_dir: str | None = None
     warmup_ms: float = 25.0
@@ -77,6 +83,7 @@ class Recorder:
     def save(self):
         if self.out_dir:
             from dmd_fast.bench.report import write_json
+
             write_json(self.results, os.path.join(self.out_dir, "results.json"))
 
 
@@ -84,8 +91,13 @@ def configure_dynamo():
     """Room for the many compiled variants a suite makes (dynamo's cache limits raised to 256)."""
     try:
         import torch._dynamo.config as dc
-        for attr in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
-                     "accumulated_recompile_limit"):
+
+        for attr in (
+            "cache_size_limit",
+            "recompile_limit",
+            "accumulated_cache_size_limit",
+            "accumulated_recompile_limit",
+        ):
             if hasattr(dc, attr):
                 setattr(dc, attr, max(getattr(dc, attr), 256))
     except Exception:
@@ -163,13 +175,23 @@ def need_seconds(suite: str, kind: str, cuda: bool) -> float:
     return BUDGET_S[(suite, kind)] if cuda else 0.0
 
 
-def run_item(rec: Recorder, device, base: dict, *, need_s: float, budget: Budget, refuse: str | None,
-             build: Callable, measure_into: Callable) -> None:
+def run_item(
+    rec: Recorder,
+    device,
+    base: dict,
+    *,
+    need_s: float,
+    budget: Budget,
+    refuse: str | None,
+    build: Callable,
+    measure_into: Callable,
+) -> None:
     """One row: skip when the budget or ``refuse`` says so, ``build()`` (a failure becomes the row),
     ``measure_into(built, row)`` fills ``row["modes"]``; the status is "ok" when any mode ran."""
     if not budget.allows(need_s):
-        return skip_row(rec, base, "skipped", f"time budget exhausted ({budget.remaining():.0f} s left, "
-                                              f"~{need_s:.0f} s needed)")
+        return skip_row(
+            rec, base, "skipped", f"time budget exhausted ({budget.remaining():.0f} s left, ~{need_s:.0f} s needed)"
+        )
     if refuse:
         return skip_row(rec, base, "skipped", refuse)
     torch.manual_seed(0)
