@@ -5,6 +5,7 @@ when given, its ``setup_context`` / ``backward``), and builds an ``autograd.Func
 same body, setup and backward without torch.library's dispatch cost. :meth:`DefinedOp.__call__`
 picks the custom op while torch.compile traces (the graph stays whole) and the twin otherwise.
 
+The twin does not materialise gradients of unused outputs: a backward gets None for them.
 Inside a backward, call other ops through :meth:`DefinedOp.inner`: the twin marks its ``ctx`` as
 eager, so the body runs directly there, and the custom op is used while compiling.
 
@@ -67,6 +68,8 @@ def _eager_twin(name: str, body, setup_context, backward, list_output: bool) -> 
         inputs = _unflatten(spec, flat)
         output = body(*inputs)
         ctx.eager, ctx.spec = True, spec
+        # outputs without a gradient (a log-sum-exp, edge means) arrive as None, not as a zeros kernel each
+        ctx.set_materialize_grads(False)
         setup_context(ctx, inputs, output)
         return tuple(output)
 
