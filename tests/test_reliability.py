@@ -1,7 +1,6 @@
 """Issue 11's examples, one test each: no silent NaN, every bad input named, upstream's no-anchor
 margin semantics, clean CLI failures. (The generated sweep over every entry point is test_fuzz.py.)"""
 import math
-import pickle
 import re
 
 import pytest
@@ -16,7 +15,7 @@ from dmd_fast.model.dmd import DMD
 from dmd_fast.model.losses import margin_loss
 from dmd_fast.model.system import DMDSystem
 from dmd_fast.nn import MultiheadAttention, SinusoidalPositionalEmbedding, TransformerEncoder
-from dmd_fast.nn.gd_unit import GDUnit, hetero_gd
+from dmd_fast.nn.gd_unit import GDUnit
 from dmd_fast.ops.attention import attention_weights, cross_modal_attention, cross_modal_attention_grouped
 from dmd_fast.ops.graph_distill import graph_distill
 from dmd_fast.reference.attention import cross_modal_attention as reference_attention
