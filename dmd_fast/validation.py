@@ -94,10 +94,14 @@ def choice(value, name: str, choices) -> str:
 
 def reals(value, name: str, n: int, what: str = "numbers", **range_kw) -> tuple[float, ...]:
     """A sequence of exactly ``n`` finite numbers (each checked as :func:`real`); ``what`` names them."""
-    if isinstance(value, (str, bytes)) or torch.is_tensor(value) or not isinstance(value, Sequence):
+    if not isinstance(value, (tuple, list)) and (
+        isinstance(value, (str, bytes)) or torch.is_tensor(value) or not isinstance(value, Sequence)
+    ):
         raise TypeError(f"{name}: expected a sequence of {n} finite {what}, got {_got(value)}")
     if len(value) != n:
         raise ValueError(f"{name}: expected {n} {what}, got {len(value)}: {list(value)!r}")
+    if not range_kw and all(type(v) is float and math.isfinite(v) for v in value):
+        return tuple(value)  # the per-step case (GD units pass validated floats): no per-item calls
     return tuple(real(v, f"{name}[{i}]", **range_kw) for i, v in enumerate(value))
 
 

@@ -11,6 +11,7 @@ File cases (pickles, checkpoints, the CLI) also assert that every file that exis
 byte-identical after it and that no file appeared. ``test_case_count`` pins >= 300 calls per run.
 """
 
+import itertools
 import os
 import pickletools
 import random
@@ -25,7 +26,7 @@ from dmd_fast.data.synthetic import make_synthetic, synthetic_datasets
 from dmd_fast.model.config import DMDConfig, get_preset
 from dmd_fast.model.system import DMDSystem
 from dmd_fast.nn import MultiheadAttention, SinusoidalPositionalEmbedding, TransformerEncoder
-from dmd_fast.nn.graph_distill import GDUnit
+from dmd_fast.nn.gd_unit import GDUnit
 from dmd_fast.ops.attention import attention_weights, cross_modal_attention, cross_modal_attention_grouped
 from dmd_fast.ops.graph_distill import graph_distill
 from dmd_fast.parity import FixtureError, run_parity
@@ -713,9 +714,17 @@ _CONFIG_GOOD = {
 }
 
 
+_CONFIG_ALL = [(a, v, False) for a, vs in _CONFIG_BAD.items() for v in vs] + [
+    (a, v, True) for a, vs in _CONFIG_GOOD.items() for v in vs
+]
+
+
+_CONFIG_NEXT = itertools.cycle(_CONFIG_ALL)
+
+
 def _config_case(rng):
-    arg = rng.choice(sorted(set(_CONFIG_BAD) | set(_CONFIG_GOOD)))
-    value, valid = pick(rng, _CONFIG_GOOD.get(arg, []), _CONFIG_BAD.get(arg, []))
+    """Every field's values in turn (not drawn: each field is covered whatever the seed)."""
+    arg, value, valid = next(_CONFIG_NEXT)
 
     def run():
         if not valid:
@@ -1078,7 +1087,7 @@ PLAN = [
     (_gd_unit_case, 30),
     (_positional_case, 10),
     (_dmd_case, 16),
-    (_config_case, 24),
+    (_config_case, len(_CONFIG_ALL)),
     (_pickle_case, 18),
     (_loader_case, 14),
     (_checkpoint_case, 14),
