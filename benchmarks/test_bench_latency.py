@@ -23,11 +23,12 @@ def models():
 
 
 @pytest.mark.parametrize("B", BATCHES)
-@pytest.mark.parametrize("provider", list(lt.PROVIDERS))
+# the other providers are GPU tier (CUDA graphs, or a torch.compile per batch size)
+@pytest.mark.parametrize(
+    "provider", [p if p in CPU_PROVIDERS else pytest.param(p, marks=pytest.mark.gpu) for p in lt.PROVIDERS]
+)
 def test_latency(bench, benchmark, models, provider, B):
     cfg, m, device = models
-    if not CUDA and provider not in CPU_PROVIDERS:
-        pytest.skip(f"{provider}: GPU tier only (CUDA graphs, or a torch.compile per batch size)")
     sets = lt._inputs(cfg, B, device)
     built = lt.build(provider, m, cfg, B, device, sets)
     benchmark.group = f"inference B={B}"
