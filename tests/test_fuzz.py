@@ -26,7 +26,7 @@ from dmd_fast.data.synthetic import make_synthetic, synthetic_datasets
 from dmd_fast.model.config import DMDConfig, get_preset
 from dmd_fast.model.system import DMDSystem
 from dmd_fast.nn import MultiheadAttention, SinusoidalPositionalEmbedding, TransformerEncoder
-from dmd_fast.nn.gd_unit import GDUnit
+from dmd_fast.nn.graph_distill import GDUnit
 from dmd_fast.ops.attention import attention_weights, cross_modal_attention, cross_modal_attention_grouped
 from dmd_fast.ops.graph_distill import graph_distill
 from dmd_fast.parity import FixtureError, run_parity
