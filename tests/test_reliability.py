@@ -131,6 +131,20 @@ def test_graph_distill_non_finite_prior(check_prior, bad):
     named(e, "prior")
 
 
+# a valid GDUnit; each test changes one argument
+GD_UNIT_ARGS = dict(
+    n_classes=1,
+    hidden_size=6,
+    gd_size=4,
+    to_idx=range(3),
+    from_idx=range(3),
+    gd_prior=[1 / 6] * 6,
+    gd_reg=10.0,
+    w_losses=(1.0, 10.0),
+    metric="l1",
+)
+
+
 @pytest.mark.parametrize(
     "kw",
     [
@@ -144,18 +158,7 @@ def test_graph_distill_non_finite_prior(check_prior, bad):
     ],
 )
 def test_gd_unit_non_finite_arguments(kw):
-    args = dict(
-        n_classes=1,
-        hidden_size=6,
-        gd_size=4,
-        to_idx=range(3),
-        from_idx=range(3),
-        gd_prior=[1 / 6] * 6,
-        gd_reg=10.0,
-        w_losses=(1.0, 10.0),
-        metric="l1",
-    )
-    args.update(kw)
+    args = dict(GD_UNIT_ARGS, **kw)
     with pytest.raises(ValueError) as e:
         GDUnit(**args)
     named(e, next(iter(kw)))
@@ -369,18 +372,7 @@ def test_graph_distill_unclear_arguments(kw, name, exc):
     ],
 )
 def test_gd_unit_bad_sizes(kw, name, exc):
-    args = dict(
-        n_classes=1,
-        hidden_size=6,
-        gd_size=4,
-        to_idx=range(3),
-        from_idx=range(3),
-        gd_prior=[1 / 6] * 6,
-        gd_reg=10.0,
-        w_losses=(1.0, 10.0),
-        metric="l1",
-    )
-    args.update(kw)
+    args = dict(GD_UNIT_ARGS, **kw)
     with pytest.raises(exc) as e:
         GDUnit(**args)
     named(e, name)

@@ -14,7 +14,16 @@ import torch
 from dmd_fast.bench import baselines as bl
 from dmd_fast.bench import floors as fl
 from dmd_fast.bench.memory import peak_extra_memory
-from dmd_fast.bench.suites.runner import Budget, Recorder, SuiteOptions, measure, need_seconds, run_item
+from dmd_fast.bench.suites.runner import (
+    COMPILED_ON_CPU,
+    Budget,
+    Recorder,
+    SuiteOptions,
+    base_row,
+    measure,
+    need_seconds,
+    run_item,
+)
 from dmd_fast.bench.timing import short_reason, time_fn
 
 # DMD (MOSI unaligned) shapes, B=16: (Lq, Lk, head_dim); H=10 everywhere (d=50 -> hd 5, d=100 -> hd 10)
@@ -57,20 +66,13 @@ def run_attention_item(
     count_launches: bool = False,
 ):
     spec = bl.ATTENTION_PROVIDERS[pname]
-    base = {
-        "suite": "attention",
-        "case": case.name,
-        "shape": case.as_dict(),
-        "provider": pname,
-        "label": spec.label,
-        "equivalent": True,
-    }
+    base = base_row("attention", case, pname, spec.label)
     cuda = device.type == "cuda"
     refuse = None
     if spec.cuda_only and not cuda:
         refuse = f"{pname} needs CUDA"
     elif spec.compiled and not cuda and opts.providers is None:
-        refuse = "torch.compile baselines are not run on the CPU by default (name them in --backend-list to run them)"
+        refuse = COMPILED_ON_CPU
 
     def build():
         sets = bl.make_attention_inputs(case, device, opts.n_sets)

@@ -7,7 +7,16 @@ import torch
 
 from dmd_fast.bench import baselines as bl
 from dmd_fast.bench.memory import peak_extra_memory
-from dmd_fast.bench.suites.runner import Budget, Recorder, SuiteOptions, measure, need_seconds, run_item
+from dmd_fast.bench.suites.runner import (
+    COMPILED_ON_CPU,
+    Budget,
+    Recorder,
+    SuiteOptions,
+    base_row,
+    measure,
+    need_seconds,
+    run_item,
+)
 from dmd_fast.bench.timing import time_fn
 
 
@@ -20,18 +29,11 @@ def graph_distill_cases(quick: bool) -> list[bl.GDCase]:
 
 def run_graph_distill_item(rec: Recorder, opts: SuiteOptions, device, case: bl.GDCase, pname: str, budget: Budget):
     spec = bl.GD_PROVIDERS[pname]
-    base = {
-        "suite": "graph_distill",
-        "case": case.name,
-        "shape": case.as_dict(),
-        "provider": pname,
-        "label": spec.label,
-        "equivalent": True,
-    }
+    base = base_row("graph_distill", case, pname, spec.label)
     cuda = device.type == "cuda"
     refuse = None
     if spec.compiled and not cuda and opts.providers is None:
-        refuse = "torch.compile baselines are not run on the CPU by default"
+        refuse = COMPILED_ON_CPU
 
     def build():
         sets = bl.make_gd_inputs(case, device, opts.n_sets)

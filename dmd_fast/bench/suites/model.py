@@ -9,7 +9,15 @@ import torch
 
 from dmd_fast.bench import baselines as bl
 from dmd_fast.bench.memory import MiB, peak_extra_memory
-from dmd_fast.bench.suites.runner import Budget, Recorder, SuiteOptions, measure, need_seconds, run_item
+from dmd_fast.bench.suites.runner import (
+    COMPILED_ON_CPU,
+    Budget,
+    Recorder,
+    SuiteOptions,
+    measure,
+    need_seconds,
+    run_item,
+)
 from dmd_fast.bench.timing import time_fn
 
 MODEL_PROVIDERS = ("eager", "compiled", "ours", "cudagraph")
@@ -141,7 +149,7 @@ def run_model_item(rec: Recorder, opts: SuiteOptions, device, what: str, pname: 
     if pname == "cudagraph" and not cuda:
         refuse = "CUDA graphs need CUDA"
     elif pname == "compiled" and not cuda and opts.providers is None:
-        refuse = "torch.compile baselines are not run on the CPU by default"
+        refuse = COMPILED_ON_CPU
     elif pname == "ours" and not cuda and opts.providers is None:
         refuse = (
             "model-level ours on the CPU runs every kernel in the Triton interpreter (~20-35 s per step); "

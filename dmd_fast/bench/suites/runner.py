@@ -170,6 +170,21 @@ def brief(row: dict) -> str:
     return f"{row['provider']}: " + ", ".join(parts)
 
 
+def base_row(suite: str, case, pname: str, label: str) -> dict:
+    """The identifying fields of an op-suite row (a case with ``name`` and ``as_dict()``)."""
+    return {
+        "suite": suite,
+        "case": case.name,
+        "shape": case.as_dict(),
+        "provider": pname,
+        "label": label,
+        "equivalent": True,
+    }
+
+
+COMPILED_ON_CPU = "torch.compile baselines are not run on the CPU by default (name them in --backend-list to run them)"
+
+
 def need_seconds(suite: str, kind: str, cuda: bool) -> float:
     """What the budget must still allow before an item of this suite and kind starts."""
     return BUDGET_S[(suite, kind)] if cuda else 0.0
