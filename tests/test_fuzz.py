@@ -33,6 +33,7 @@ from dmd_fast.parity import FixtureError, run_parity
 from dmd_fast.reference.attention import cross_modal_attention as ref_attention
 from dmd_fast.reference.graph_distill import graph_distill as ref_graph_distill
 from dmd_fast.train.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from dmd_fast.train.grad_sum import backward_into_grads
 from dmd_fast.train.trainer import Trainer, TrainOptions
 
 SEED = int(os.environ.get("DMD_FUZZ_SEED", "11"))
@@ -1077,6 +1078,43 @@ def _parity_case(rng):
 # the generated cases
 # ---------------------------------------------------------------------------------------------------
 
+
+def _grad_sum_case(rng):
+    pools = {
+        "loss": (["ok", "sum1"], [None, "vector", "no_grad", 1.0]),
+        "params": (["ok", "tuple", "frozen"], [None, "tensor", "with_none", "w"]),
+    }
+    arg = rng.choice(list(pools))
+    value, valid = pick(rng, *pools[arg])
+
+    def run():
+        w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+        w.grad = torch.randn(3, dtype=torch.float64)
+        start = w.grad.clone()
+        loss = (w * w).sum()
+        if arg == "loss":
+            loss = {
+                "ok": loss,
+                "sum1": loss.reshape(1),
+                None: None,
+                "vector": w * 2,
+                "no_grad": loss.detach(),
+                1.0: 1.0,
+            }[value]
+        params = [w]
+        if arg == "params":
+            params = {"ok": [w], "tuple": (w,), "frozen": [w, torch.ones(2)], None: None, "tensor": w}.get(value)
+            params = {"with_none": [w, None], "w": "w"}.get(value, params)
+        if not valid:
+            expect_error(lambda: backward_into_grads(loss, params), "params" if arg == "params" else "loss")
+            assert torch.equal(w.grad, start), "a refused call must leave the gradients as they were"
+            return
+        backward_into_grads(loss, params)
+        close(w.grad, start + 2 * w.detach(), rtol=0, what="grad")
+
+    return Case("backward_into_grads", arg, value, valid, run)
+
+
 PLAN = [
     (_attention_case, 90),
     (_grouped_case, 30),
@@ -1093,6 +1131,7 @@ PLAN = [
     (_checkpoint_case, 14),
     (_cli_case, 22),
     (_parity_case, 6),
+    (_grad_sum_case, 12),
 ]
 
 

@@ -121,9 +121,10 @@ def step_launch_counts(
     device: str = "cpu",
     execute_triton: bool = False,
 ) -> dict:
-    """Kernels of one DMD mini-batch as the trainer runs it (forward, all losses, backward summed into
-    existing gradients, ``clip_grad_value_``) per backend, after a warm-up step; the optimizer step
-    (once per accumulation window) is not included."""
+    """Kernels of one DMD mini-batch (forward, all losses, backward summed into existing gradients,
+    ``clip_grad_value_``) per backend, after a warm-up step; the optimizer step (once per accumulation
+    window) is not included. The reference sums as upstream does (``loss.backward()``: one ``add_`` per
+    parameter), the other backends as dmd_fast's trainer (``train.grad_sum``: one multi-tensor add)."""
     from dmd_fast.model.config import get_preset
     from dmd_fast.model.system import DMDSystem
 
@@ -138,9 +139,7 @@ def step_launch_counts(
         for _counted in (False, True):  # warm-up (compilation, caches, gradients allocated), then counted
             system.zero_grad(set_to_none=False)  # the trainer zeroes in place: backward then accumulates
             with count_launches(*kernels, execute_triton=execute_triton) as c:
-                _, losses = system(*batch_t)
-                losses["total"].backward()
-                torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
+                mini_batch(system, batch_t, params)
         out[backend] = _summary(c)
     return {
         "preset": preset,
@@ -151,6 +150,23 @@ def step_launch_counts(
         "commit": _git_commit(),
         "backends": out,
     }
+
+
+def mini_batch(system, batch_t, params, losses_hook=None) -> None:
+    """One training mini-batch: forward, every loss, backward summed into ``.grad``, upstream's clip.
+    The reference backend sums as upstream (``loss.backward()``: one ``add_`` per parameter), the others
+    as dmd_fast's trainer (``train.grad_sum``: one multi-tensor add). ``losses_hook(losses)`` runs
+    between the forward and the backward."""
+    from dmd_fast.train.grad_sum import backward_into_grads
+
+    _, losses = system(*batch_t)
+    if losses_hook is not None:
+        losses_hook(losses)
+    if system.dmd.backend == "reference":
+        losses["total"].backward()
+    else:
+        backward_into_grads(losses["total"], params)
+    torch.nn.utils.clip_grad_value_(params, system.config.grad_clip)
 
 
 def _random_batch(cfg, batch: int, device) -> list:
@@ -291,20 +307,26 @@ def main(argv=None) -> int:
     if args.batch < 1:
         print(f"launches: error: --batch: expected >= 1, got {args.batch}", file=sys.stderr)
         return 2
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # CPU tensors may take the Triton backend (not run)
+    counter = step_launch_counts if args.mode == "train" else inference_launch_counts
+    return run_tool("launches", lambda: counter(args.preset, args.batch), format_counts, args.out)
+
+
+def run_tool(tool: str, compute, fmt, out: str | None) -> int:
+    """A bench tool's tail: ``compute()`` (CPU tensors may take the Triton backend: the interpreter is
+    set), print ``fmt(result)``, write ``TOOL.json`` / ``TOOL.md`` into ``out``; 2 on a known error."""
+    os.environ.setdefault("TRITON_INTERPRET", "1")
     try:
-        counter = step_launch_counts if args.mode == "train" else inference_launch_counts
-        res = counter(args.preset, args.batch)
+        res = compute()
     except (KeyError, ValueError) as exc:
-        print(f"launches: error: {exc}", file=sys.stderr)
+        print(f"{tool}: error: {exc}", file=sys.stderr)
         return 2
-    text = format_counts(res)
+    text = fmt(res)
     print(text)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "launches.json"), "w", encoding="utf-8") as f:
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, f"{tool}.json"), "w", encoding="utf-8") as f:
             json.dump(res, f, indent=1)
-        with open(os.path.join(args.out, "launches.md"), "w", encoding="utf-8") as f:
+        with open(os.path.join(out, f"{tool}.md"), "w", encoding="utf-8") as f:
             f.write(text + "\n")
     return 0
 

@@ -23,6 +23,7 @@ from dmd_fast import validation as check
 from dmd_fast.model.system import DMDSystem
 from dmd_fast.train import distributed as ddp
 from dmd_fast.train.checkpoint import load_checkpoint, save_checkpoint
+from dmd_fast.train.grad_sum import backward_into_grads
 from dmd_fast.train.graphed_step import GraphedTrainStep
 from dmd_fast.train.loss_scale import ClipAwareLossScaler
 from dmd_fast.train.metrics import format_metrics_table, regression_metrics
@@ -145,17 +146,19 @@ class Trainer:
 
     # --- one mini-batch ------------------------------------------------------------------------
     def _mini_batch(self, text, audio, vision, labels) -> dict:
-        """Forward, losses, backward (gradients summed into .grad) and upstream's clip; no host sync."""
+        """Forward, losses, backward (gradients summed into .grad, ``grad_sum``) and upstream's clip; no host sync."""
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             out, losses = self.model(text, audio, vision, labels)
         clip = self.cfg.grad_clip
-        if self.scaler is not None:
-            self.scaler.scale(losses["total"]).backward()
-            self.scaler.clip_(self._params, clip)
+        total = losses["total"] if self.scaler is None else self.scaler.scale(losses["total"])
+        if self.dist.enabled:  # DDP reduces gradients from its .grad accumulation hooks
+            total.backward()
         else:
-            losses["total"].backward()
-            if clip != -1.0:
-                torch.nn.utils.clip_grad_value_(self._params, clip)
+            backward_into_grads(total, self._params)  # one multi-tensor add, not one add_ per parameter
+        if self.scaler is not None:
+            self.scaler.clip_(self._params, clip)
+        elif clip != -1.0:
+            torch.nn.utils.clip_grad_value_(self._params, clip)
         return {
             "total": losses["total"].detach().reshape(()),
             "pred": out["output_logit"].detach().view(-1),
