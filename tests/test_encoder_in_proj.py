@@ -5,6 +5,8 @@ self-attention and cross-modal problems mixed in one group, strided inputs, miss
 gradcheck, launch counts, determinism, fp32 tolerance, input errors.
 """
 
+import re
+
 import pytest
 import torch
 
@@ -184,3 +186,121 @@ def test_float32_within_twice_torch_error():
             assert a.dtype == torch.float32
             err, base = (a.double() - x).abs().max().item(), (b.double() - x).abs().max().item()
             assert err <= 2 * base + 2e-6, f"{'grad' if kind else 'output'} {i}: {err:.3g} > 2 x {base:.3g}"
+
+
+# ------------------------------------------------------------------------------------------------
+# op: launches, torch.compile, input errors
+# ------------------------------------------------------------------------------------------------
+
+KERNELS = [(kp, n) for n in ("encoder_in_proj_fwd_kernel", "encoder_in_proj_bwd_kernel",
+                             "encoder_in_proj_bwd_reduce_kernel")]  # fmt: skip
+
+
+def test_launch_counts_group_of_three():
+    """G = 3 (two cross-modal, one self-attention): 1 Triton launch forward, 2 backward, no other kernel."""
+    from dmd_fast.bench.launches import count_launches
+
+    problems = mixed_group(30, seed=4)[:3]
+    leaves = leaves_of(problems)
+    with count_launches(*KERNELS) as fwd:
+        outs = encoder_in_projection_grouped(*group(leaves), backend="triton")
+    loss_terms = [t for out in outs for t in out]
+    douts = [torch.randn_like(t) for t in loss_terms]
+    flat = [t for p in leaves for t in p if t is not None]
+    with count_launches(*KERNELS) as bwd:
+        torch.autograd.grad(loss_terms, flat, douts)
+    poison_fills = "aten.fill_.Scalar"  # the poison fixture's
+    assert fwd.triton == ["encoder_in_proj_fwd_kernel"] and not fwd.syncs
+    assert [op for op in fwd.aten_ops if op != poison_fills] == []
+    assert bwd.triton == ["encoder_in_proj_bwd_kernel", "encoder_in_proj_bwd_reduce_kernel"]
+    assert not bwd.syncs
+
+
+def test_torch_compile_fullgraph():
+    problems = mixed_group(30, seed=8)[:2]
+    douts = random_douts(problems, seed=4, drop=((0, 0),))
+
+    def f(*flat):
+        xs, ss, gs, bs, ws, b_s = (list(flat[i::6]) for i in range(6))
+        return [t for out in encoder_in_projection_grouped(xs, ss, gs, bs, ws, b_s, backend="triton") for t in out]
+
+    compiled = torch.compile(f, fullgraph=True)
+    leaves = leaves_of(problems)
+    flat = [t for p in leaves for t in p]
+    # compile afresh: the on-disk caches key on the graph, not on the op's fake kernel
+    with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(enable_autograd_cache=False):
+        outs = compiled(*flat)
+    pairs = [(o, d) for o, d in zip(outs, [d for ds in douts for d in ds]) if d is not None]
+    used = [t for t in flat if t is not None]
+    grads = torch.autograd.grad([o for o, _ in pairs], used, [d for _, d in pairs], materialize_grads=True)
+    outs_r, grads_r = run_op(problems, douts, "reference")
+    for a, b in zip([o.detach() for o in outs] + list(grads), outs_r + grads_r):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+
+
+def _bad_cases():
+    E = 8
+    x, s = torch.randn(3, 2, E), torch.randn(4, 2, E)
+    g, b, w, wb = torch.ones(E), torch.zeros(E), torch.randn(3 * E, E), torch.zeros(3 * E)
+    ok = dict(xs=[x], sources=[s], ln_w=[g], ln_b=[b], in_w=[w], in_b=[wb])
+
+    def case(msg, exc=ValueError, **over):
+        return ({**ok, **over}, exc, msg)
+
+    return [
+        case("xs: expected a non-empty list", TypeError, xs=x),
+        case("xs: expected a non-empty list", xs=[]),
+        case("sources: expected 1 entries", sources=[s, s]),
+        case("ln_w: expected a list of 1 entries", TypeError, ln_w=g),
+        case("xs[0]: expected a (T, B, E) tensor", xs=[torch.randn(3, E)]),
+        case("xs[0]: expected a floating dtype", TypeError, xs=[x.long()]),
+        case(
+            "xs[1]: expected shape (T, B, E=8)",
+            xs=[x, torch.randn(3, 2, 9)],
+            sources=[s, None],
+            ln_w=[g, g],
+            ln_b=[b, b],
+            in_w=[w, w],
+            in_b=[wb, wb],
+        ),  # fmt: skip
+        case("sources[0]: expected shape (Tk, B=2, E=8)", sources=[torch.randn(4, 3, E)]),
+        case("sources[0]: expected shape (Tk, B=2, E=8)", sources=[torch.randn(4, 2, E + 1)]),
+        case("sources[0]: expected a torch.Tensor", TypeError, sources=[[1.0]]),
+        case("sources[0]: dtype torch.float64 differs", TypeError, sources=[s.double()]),
+        case("sources[0]: on device meta, expected xs[0]'s device cpu", sources=[s.to("meta")]),
+        case("ln_w[0]: expected shape (8,)", ln_w=[torch.ones(E + 1)]),
+        case("ln_b[0]: dtype torch.float64 differs", TypeError, ln_b=[b.double()]),
+        case("in_w[0]: expected shape (3E, E) = (24, 8)", in_w=[torch.randn(E, 3 * E)]),
+        case("in_b[0]: expected shape (3E,) = (24,)", in_b=[torch.zeros(E)]),
+        case("eps", eps=0.0),
+        case("eps", TypeError, eps="1e-5"),
+        case(
+            "xs[0]: the Triton path takes E <= 128",
+            xs=[torch.randn(2, 1, 129)],
+            sources=[None],
+            ln_w=[torch.ones(129)],
+            ln_b=[torch.zeros(129)],
+            in_w=[torch.randn(387, 129)],
+            in_b=[torch.zeros(387)],
+        ),  # fmt: skip
+        case("backend", backend="cuda"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_bad_cases())))
+def test_bad_inputs(case):
+    kw, exc, msg = _bad_cases()[case]
+    backend = kw.pop("backend", "triton")
+    args = [kw.pop(n) for n in ("xs", "sources", "ln_w", "ln_b", "in_w", "in_b")]
+    with pytest.raises(exc, match=re.escape(msg)):
+        encoder_in_projection_grouped(*args, backend=backend, **kw)
+
+
+@pytest.mark.skipif(DEV != "cpu", reason="the interpreter's 16-bit refusal")
+def test_interpreter_refuses_bf16_and_reference_runs_it():
+    p = make_problem(8, 3, 4, 2, seed=0, dtype=torch.bfloat16)
+    msg = "xs[0]: dtype torch.bfloat16 cannot run on the Triton CPU interpreter"
+    with pytest.raises(TypeError, match=re.escape(msg)):
+        encoder_in_projection_grouped(*group([p]), backend="triton")
+    q, k, v = encoder_in_projection_grouped(*group([p]), backend="reference")[0]
+    assert q.dtype == torch.bfloat16 and k.shape == (4, 2, 8)

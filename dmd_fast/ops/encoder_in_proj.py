@@ -35,51 +35,59 @@ def _stats_rows(xs, sources) -> int:
     return sum(x.shape[0] * x.shape[1] + (0 if s is None else s.shape[0] * s.shape[1]) for x, s in zip(xs, sources))
 
 
+def _sources(srcs, cross) -> list:
+    """G entries: the next of ``srcs`` where ``cross`` is True, else None."""
+    it = iter(srcs)
+    return [next(it) if c else None for c in cross]
+
+
 def _fwd(
     xs: list[Tensor],
-    sources: list[Tensor | None],
+    srcs: list[Tensor],
+    cross: list[bool],
     ln_w: list[Tensor],
     ln_b: list[Tensor],
     in_w: list[Tensor],
     in_b: list[Tensor],
     eps: float,
 ) -> list[Tensor]:
-    """[q_0 .. q_{G-1}, k_0 .., v_0 .., stats (rows, 2) LN0 mean and rstd per input row]."""
+    """[q_0 .. q_{G-1}, k_0 .., v_0 .., stats (rows, 2) LN0 mean and rstd per input row]. srcs: the
+    sources of the problems with cross[g] True, in order (a list of optional tensors would not get
+    gradients through torch.library's autograd)."""
     from dmd_fast.kernels.encoder_in_proj import in_proj_fwd_grouped as launch
 
-    qs, ks, vs, stats = launch(xs, sources, ln_w, ln_b, in_w, in_b, eps=eps)
+    qs, ks, vs, stats = launch(xs, _sources(srcs, cross), ln_w, ln_b, in_w, in_b, eps=eps)
     return qs + ks + vs + [stats]
 
 
-def _fwd_fake(xs, sources, ln_w, ln_b, in_w, in_b, eps):
+def _fwd_fake(xs, srcs, cross, ln_w, ln_b, in_w, in_b, eps):
+    sources = _sources(srcs, cross)
     kvs = [x if s is None else s for x, s in zip(xs, sources)]
     sdt = torch.float64 if xs[0].dtype == torch.float64 else torch.float32
     return (
         [x.new_empty(x.shape) for x in xs]
-        + [t.new_empty(t.shape) for t in kvs] * 2
+        + [t.new_empty(t.shape) for t in kvs]
+        + [t.new_empty(t.shape) for t in kvs]
         + [xs[0].new_empty((_stats_rows(xs, sources), 2), dtype=sdt)]
     )
 
 
 def _fwd_setup(ctx, inputs, output):
-    xs, sources, ln_w, ln_b, in_w, _, _ = inputs
+    xs, srcs, ctx.cross, ln_w, ln_b, in_w, _, _ = inputs
     ctx.G = len(xs)
-    ctx.cross = [s is not None for s in sources]
     ctx.mark_non_differentiable(output[-1])
-    ctx.save_for_backward(*xs, *[s for s in sources if s is not None], *ln_w, *ln_b, *in_w, output[-1])
+    ctx.save_for_backward(*xs, *srcs, *ln_w, *ln_b, *in_w, output[-1])
 
 
 def _fwd_backward(ctx, grads):
     G, saved = ctx.G, list(ctx.saved_tensors)
     xs, n_src = saved[:G], sum(ctx.cross)
-    srcs = iter(saved[G : G + n_src])
-    sources = [next(srcs) if c else None for c in ctx.cross]
+    sources = _sources(saved[G : G + n_src], ctx.cross)
     ln_w, ln_b, in_w = (saved[G + n_src + i * G : G + n_src + (i + 1) * G] for i in range(3))
     d = bwd_op.inner(ctx, grads[:G], grads[G : 2 * G], grads[2 * G : 3 * G], xs, sources, ln_w, ln_b, in_w, saved[-1])
-    dss = iter(d[G : G + n_src])
-    ds = [next(dss) if c else None for c in ctx.cross]
     o = G + n_src
-    return d[:G], ds, d[o : o + G], d[o + G : o + 2 * G], d[o + 2 * G : o + 3 * G], d[o + 3 * G : o + 4 * G], None
+    dln_w, dln_b, dw, db = (d[o + i * G : o + (i + 1) * G] for i in range(4))
+    return d[:G], d[G:o], None, dln_w, dln_b, dw, db, None
 
 
 def _bwd(
@@ -221,6 +229,7 @@ def encoder_in_projection_grouped(
         _fail(ValueError, f"xs[0]: the Triton path takes E <= {MAX_EMBED_DIM}, got E={x0.shape[2]}")
     if x0.device.type == "cpu":
         check.interpreter_dtype(x0.dtype, "xs[0]", OP)
-    out = fwd_op(xs, sources, ln_w, ln_b, in_w, in_b, eps)
+    srcs, cross = [s for s in sources if s is not None], [s is not None for s in sources]
+    out = fwd_op(xs, srcs, cross, ln_w, ln_b, in_w, in_b, eps)
     G = len(xs)
     return [(out[g], out[G + g], out[2 * G + g]) for g in range(G)]
