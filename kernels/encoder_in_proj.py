@@ -87,7 +87,7 @@ def ln_rows(desc, like, stats, m0, N, eps, s_xe, E: tl.constexpr, E_PAD: tl.cons
     return b_xhat, b_h, b_g, b_rstd, o_m, m_m
 
 
-@triton.jit(do_not_specialize=["s_xe"])
+@triton.jit
 def encoder_in_proj_fwd_kernel(
     desc, like, stats, eps, s_xe,
     E: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -124,7 +124,7 @@ def encoder_in_proj_fwd_kernel(
                          mask=m_m[:, None] & m_n[None, :])
 
 
-@triton.jit(do_not_specialize=["s_xe", "steps"])
+@triton.jit(do_not_specialize=["steps"])
 def encoder_in_proj_bwd_kernel(
     desc, like, stats, scratch, s_xe, steps,
     E: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -260,8 +260,8 @@ def e_pad(E: int) -> int:
 _GPU_BLOCKS = {
     ("fwd", "fp32"): {16: (64, 16, 4), 32: (64, 32, 4), 64: (32, 32, 4), 128: (32, 32, 4)},
     ("fwd", "16"): {16: (64, 16, 4), 32: (64, 32, 4), 64: (64, 32, 4), 128: (32, 32, 4)},
-    ("bwd", "fp32"): {16: (64, 16, 4), 32: (32, 32, 4), 64: (32, 16, 4), 128: (16, 16, 4)},
-    ("bwd", "16"): {16: (64, 16, 4), 32: (32, 32, 4), 64: (32, 16, 4), 128: (16, 16, 4)},
+    ("bwd", "fp32"): {16: (64, 16, 4), 32: (32, 32, 4), 64: (32, 16, 8), 128: (16, 16, 4)},
+    ("bwd", "16"): {16: (64, 16, 4), 32: (64, 32, 8), 64: (32, 16, 4), 128: (16, 16, 4)},
 }
 _REDUCE_BLOCKS = (16, 256, 4)  # BLOCK_R, BLOCK_C, num_warps
 _INTERP_BLOCK_M = 64
