@@ -84,6 +84,24 @@ def test_forward_grouped_mixed(E):
             torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12, msg=f"problem {g} {name}")
 
 
+@pytest.mark.parametrize("which", ["all", "some"])
+def test_non_unit_last_stride(which):
+    """Inputs whose E axis has stride 2: every one ("all": the kernels read the stride) or some (copied)."""
+    problems = mixed_group(50, seed=21)
+    odd = []
+    for g, p in enumerate(problems):
+        if which == "all" or g % 2:
+            p = tuple(t if i > 1 or t is None else torch.stack([t, t + 1], -1).flatten(-2)[..., ::2] for i, t in
+                      enumerate(p))  # fmt: skip
+            assert p[0].stride(2) == 2
+        odd.append(p)
+    douts = random_douts(odd, seed=9)
+    outs, grads = run_op(odd, douts, "triton")
+    outs_r, grads_r = run_op(odd, douts, "reference")
+    for a, b in zip(outs + grads, outs_r + grads_r):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+
+
 # ------------------------------------------------------------------------------------------------
 # op: gradients (the kernels' backward through autograd)
 # ------------------------------------------------------------------------------------------------
@@ -304,3 +322,30 @@ def test_interpreter_refuses_bf16_and_reference_runs_it():
         encoder_in_projection_grouped(*group([p]), backend="triton")
     q, k, v = encoder_in_projection_grouped(*group([p]), backend="reference")[0]
     assert q.dtype == torch.bfloat16 and k.shape == (4, 2, 8)
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU tier: DMD shapes (B=16), fp32 / bf16 / fp16
+# ------------------------------------------------------------------------------------------------
+
+GPU_ATOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}  # × the tensor's max |exact|
+# a layer group of DMD's widths: cross-modal pairs (Tq, Tk) and self-attention encoders (Tq, None)
+GPU_GROUP = ((50, 375), (375, 500), (500, 50), (50, None), (500, None), (375, 375))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("E", (30, 50, 60, 100, 128))
+def test_gpu_parity(dtype, E):
+    """Kernel error vs the fp64 reference <= 2 × the same-dtype reference's error + GPU_ATOL · max|exact|."""
+    problems = [make_problem(E, Tq, Tk, 16, seed=E + i, device="cuda") for i, (Tq, Tk) in enumerate(GPU_GROUP)]
+    douts = random_douts(problems, seed=E, drop=((0, 0), (3, 1)))
+    exact = run_op(problems, douts, "reference")
+    ours = run_op(problems, douts, "triton", dtype=dtype)
+    same = run_op(problems, douts, "reference", dtype=dtype)
+    for kind in (0, 1):
+        for i, (a, b, x) in enumerate(zip(ours[kind], same[kind], exact[kind])):
+            assert a.dtype == dtype and torch.isfinite(a).all()
+            err, base = (a.double() - x).abs().max().item(), (b.double() - x).abs().max().item()
+            tol = 2 * base + GPU_ATOL[dtype] * max(1.0, x.abs().max().item())
+            assert err <= tol, f"{'grad' if kind else 'output'} {i}: {err:.3g} > {tol:.3g} (torch {base:.3g})"
