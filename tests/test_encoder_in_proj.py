@@ -230,8 +230,8 @@ def test_launch_counts_group_of_three():
     poison_fills = "aten.fill_.Scalar"  # the poison fixture's
     assert fwd.triton == ["encoder_in_proj_fwd_kernel"] and not fwd.syncs
     assert [op for op in fwd.aten_ops if op != poison_fills] == []
-    assert bwd.triton == ["encoder_in_proj_bwd_kernel", "encoder_in_proj_bwd_reduce_kernel"]
-    assert not bwd.syncs
+    assert bwd.triton == ["encoder_in_proj_bwd_kernel", "encoder_in_proj_bwd_reduce_kernel"] and not bwd.syncs
+    assert [op for op in bwd.aten_ops if op != poison_fills] == []
 
 
 def test_torch_compile_fullgraph():
