@@ -382,7 +382,7 @@ def in_proj_bwd_grouped(dqs, dks, dvs, xs, sources, ln_ws, ln_bs, ws, stats, *, 
     red = [RED.row(sc, dict(dw=dw, db=db, dln_w=dg, dln_b=dbeta))
            for sc, dw, db, dg, dbeta in zip(red, dws, dbs, dln_ws, dln_bs)]
     acc = acc_dtype(dtype)
-    scratch = torch.empty((rb0, 3 * E * E + 5 * E), dtype=stats.dtype, device=device)
+    scratch = _empty((rb0, 3 * E * E + 5 * E), stats.dtype, device)
     if max_n:
         desc = descriptor_table(rows, device, "grouped encoder in-projection backward")
         encoder_in_proj_bwd_kernel[(cdiv(max_n, rows_per_prog), len(rows))](
