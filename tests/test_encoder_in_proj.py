@@ -171,6 +171,16 @@ def test_backward_multi_block_programs(E):
                 torch.testing.assert_close(ta, tb, rtol=0, atol=1e-12)
 
 
+def test_empty_problems_in_a_group():
+    """Tq = 0 and Tk = 0 problems beside a non-empty one: empty outputs, zero parameter gradients."""
+    problems = [make_problem(30, Tq, Tk, 2, seed=i) for i, (Tq, Tk) in enumerate(((0, 4), (3, None), (3, 0)))]
+    douts = random_douts(problems, seed=1)
+    outs, grads = run_op(problems, douts, "triton")
+    outs_r, grads_r = run_op(problems, douts, "reference")
+    for a, b in zip(outs + grads, outs_r + grads_r):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 def test_gradcheck():
     problems = [make_problem(6, 3, 4, 2, seed=1), make_problem(6, 2, None, 1, seed=2)]
     leaves = leaves_of(problems)
