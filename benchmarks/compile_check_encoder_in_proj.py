@@ -1,0 +1,146 @@
+"""Compile every encoder in-projection kernel configuration for Hopper (sm_90) on the CPU; read resources.
+
+Runs without a GPU: ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))`` and the
+``cuobjdump`` shipped in Triton's wheel (``--dump-resource-usage``, ``--dump-sass``). Prints one row per
+configuration (kernel, E, dtype): blocks, warps, registers, STACK and LOCAL (spill) bytes, shared
+memory, the matrix instructions used. Exits 1 on any spill, compile error or shared-memory overflow.
+
+    python benchmarks/compile_check_encoder_in_proj.py [--quick] [--jobs N]
+
+Must run WITHOUT ``TRITON_INTERPRET`` (the block-size table then gives the GPU blocks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+
+SM90_SHARED_MAX = 227 * 1024
+DTYPES = ("fp32", "bf16", "fp16")
+EMBED_DIMS = (30, 50, 60, 100, 128)  # E_PAD 32, 64, 64, 128, 128; DMD's widths and the maximum
+KERNELS = ("fwd", "bwd", "reduce")
+
+
+def _cuobjdump():
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def _signature(fn, dt):
+    """Runtime-like signature: pointers 16-byte aligned, the unit last-dim stride specialised to 1."""
+    sig, consts, attrs = {}, {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if fn.params[i].is_constexpr:
+            sig[name] = "constexpr"
+        elif name in ("desc", "pdesc"):
+            sig[name] = "*i64"
+        elif name == "like":
+            sig[name] = f"*{dt}"
+        elif name in ("stats", "scratch"):
+            sig[name] = "*fp32"
+        elif name == "s_xe":
+            sig[name] = "constexpr"
+            consts[name] = 1
+        elif name == "eps":
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+        if sig[name].startswith("*"):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return sig, consts, attrs
+
+
+def compile_one(cfg):
+    """Compile one configuration; returns a result dict (never raises)."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    import torch
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from dmd_fast.kernels import encoder_in_proj as kp
+
+    role, E, dt = cfg
+    row = dict(kernel=role, E=E, E_PAD=kp.e_pad(E), dtype=dt)
+    try:
+        torch_dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dt]
+        if role == "reduce":
+            fn = kp.encoder_in_proj_bwd_reduce_kernel
+            bm, bn, warps = kp.reduce_config()
+            consts = dict(E=E, BLOCK_R=bm, BLOCK_C=bn, ACC=tl.float32)
+        else:
+            fn = kp.encoder_in_proj_fwd_kernel if role == "fwd" else kp.encoder_in_proj_bwd_kernel
+            bm, bn, warps = kp.block_config(role, E, torch_dt)
+            consts = dict(E=E, E_PAD=kp.e_pad(E), BLOCK_M=bm, BLOCK_N=bn, PRECISION="ieee", ACC=tl.float32)
+        row.update(BM=bm, BN=bn, warps=warps)
+        sig, c2, attrs = _signature(fn, dt)
+        consts.update(c2)
+        compiled = triton.compile(
+            ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps)
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "k.cubin")
+            with open(path, "wb") as f:
+                f.write(compiled.asm["cubin"])
+            dump = [
+                subprocess.run([_cuobjdump(), flag, path], capture_output=True, text=True, check=True).stdout
+                for flag in ("--dump-resource-usage", "--dump-sass")
+            ]
+        res, sass = dump
+        fields = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", res))
+        row.update({k: int(fields[k]) for k in ("REG", "STACK", "LOCAL", "SHARED")})
+        row["dyn_shared"] = int(compiled.metadata.shared)
+        ops = [op for op in ("HGMMA", "HMMA") if re.search(rf"\b{op}\b", sass)]
+        row["mma"] = "+".join(ops) if ops else ("FFMA" if "FFMA" in sass else "-")
+        row["ok"] = row["LOCAL"] == 0 and row["STACK"] == 0 and row["dyn_shared"] + row["SHARED"] <= SM90_SHARED_MAX
+    except Exception as e:  # report, do not stop the sweep
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+        row["ok"] = False
+    return row
+
+
+def configs(quick=False):
+    """Every (kernel, E, dtype); --quick: E 30 and 128 only."""
+    dims = (30, 128) if quick else EMBED_DIMS
+    return list(itertools.product(KERNELS, dims, DTYPES))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="E 30 and 128 only")
+    ap.add_argument("--jobs", type=int, default=1, help="parallel compile processes")
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        sys.exit("compile_check: unset TRITON_INTERPRET (the interpreter would pick interpreter block sizes)")
+    cfgs = configs(args.quick)
+    print(
+        f"{'kernel':6} {'E':>3} {'E_PAD':>5} {'dtype':5} {'BM':>3} {'BN':>4} {'warps':>5} {'REG':>4} {'STACK':>5} "
+        f"{'LOCAL':>5} {'SHARED':>6} {'dynSMEM':>7} {'mma':>6}"
+    )
+    bad = 0
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for r in pool.map(compile_one, cfgs):
+            pre = f"{r['kernel']:6} {r['E']:>3} {r['E_PAD']:>5} {r['dtype']:5} "
+            if "error" in r:
+                print(pre + f"ERROR {r['error']}", flush=True)
+            else:
+                print(
+                    pre + f"{r['BM']:>3} {r['BN']:>4} {r['warps']:>5} {r['REG']:>4} {r['STACK']:>5} {r['LOCAL']:>5} "
+                    f"{r['SHARED']:>6} {r['dyn_shared']:>7} {r['mma']:>6}" + ("" if r["ok"] else "  <-- FAIL"),
+                    flush=True,
+                )
+            bad += not r["ok"]
+    print(f"{len(cfgs)} configurations, {bad} failing")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Fused LN0 + q/k/v in-projection op of pre-LN MulT encoder layers: validation, backend, registration.
+
+``encoder_in_projection_grouped`` has the meaning of ``dmd_fast.reference.encoder_in_proj`` per
+problem. The Triton path (``dmd_fast.kernels.encoder_in_proj``) is one forward launch per group that
+saves the inputs and the LN0 (mean, rstd) per row, and two backward launches (row blocks, then a
+deterministic reduction of the parameter gradients). It is registered as the custom ops
+``dmd_fast::encoder_in_proj_fwd`` / ``dmd_fast::encoder_in_proj_bwd`` with fake kernels and
+autograd, so ``torch.compile(fullgraph=True)`` traces through it; eager calls run the same bodies
+through an autograd twin (``dmd_fast/ops/registration.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from dmd_fast import validation as check
+from dmd_fast.ops.backend import resolve_backend
+from dmd_fast.ops.registration import define_op
+from dmd_fast.reference.encoder_in_proj import encoder_in_projection as reference
+
+OP = "encoder_in_projection"
+MAX_EMBED_DIM = 128
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# ops (dmd_fast/ops/registration.py: custom op + eager twin per body)
+# ----------------------------------------------------------------------------------------------
+
+
+def _stats_rows(xs, sources) -> int:
+    return sum(x.shape[0] * x.shape[1] + (0 if s is None else s.shape[0] * s.shape[1]) for x, s in zip(xs, sources))
+
+
+def _sources(srcs, cross) -> list:
+    """G entries: the next of ``srcs`` where ``cross`` is True, else None."""
+    it = iter(srcs)
+    return [next(it) if c else None for c in cross]
+
+
+def _fwd(
+    xs: list[Tensor],
+    srcs: list[Tensor],
+    cross: list[bool],
+    ln_w: list[Tensor],
+    ln_b: list[Tensor],
+    in_w: list[Tensor],
+    in_b: list[Tensor],
+    eps: float,
+) -> list[Tensor]:
+    """[q_0 .. q_{G-1}, k_0 .., v_0 .., stats (rows, 2) LN0 mean and rstd per input row]. srcs: the
+    sources of the problems with cross[g] True, in order (a list of optional tensors would not get
+    gradients through torch.library's autograd)."""
+    from dmd_fast.kernels.encoder_in_proj import in_proj_fwd_grouped as launch
+
+    qs, ks, vs, stats = launch(xs, _sources(srcs, cross), ln_w, ln_b, in_w, in_b, eps=eps)
+    return qs + ks + vs + [stats]
+
+
+def _fwd_fake(xs, srcs, cross, ln_w, ln_b, in_w, in_b, eps):
+    sources = _sources(srcs, cross)
+    kvs = [x if s is None else s for x, s in zip(xs, sources)]
+    sdt = torch.float64 if xs[0].dtype == torch.float64 else torch.float32
+    return (
+        [x.new_empty(x.shape) for x in xs]
+        + [t.new_empty(t.shape) for t in kvs]
+        + [t.new_empty(t.shape) for t in kvs]
+        + [xs[0].new_empty((_stats_rows(xs, sources), 2), dtype=sdt)]
+    )
+
+
+def _fwd_setup(ctx, inputs, output):
+    xs, srcs, ctx.cross, ln_w, ln_b, in_w, _, _ = inputs
+    ctx.G = len(xs)
+    ctx.mark_non_differentiable(output[-1])
+    ctx.save_for_backward(*xs, *srcs, *ln_w, *ln_b, *in_w, output[-1])
+
+
+def _fwd_backward(ctx, grads):
+    G, saved = ctx.G, list(ctx.saved_tensors)
+    xs, n_src = saved[:G], sum(ctx.cross)
+    sources = _sources(saved[G : G + n_src], ctx.cross)
+    ln_w, ln_b, in_w = (saved[G + n_src + i * G : G + n_src + (i + 1) * G] for i in range(3))
+    d = bwd_op.inner(ctx, grads[:G], grads[G : 2 * G], grads[2 * G : 3 * G], xs, sources, ln_w, ln_b, in_w, saved[-1])
+    o = G + n_src
+    dln_w, dln_b, dw, db = (d[o + i * G : o + (i + 1) * G] for i in range(4))
+    return d[:G], d[G:o], None, dln_w, dln_b, dw, db, None
+
+
+def _bwd(
+    dqs: list[Tensor | None],
+    dks: list[Tensor | None],
+    dvs: list[Tensor | None],
+    xs: list[Tensor],
+    sources: list[Tensor | None],
+    ln_w: list[Tensor],
+    ln_b: list[Tensor],
+    in_w: list[Tensor],
+    stats: Tensor,
+) -> list[Tensor]:
+    """Backward in 2 launches: [dx_0 .., ds of each cross-modal problem .., dln_w .., dln_b .., dW .., db ..]."""
+    from dmd_fast.kernels.encoder_in_proj import in_proj_bwd_grouped as launch
+
+    dxs, dss, dgs, dbetas, dws, dbs = launch(dqs, dks, dvs, xs, sources, ln_w, ln_b, in_w, stats)
+    return dxs + [d for d in dss if d is not None] + dgs + dbetas + dws + dbs
+
+
+def _bwd_fake(dqs, dks, dvs, xs, sources, ln_w, ln_b, in_w, stats):
+    return (
+        [x.new_empty(x.shape) for x in xs]
+        + [s.new_empty(s.shape) for s in sources if s is not None]
+        + [t.new_empty(t.shape) for t in (*ln_w, *ln_b, *in_w)]
+        + [w.new_empty(w.shape[0]) for w in in_w]
+    )
+
+
+# registered as dmd_fast::encoder_in_proj_fwd, dmd_fast::encoder_in_proj_bwd
+bwd_op = define_op("encoder_in_proj_bwd", _bwd, fake=_bwd_fake)
+fwd_op = define_op(
+    "encoder_in_proj_fwd",
+    _fwd,
+    fake=_fwd_fake,
+    setup_context=_fwd_setup,
+    backward=_fwd_backward,
+    list_output=True,
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+# ----------------------------------------------------------------------------------------------
+
+
+def _fail(cls, msg):
+    raise cls(f"{OP}: {msg}")
+
+
+def _tensor_list(value, name: str, G: int | None) -> list:
+    if isinstance(value, Tensor) or not isinstance(value, Sequence) or isinstance(value, str):
+        want = "a non-empty list of tensors" if G is None else f"a list of {G} entries (one per problem)"
+        _fail(TypeError, f"{name}: expected {want}, got {type(value).__name__}")
+    if G is None and not value:
+        _fail(ValueError, f"{name}: expected a non-empty list (one entry per problem), got an empty one")
+    if G is not None and len(value) != G:
+        _fail(ValueError, f"{name}: expected {G} entries (one per problem, like xs), got {len(value)}")
+    return list(value)
+
+
+def _check_tensor(t, name: str, shape: tuple, layout: str, like: Tensor):
+    """A tensor of exactly ``shape`` (None entries: any size) in like's dtype and on like's device."""
+    if not isinstance(t, Tensor):
+        _fail(TypeError, f"{name}: expected a torch.Tensor {layout}, got {type(t).__name__}")
+    if t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape)):
+        _fail(ValueError, f"{name}: expected shape {layout}, got {tuple(t.shape)}")
+    if t.dtype != like.dtype:
+        _fail(TypeError, f"{name}: dtype {t.dtype} differs from xs[0]'s {like.dtype}; all tensors must match")
+    if t.device != like.device:
+        _fail(ValueError, f"{name}: on device {t.device}, expected xs[0]'s device {like.device}")
+
+
+def _validate(xs, sources, ln_w, ln_b, in_w, in_b, eps):
+    xs = _tensor_list(xs, "xs", None)
+    G = len(xs)
+    sources, ln_w, ln_b, in_w, in_b = (
+        _tensor_list(v, n, G)
+        for v, n in ((sources, "sources"), (ln_w, "ln_w"), (ln_b, "ln_b"), (in_w, "in_w"), (in_b, "in_b"))
+    )
+    x0 = xs[0]
+    if not isinstance(x0, Tensor) or x0.dim() != 3:
+        got = tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__
+        _fail(TypeError if not isinstance(x0, Tensor) else ValueError, f"xs[0]: expected a (T, B, E) tensor, got {got}")
+    if x0.dtype not in _DTYPES:
+        _fail(TypeError, f"xs[0]: expected a floating dtype in {_DTYPES}, got {x0.dtype}")
+    E = x0.shape[2]
+    if E < 1:
+        _fail(ValueError, f"xs[0]: expected an embed dim E >= 1, got shape {tuple(x0.shape)}")
+    for g in range(G):
+        _check_tensor(xs[g], f"xs[{g}]", (None, None, E), f"(T, B, E={E})", x0)
+        B = xs[g].shape[1]
+        if sources[g] is not None:
+            _check_tensor(sources[g], f"sources[{g}]", (None, B, E), f"(Tk, B={B}, E={E}) (batch of xs[{g}])", x0)
+        _check_tensor(ln_w[g], f"ln_w[{g}]", (E,), f"({E},)", x0)
+        _check_tensor(ln_b[g], f"ln_b[{g}]", (E,), f"({E},)", x0)
+        _check_tensor(in_w[g], f"in_w[{g}]", (3 * E, E), f"(3E, E) = ({3 * E}, {E})", x0)
+        _check_tensor(in_b[g], f"in_b[{g}]", (3 * E,), f"(3E,) = ({3 * E},)", x0)
+    try:
+        eps = check.positive(eps, "eps")
+    except (TypeError, ValueError) as exc:
+        _fail(type(exc), str(exc))
+    return xs, sources, ln_w, ln_b, in_w, in_b, eps
+
+
+# ----------------------------------------------------------------------------------------------
+# functional API
+# ----------------------------------------------------------------------------------------------
+
+
+def encoder_in_projection_grouped(
+    xs: Sequence[Tensor],
+    sources: Sequence[Tensor | None],
+    ln_w: Sequence[Tensor],
+    ln_b: Sequence[Tensor],
+    in_w: Sequence[Tensor],
+    in_b: Sequence[Tensor],
+    *,
+    eps: float = 1e-5,
+    backend: str = "auto",
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """LN0 + q/k/v in-projection of G encoder layers of one width E (one launch on the Triton path).
+
+    Args:
+        xs: G query streams (Tq_g, B_g, E), any strides, fp16/bf16/fp32/fp64, E <= 128 (Triton).
+        sources: G entries: None (self-attention: k, v from LN0(x)) or (Tk_g, B_g, E) (cross-modal:
+            k, v from LN0(s), the same LN0 parameters).
+        ln_w, ln_b: G LayerNorm0 weights and biases (E,); in_w: G in_proj_weight (3E, E);
+            in_b: G in_proj_bias (3E,). All tensors in xs[0]'s dtype and on its device.
+        eps: LayerNorm epsilon. backend: "auto", "triton" or "reference" (``dmd_fast.ops.backend``).
+    Returns:
+        G tuples (q (Tq, B, E), k, v ((Tk or Tq), B, E)), contiguous; q is not scaled.
+    """
+    xs, sources, ln_w, ln_b, in_w, in_b, eps = _validate(xs, sources, ln_w, ln_b, in_w, in_b, eps)
+    x0 = xs[0]
+    if resolve_backend(backend, x0.device, OP) == "reference":
+        return [reference(*p, eps=eps) for p in zip(xs, sources, ln_w, ln_b, in_w, in_b)]
+    if x0.shape[2] > MAX_EMBED_DIM:
+        _fail(ValueError, f"xs[0]: the Triton path takes E <= {MAX_EMBED_DIM}, got E={x0.shape[2]}")
+    if x0.device.type == "cpu":
+        check.interpreter_dtype(x0.dtype, "xs[0]", OP)
+    srcs, cross = [s for s in sources if s is not None], [s is not None for s in sources]
+    out = fwd_op(xs, srcs, cross, ln_w, ln_b, in_w, in_b, eps)
+    G = len(xs)
+    return [(out[g], out[G + g], out[2 * G + g]) for g in range(G)]
