@@ -57,14 +57,38 @@ def _signature(fn, dt):
     return sig, consts, attrs
 
 
+def sm90_resources(fn, sig, consts, attrs, warps) -> dict:
+    """Compile ``fn`` for sm_90 and read REG, STACK, LOCAL, SHARED, dynamic shared memory, the matrix
+    instructions, and ``ok`` (no spill, shared memory fits). Shared by the encoder compile checks."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    compiled = triton.compile(
+        ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps)
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        res, sass = (
+            subprocess.run([_cuobjdump(), flag, path], capture_output=True, text=True, check=True).stdout
+            for flag in ("--dump-resource-usage", "--dump-sass")
+        )
+    fields = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", res))
+    row = {k: int(fields[k]) for k in ("REG", "STACK", "LOCAL", "SHARED")}
+    row["dyn_shared"] = int(compiled.metadata.shared)
+    ops = [op for op in ("HGMMA", "HMMA") if re.search(rf"\b{op}\b", sass)]
+    row["mma"] = "+".join(ops) if ops else ("FFMA" if "FFMA" in sass else "-")
+    row["ok"] = row["LOCAL"] == 0 and row["STACK"] == 0 and row["dyn_shared"] + row["SHARED"] <= SM90_SHARED_MAX
+    return row
+
+
 def compile_one(cfg):
     """Compile one configuration; returns a result dict (never raises)."""
     os.environ.pop("TRITON_INTERPRET", None)
     import torch
-    import triton
     import triton.language as tl
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     from dmd_fast.kernels import encoder_in_proj as kp
 
@@ -83,24 +107,7 @@ def compile_one(cfg):
         row.update(BM=bm, BN=bn, warps=warps)
         sig, c2, attrs = _signature(fn, dt)
         consts.update(c2)
-        compiled = triton.compile(
-            ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps)
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "k.cubin")
-            with open(path, "wb") as f:
-                f.write(compiled.asm["cubin"])
-            dump = [
-                subprocess.run([_cuobjdump(), flag, path], capture_output=True, text=True, check=True).stdout
-                for flag in ("--dump-resource-usage", "--dump-sass")
-            ]
-        res, sass = dump
-        fields = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", res))
-        row.update({k: int(fields[k]) for k in ("REG", "STACK", "LOCAL", "SHARED")})
-        row["dyn_shared"] = int(compiled.metadata.shared)
-        ops = [op for op in ("HGMMA", "HMMA") if re.search(rf"\b{op}\b", sass)]
-        row["mma"] = "+".join(ops) if ops else ("FFMA" if "FFMA" in sass else "-")
-        row["ok"] = row["LOCAL"] == 0 and row["STACK"] == 0 and row["dyn_shared"] + row["SHARED"] <= SM90_SHARED_MAX
+        row.update(sm90_resources(fn, sig, consts, attrs, warps))
     except Exception as e:  # report, do not stop the sweep
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
         row["ok"] = False
@@ -120,13 +127,17 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("compile_check: unset TRITON_INTERPRET (the interpreter would pick interpreter block sizes)")
-    cfgs = configs(args.quick)
+    return sweep(configs(args.quick), compile_one, args.jobs)
+
+
+def sweep(cfgs, compile_one, jobs: int) -> int:
+    """Compile ``cfgs`` with ``compile_one`` in ``jobs`` processes, print a row each; 1 if any fails."""
     print(
         f"{'kernel':6} {'E':>3} {'E_PAD':>5} {'dtype':5} {'BM':>3} {'BN':>4} {'warps':>5} {'REG':>4} {'STACK':>5} "
         f"{'LOCAL':>5} {'SHARED':>6} {'dynSMEM':>7} {'mma':>6}"
     )
     bad = 0
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
         for r in pool.map(compile_one, cfgs):
             pre = f"{r['kernel']:6} {r['E']:>3} {r['E_PAD']:>5} {r['dtype']:5} "
             if "error" in r:

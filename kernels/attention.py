@@ -483,9 +483,11 @@ def attention_bwd(do, q, k, v, o, lse, *, key_lengths=None, offset_causal=False,
 
 
 @functools.lru_cache(maxsize=256)
-def _drop_cols(dropout_p: float) -> dict:
+@functools.lru_cache(maxsize=256)
+def _drop_cols(dropout_p: float) -> tuple[int, int, int]:
+    """The dropout columns (thresh, dr_hi, dr_lo) of a problem's descriptor row."""
     _, _, dr, thresh = _scalars(1.0, dropout_p)
-    return dict(thresh=thresh, dr_hi=f32_bits(dr[0]), dr_lo=f32_bits(dr[1]))
+    return thresh, f32_bits(dr[0]), f32_bits(dr[1])
 
 
 def _group_dropout(dropout_p, G) -> list:
@@ -496,9 +498,10 @@ def _group_dropout(dropout_p, G) -> list:
     return ps
 
 
-def _desc_row(T_q, T_k, dropout_p=0.0, **tensors):
-    """One problem's descriptor row (built per grouped launch: kept to dict lookups and slices)."""
-    return LAYOUT.row(dict(T_q=T_q, T_k=T_k, **_drop_cols(dropout_p)), tensors)
+def _desc_row(T_q, T_k, dropout_p, *tensors):
+    """One problem's descriptor row: tensors in LAYOUT's slot order (q, k, v, o, lse, key_len[, do, dq, dk,
+    dv]). Built on every grouped launch, so kept to :meth:`DescriptorLayout.pack`."""
+    return LAYOUT.pack((T_q, T_k, *_drop_cols(dropout_p)), tensors)
 
 
 def attention_fwd_grouped(qs, ks, vs, *, key_lengths=None, offset_causal=False, dropout_p=0.0, seed=None,
@@ -516,7 +519,7 @@ def attention_fwd_grouped(qs, ks, vs, *, key_lengths=None, offset_causal=False, 
     if B * H == 0:
         return os_, lses
     kls = key_lengths or [None] * G
-    rows = [_desc_row(q.shape[2], k.shape[2], p, q=q, k=k, v=v, o=o, lse=lse, key_len=kl)
+    rows = [_desc_row(q.shape[2], k.shape[2], p, q, k, v, o, lse, kl)
             for q, k, v, o, lse, kl, p in zip(qs, ks, vs, os_, lses, kls, ps)]
     desc = descriptor_table(rows, qs[0].device, "grouped attention")
     bm, bn, launch = _block_args("fwd", D, qs[0].dtype, block_m, block_n)
@@ -550,8 +553,7 @@ def attention_bwd_grouped(dos, qs, ks, vs, os_, lses, *, key_lengths=None, offse
     if B * H == 0:
         return dqs, dks, dvs
     kls = key_lengths or [None] * G
-    rows = [_desc_row(q.shape[2], k.shape[2], p, q=q, k=k, v=v, o=o, lse=lse, key_len=kl, do=do, dq=dq, dk=dk,
-                      dv=dv)
+    rows = [_desc_row(q.shape[2], k.shape[2], p, q, k, v, o, lse, kl, do, dq, dk, dv)
             for q, k, v, o, lse, kl, do, dq, dk, dv, p in zip(qs, ks, vs, os_, lses, kls, dos, dqs, dks, dvs, ps)]
     desc = descriptor_table(rows, qs[0].device, "grouped attention")
     (qk, sm, dr, thresh) = _scalars(scale, max(ps))  # dr, thresh: per problem from the descriptor

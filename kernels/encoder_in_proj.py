@@ -45,7 +45,7 @@ C_X, C_DX, C_Y0, C_LN_W, C_LN_B, C_WEIGHT, C_BIAS = (SEG.constexpr(n) for n in (
                                                                                 "bias"))
 C_SLOT = tl.constexpr(SLOT)
 # One row per problem for the reduction: the scratch rows of its (one or two) segments and their bits.
-RED = DescriptorLayout(scalars=("rb_a", "n_a", "bits_a", "rb_b", "n_b", "bits_b"),
+RED = DescriptorLayout(scalars=("rb_a", "n_a", "bits_a", "rb_b", "n_b", "bits_b", "rb_c", "n_c", "bits_c"),
                        tensors=("dw", "db", "dln_w", "dln_b"))
 R_W, R_RB_A, R_DW, R_DB, R_DLN_W, R_DLN_B = (RED.constexpr(n) for n in ("width", "rb_a", "dw", "db", "dln_w",
                                                                         "dln_b"))
@@ -217,7 +217,7 @@ def encoder_in_proj_bwd_reduce_kernel(
     o_r = tl.arange(0, BLOCK_R)
     # (BLOCK_R, BLOCK_C)
     b_acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=ACC)
-    for seg in tl.static_range(2):
+    for seg in tl.static_range(3):
         rb = desc_i32(pdesc, R_RB_A + 3 * seg)
         n = desc_i32(pdesc, R_RB_A + 3 * seg + 1)
         bits = desc_i32(pdesc, R_RB_A + 3 * seg + 2)
@@ -299,27 +299,37 @@ def _last_stride(ts) -> tuple[list, int]:
 
 
 def _segments(xs, sources):
-    """(problem, input, bits) per segment: self-attention one (x, q|k|v), cross-modal two (x, q), (s, k|v)."""
+    """(problem, input, bits) per segment: self-attention one (x, q|k|v); cross-modal two (x, q), (s, k|v),
+    or three (x, q), (s_k, k), (s_v, v) when the source entry is a pair (s_k, s_v)."""
     segs = []
     for g, (x, s) in enumerate(zip(xs, sources)):
         if s is None:
             segs.append((g, x, 0b111))
+        elif isinstance(s, tuple):
+            segs += [(g, x, 0b001), (g, s[0], 0b010), (g, s[1], 0b100)]
         else:
             segs += [(g, x, 0b001), (g, s, 0b110)]
     return segs
 
 
+def _kv_sources(xs, sources) -> tuple[list, list]:
+    """The tensors k and v are projected from, per problem."""
+    ks = [x if s is None else s[0] if isinstance(s, tuple) else s for x, s in zip(xs, sources)]
+    vs = [x if s is None else s[1] if isinstance(s, tuple) else s for x, s in zip(xs, sources)]
+    return ks, vs
+
+
 def in_proj_fwd_grouped(xs, sources, ln_ws, ln_bs, ws, bs, *, eps=1e-5, block_m=None, block_n=None):
-    """One launch for G problems of one E (own T, B, tensors). xs (Tq, B, E), sources None or
-    (Tk, B, E), any strides; ln_ws, ln_bs (E,); ws (3E, E); bs (3E,). Returns lists qs (Tq, B, E),
+    """One launch for G problems of one E (own T, B, tensors). xs (Tq, B, E), sources None, (Tk, B, E) or a
+    pair (k source, v source) of them, any strides; ln_ws, ln_bs (E,); ws (3E, E); bs (3E,). Returns lists qs (Tq, B, E),
     ks, vs ((Tk or Tq), B, E), contiguous, and stats (rows, 2) fp32 (fp64 for fp64): per segment
     row, mean and rstd (for :func:`in_proj_bwd_grouped`)."""
     E = xs[0].shape[2]
     dtype, device = xs[0].dtype, xs[0].device
     qs = [_empty(x.shape, dtype, device) for x in xs]
-    kvs = [x.shape if s is None else s.shape for x, s in zip(xs, sources)]
-    ks = [_empty(shape, dtype, device) for shape in kvs]
-    vs = [_empty(shape, dtype, device) for shape in kvs]
+    k_in, v_in = _kv_sources(xs, sources)
+    ks = [_empty(t.shape, dtype, device) for t in k_in]
+    vs = [_empty(t.shape, dtype, device) for t in v_in]
     segs = _segments(xs, sources)
     ins, s_xe = _last_stride([t for _, t, _ in segs])
     ws = [w.contiguous() for w in ws]
@@ -345,11 +355,13 @@ def in_proj_fwd_grouped(xs, sources, ln_ws, ln_bs, ws, bs, *, eps=1e-5, block_m=
 
 def in_proj_bwd_grouped(dqs, dks, dvs, xs, sources, ln_ws, ln_bs, ws, stats, *, block_m=None, block_n=None, steps=None):
     """Backward of :func:`in_proj_fwd_grouped` in 2 launches; dqs, dks, dvs: G entries each, None for
-    a zero gradient. Returns lists dxs, dss (None for self-attention problems), dln_ws, dln_bs, dws, dbs."""
+    a zero gradient. Returns lists dxs, dss (None for self-attention problems, a pair for a pair of sources),
+    dln_ws, dln_bs, dws, dbs."""
     G, E = len(xs), xs[0].shape[2]
     dtype, device = xs[0].dtype, xs[0].device
     dxs = [_empty(x.shape, dtype, device) for x in xs]
-    dss = [None if s is None else _empty(s.shape, dtype, device) for s in sources]
+    dss = [None if s is None else tuple(_empty(t.shape, dtype, device) for t in s) if isinstance(s, tuple)
+           else _empty(s.shape, dtype, device) for s in sources]
     dln_ws = [_empty((E,), dtype, device) for _ in range(G)]
     dln_bs = [_empty((E,), dtype, device) for _ in range(G)]
     dws = [_empty((3 * E, E), dtype, device) for _ in range(G)]
@@ -363,18 +375,18 @@ def in_proj_bwd_grouped(dqs, dks, dvs, xs, sources, ln_ws, ln_bs, ws, stats, *, 
     steps = steps or max(1, cdiv(cdiv(max_n, bm), MAX_ROW_PROGRAMS))
     rows_per_prog = steps * bm
     rows, row0, rb0 = [], 0, 0
-    red = [dict(rb_a=0, n_a=0, bits_a=0, rb_b=0, n_b=0, bits_b=0) for _ in range(G)]
+    red = [dict(rb_a=0, n_a=0, bits_a=0, rb_b=0, n_b=0, bits_b=0, rb_c=0, n_c=0, bits_c=0) for _ in range(G)]
     n_seg = [0] * G
     for (g, _, bits), t in zip(segs, ins):
         N = t.shape[0] * t.shape[1]
         dys = [d.contiguous() if d is not None and bits >> j & 1 else None
                for j, d in enumerate((dqs[g], dks[g], dvs[g]))]
         bits = sum(1 << j for j, d in enumerate(dys) if d is not None)
-        dx = dxs[g] if n_seg[g] == 0 else dss[g]
+        dx = dxs[g] if n_seg[g] == 0 else dss[g][n_seg[g] - 1] if isinstance(dss[g], tuple) else dss[g]
         rows.append(SEG.row(dict(N=N, B=t.shape[1], bits=bits, row0=row0, rb0=rb0),
                             dict(x=t, dx=dx, ln_w=ln_ws[g], ln_b=ln_bs[g], w=ws[g], y0=dys[0], y1=dys[1], y2=dys[2])))
         n_rb = cdiv(N, rows_per_prog)
-        ab = "ab"[n_seg[g]]
+        ab = "abc"[n_seg[g]]
         red[g].update({f"rb_{ab}": rb0, f"n_{ab}": n_rb, f"bits_{ab}": bits})
         n_seg[g] += 1
         row0 += N

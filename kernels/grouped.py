@@ -63,6 +63,26 @@ class DescriptorLayout:
         return row
 
 
+    def pack(self, scalars, tensors) -> list[int]:
+        """:meth:`row` on the hot path: ``scalars`` values in column order, then ``tensors`` in slot order
+        (None, or fewer than the slots, leaves the rest 0); each tensor's address and strides read once."""
+        row = list(scalars)
+        for t in tensors:
+            if t is None:
+                row += _EMPTY_SLOT
+            else:
+                strides = t.stride()
+                row.append(t.data_ptr())
+                row += strides
+                row += _PAD[len(strides)]
+        row += [0] * (self.width - len(row))
+        return row
+
+
+_EMPTY_SLOT = [0] * SLOT
+_PAD = [[0] * (SLOT - 1 - n) for n in range(SLOT)]
+
+
 def f32_bits(x: float) -> int:
     """The fp32 bit pattern of x as a signed 32-bit integer (what :func:`desc_f32` casts back)."""
     return struct.unpack("i", struct.pack("f", x))[0]

@@ -32,19 +32,25 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _stats_rows(xs, sources) -> int:
-    return sum(x.shape[0] * x.shape[1] + (0 if s is None else s.shape[0] * s.shape[1]) for x, s in zip(xs, sources))
+    rows = lambda t: t.shape[0] * t.shape[1]  # noqa: E731
+    return sum(rows(x) + sum(rows(t) for t in _as_tuple(s)) for x, s in zip(xs, sources))
+
+
+def _as_tuple(s) -> tuple:
+    return () if s is None else s if isinstance(s, tuple) else (s,)
 
 
 def _sources(srcs, cross) -> list:
-    """G entries: the next of ``srcs`` where ``cross`` is True, else None."""
+    """G entries from ``srcs`` and the per-problem source counts ``cross``: None (0), a tensor (1: k and v
+    from it) or a pair (2: k from the first, v from the second)."""
     it = iter(srcs)
-    return [next(it) if c else None for c in cross]
+    return [None if c == 0 else next(it) if c == 1 else (next(it), next(it)) for c in cross]
 
 
 def _fwd(
     xs: list[Tensor],
     srcs: list[Tensor],
-    cross: list[bool],
+    cross: list[int],
     ln_w: list[Tensor],
     ln_b: list[Tensor],
     in_w: list[Tensor],
@@ -52,8 +58,8 @@ def _fwd(
     eps: float,
 ) -> list[Tensor]:
     """[q_0 .. q_{G-1}, k_0 .., v_0 .., stats (rows, 2) LN0 mean and rstd per input row]. srcs: the
-    sources of the problems with cross[g] True, in order (a list of optional tensors would not get
-    gradients through torch.library's autograd)."""
+    sources in problem order, cross[g] of them for problem g (0, 1, or 2: separate k and v sources; a
+    list of optional tensors would not get gradients through torch.library's autograd)."""
     from dmd_fast.kernels.encoder_in_proj import in_proj_fwd_grouped as launch
 
     qs, ks, vs, stats = launch(xs, _sources(srcs, cross), ln_w, ln_b, in_w, in_b, eps=eps)
@@ -62,12 +68,13 @@ def _fwd(
 
 def _fwd_fake(xs, srcs, cross, ln_w, ln_b, in_w, in_b, eps):
     sources = _sources(srcs, cross)
-    kvs = [x if s is None else s for x, s in zip(xs, sources)]
+    ks = [x if s is None else _as_tuple(s)[0] for x, s in zip(xs, sources)]
+    vs = [x if s is None else _as_tuple(s)[-1] for x, s in zip(xs, sources)]
     sdt = torch.float64 if xs[0].dtype == torch.float64 else torch.float32
     return (
         [x.new_empty(x.shape) for x in xs]
-        + [t.new_empty(t.shape) for t in kvs]
-        + [t.new_empty(t.shape) for t in kvs]
+        + [t.new_empty(t.shape) for t in ks]
+        + [t.new_empty(t.shape) for t in vs]
         + [xs[0].new_empty((_stats_rows(xs, sources), 2), dtype=sdt)]
     )
 
@@ -105,13 +112,13 @@ def _bwd(
     from dmd_fast.kernels.encoder_in_proj import in_proj_bwd_grouped as launch
 
     dxs, dss, dgs, dbetas, dws, dbs = launch(dqs, dks, dvs, xs, sources, ln_w, ln_b, in_w, stats)
-    return dxs + [d for d in dss if d is not None] + dgs + dbetas + dws + dbs
+    return dxs + [t for d in dss for t in _as_tuple(d)] + dgs + dbetas + dws + dbs
 
 
 def _bwd_fake(dqs, dks, dvs, xs, sources, ln_w, ln_b, in_w, stats):
     return (
         [x.new_empty(x.shape) for x in xs]
-        + [s.new_empty(s.shape) for s in sources if s is not None]
+        + [t.new_empty(t.shape) for s in sources for t in _as_tuple(s)]
         + [t.new_empty(t.shape) for t in (*ln_w, *ln_b, *in_w)]
         + [w.new_empty(w.shape[0]) for w in in_w]
     )
@@ -180,7 +187,17 @@ def _validate(xs, sources, ln_w, ln_b, in_w, in_b, eps):
     for g in range(G):
         _check_tensor(xs[g], f"xs[{g}]", (None, None, E), f"(T, B, E={E})", x0)
         B = xs[g].shape[1]
-        if sources[g] is not None:
+        if isinstance(sources[g], (tuple, list)):
+            if len(sources[g]) != 2:
+                _fail(TypeError, f"sources[{g}]: expected a torch.Tensor (Tk, B, E), None or a pair (k source, "
+                      f"v source), got a {type(sources[g]).__name__} of {len(sources[g])}")  # fmt: skip
+            sources[g] = tuple(sources[g])
+            for i, t in enumerate(sources[g]):
+                _check_tensor(t, f"sources[{g}][{i}]", (None, B, E), f"(Tk, B={B}, E={E}) (batch of xs[{g}])", x0)
+            if sources[g][0].shape != sources[g][1].shape:
+                want, got = tuple(sources[g][0].shape), tuple(sources[g][1].shape)
+                _fail(ValueError, f"sources[{g}][1]: expected the shape of sources[{g}][0] {want}, got {got}")
+        elif sources[g] is not None:
             _check_tensor(sources[g], f"sources[{g}]", (None, B, E), f"(Tk, B={B}, E={E}) (batch of xs[{g}])", x0)
         _check_tensor(ln_w[g], f"ln_w[{g}]", (E,), f"({E},)", x0)
         _check_tensor(ln_b[g], f"ln_b[{g}]", (E,), f"({E},)", x0)
@@ -213,8 +230,9 @@ def encoder_in_projection_grouped(
 
     Args:
         xs: G query streams (Tq_g, B_g, E), any strides, fp16/bf16/fp32/fp64, E <= 128 (Triton).
-        sources: G entries: None (self-attention: k, v from LN0(x)) or (Tk_g, B_g, E) (cross-modal:
-            k, v from LN0(s), the same LN0 parameters).
+        sources: G entries: None (self-attention: k, v from LN0(x)), (Tk_g, B_g, E) (cross-modal:
+            k, v from LN0(s), the same LN0 parameters) or a pair of them (k from LN0(s_k), v from
+            LN0(s_v): upstream's separately embedded key and value streams).
         ln_w, ln_b: G LayerNorm0 weights and biases (E,); in_w: G in_proj_weight (3E, E);
             in_b: G in_proj_bias (3E,). All tensors in xs[0]'s dtype and on its device.
         eps: LayerNorm epsilon. backend: "auto", "triton" or "reference" (``dmd_fast.ops.backend``).
@@ -229,7 +247,7 @@ def encoder_in_projection_grouped(
         _fail(ValueError, f"xs[0]: the Triton path takes E <= {MAX_EMBED_DIM}, got E={x0.shape[2]}")
     if x0.device.type == "cpu":
         check.interpreter_dtype(x0.dtype, "xs[0]", OP)
-    srcs, cross = [s for s in sources if s is not None], [s is not None for s in sources]
+    srcs, cross = [t for s in sources for t in _as_tuple(s)], [len(_as_tuple(s)) for s in sources]
     out = fwd_op(xs, srcs, cross, ln_w, ln_b, in_w, in_b, eps)
     G = len(xs)
     return [(out[g], out[G + g], out[2 * G + g]) for g in range(G)]

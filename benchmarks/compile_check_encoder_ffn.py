@@ -1,0 +1,93 @@
+"""Compile every fused encoder FFN-block kernel configuration for Hopper (sm_90) on the CPU; read resources.
+
+As ``compile_check_encoder_in_proj.py`` (whose compile-and-read helper and sweep it uses): one row per
+(kernel, E, dtype, final LayerNorm) with blocks, warps, registers, STACK and LOCAL (spill) bytes, shared
+memory and the matrix instructions. Exits 1 on any spill, compile error or shared-memory overflow.
+
+    python benchmarks/compile_check_encoder_ffn.py [--quick] [--jobs N]
+
+Must run WITHOUT ``TRITON_INTERPRET`` (the block-size table then gives the GPU blocks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compile_check_encoder_in_proj import DTYPES, EMBED_DIMS, sm90_resources, sweep  # noqa: E402
+
+KERNELS = ("fwd", "fwd_final", "bwd", "bwd_final", "reduce")
+
+
+def _signature(fn, dt):
+    """Pointers 16-byte aligned; ``like`` in the input dtype, statistics and scratch fp32."""
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if fn.params[i].is_constexpr:
+            sig[name] = "constexpr"
+        elif name == "desc":
+            sig[name] = "*i64"
+        elif name == "like":
+            sig[name] = f"*{dt}"
+        elif name in ("stats", "scratch", "work"):
+            sig[name] = "*fp32"
+        elif name == "eps":
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+        if sig[name].startswith("*"):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return sig, attrs
+
+
+def compile_one(cfg):
+    """Compile one configuration; returns a result dict (never raises)."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    import torch
+    import triton.language as tl
+
+    from dmd_fast.kernels import encoder_ffn as kf
+
+    role, E, dt = cfg
+    row = dict(kernel=role, E=E, E_PAD=kf.e_pad(E), dtype=dt)
+    try:
+        torch_dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dt]
+        if role == "reduce":
+            fn = kf.encoder_ffn_reduce_kernel
+            bm, bn, warps = kf._REDUCE_BLOCKS
+            consts = dict(C=kf.grad_width(E), BLOCK_R=bm, BLOCK_C=bn, ACC=tl.float32)
+        else:
+            kind = role.split("_")[0]
+            fn = kf.encoder_ffn_fwd_kernel if kind == "fwd" else kf.encoder_ffn_bwd_kernel
+            bm, bn, warps = kf.block_config(kind, E, torch_dt)
+            consts = dict(E=E, E_PAD=kf.e_pad(E), BLOCK_M=bm, BLOCK_F=bn, FINAL=role.endswith("final"),
+                          PRECISION="ieee", ACC=tl.float32)  # fmt: skip
+        row.update(BM=bm, BN=bn, warps=warps)
+        sig, attrs = _signature(fn, dt)
+        row.update(sm90_resources(fn, sig, consts, attrs, warps))
+    except Exception as e:  # report, do not stop the sweep
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+        row["ok"] = False
+    return row
+
+
+def configs(quick=False):
+    """Every (kernel, E, dtype); --quick: E 30 and 128 only."""
+    return list(itertools.product(KERNELS, (30, 128) if quick else EMBED_DIMS, DTYPES))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="E 30 and 128 only")
+    ap.add_argument("--jobs", type=int, default=1, help="parallel compile processes")
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        sys.exit("compile_check: unset TRITON_INTERPRET (the interpreter would pick interpreter block sizes)")
+    return sweep(configs(args.quick), compile_one, args.jobs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Fused post-attention block of pre-LN MulT encoder layers: validation, backend, registration.
+
+``encoder_ffn_block_grouped`` has the meaning of ``dmd_fast.reference.encoder_ffn`` per problem
+(out-projection, residual, LN1, fc1, ReLU, fc2, residual, and the encoder's final LayerNorm on its last
+layer), with residual and ReLU dropout 0 (DMD's presets; the op refuses p > 0 rather than ignore it).
+The Triton path (``dmd_fast.kernels.encoder_ffn``) is one forward launch per group that saves the
+inputs, four statistics per row and, with the final LayerNorm, the pre-LN output; and two backward
+launches (row programs, then a deterministic reduction of the parameter gradients). Registered as
+``dmd_fast::encoder_ffn_fwd`` / ``dmd_fast::encoder_ffn_bwd`` with fake kernels and autograd; eager
+calls run the same bodies through an autograd twin (``dmd_fast/ops/registration.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from dmd_fast import validation as check
+from dmd_fast.ops.backend import resolve_backend
+from dmd_fast.ops.registration import define_op
+from dmd_fast.reference.encoder_ffn import encoder_ffn_block as reference
+
+OP = "encoder_ffn_block"
+MAX_EMBED_DIM = 128
+PARAMS = ("w_o", "b_o", "ln1_w", "ln1_b", "w_1", "b_1", "w_2", "b_2")
+FINAL_PARAMS = ("lnf_w", "lnf_b")
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# ops
+# ----------------------------------------------------------------------------------------------
+
+
+def _param_dicts(lists, final: bool) -> list[dict]:
+    names = PARAMS + (FINAL_PARAMS if final else ())
+    return [dict(zip(names, ts)) for ts in zip(*lists[: len(names)])]
+
+
+def _fwd(
+    xs: list[Tensor],
+    os_: list[Tensor],
+    w_o: list[Tensor],
+    b_o: list[Tensor],
+    ln1_w: list[Tensor],
+    ln1_b: list[Tensor],
+    w_1: list[Tensor],
+    b_1: list[Tensor],
+    w_2: list[Tensor],
+    b_2: list[Tensor],
+    lnf_w: list[Tensor],
+    lnf_b: list[Tensor],
+    eps: float,
+) -> list[Tensor]:
+    """[out_0 .. out_{G-1}, stats (rows, 4), pre_0 .. pre_{G-1} (only with the final LayerNorm)];
+    lnf_w / lnf_b: [] (no final LayerNorm) or G tensors."""
+    from dmd_fast.kernels.encoder_ffn import ffn_fwd_grouped as launch
+
+    final = bool(lnf_w)
+    params = _param_dicts((w_o, b_o, ln1_w, ln1_b, w_1, b_1, w_2, b_2, lnf_w, lnf_b), final)
+    outs, stats, pres = launch(xs, os_, params, final=final, eps=eps)
+    return outs + [stats] + pres
+
+
+def _fwd_fake(xs, os_, w_o, b_o, ln1_w, ln1_b, w_1, b_1, w_2, b_2, lnf_w, lnf_b, eps):
+    rows = sum(x.shape[0] * x.shape[1] for x in xs)
+    sdt = torch.float64 if xs[0].dtype == torch.float64 else torch.float32
+    pres = [x.new_empty(x.shape) for x in xs] if lnf_w else []
+    return [x.new_empty(x.shape) for x in xs] + [xs[0].new_empty((rows, 4), dtype=sdt)] + pres
+
+
+def _fwd_setup(ctx, inputs, output):
+    *tensor_lists, ctx.eps = inputs
+    ctx.G, ctx.final = len(tensor_lists[0]), bool(tensor_lists[-1])
+    G = ctx.G
+    ctx.mark_non_differentiable(*output[G:])
+    ctx.save_for_backward(*(t for ts in tensor_lists for t in ts), *output[G:])
+
+
+def _fwd_backward(ctx, grads):
+    G, final, saved = ctx.G, ctx.final, list(ctx.saved_tensors)
+    n_lists = 12 if final else 10
+    lists = [saved[i * G : (i + 1) * G] for i in range(n_lists)]
+    stats, pres = saved[n_lists * G], saved[n_lists * G + 1 :]
+    xs, os_ = lists[0], lists[1]
+    douts = [torch.zeros_like(x) if g is None else g for g, x in zip(grads[:G], xs)]
+    lnf = (lists[10], lists[11]) if final else ([], [])
+    res = bwd_op.inner(ctx, douts, xs, os_, *lists[2:10], *lnf, stats, pres)
+    dxs, dos, flat = res[:G], res[G : 2 * G], res[2 * G]
+    from dmd_fast.kernels.encoder_ffn import grad_columns
+
+    cols = grad_columns(xs[0].shape[2])
+    names = PARAMS + (FINAL_PARAMS if final else ())
+    per_param = [[flat[g, c : c + _numel(s)].view(s) for g in range(G)] for c, s in (cols[n] for n in names)]
+    if not final:
+        per_param += [None, None]
+    return (dxs, dos, *per_param, None)
+
+
+def _numel(shape) -> int:
+    return shape[0] * (shape[1] if len(shape) > 1 else 1)
+
+
+def _bwd(
+    douts: list[Tensor],
+    xs: list[Tensor],
+    os_: list[Tensor],
+    w_o: list[Tensor],
+    b_o: list[Tensor],
+    ln1_w: list[Tensor],
+    ln1_b: list[Tensor],
+    w_1: list[Tensor],
+    b_1: list[Tensor],
+    w_2: list[Tensor],
+    b_2: list[Tensor],
+    lnf_w: list[Tensor],
+    lnf_b: list[Tensor],
+    stats: Tensor,
+    pres: list[Tensor],
+) -> list[Tensor]:
+    """[dx_0 .., do_0 .., grads (G, C)]: each problem's parameter gradients in one row
+    (``kernels.encoder_ffn.grad_columns``)."""
+    from dmd_fast.kernels.encoder_ffn import ffn_bwd_grouped as launch
+
+    final = bool(lnf_w)
+    params = _param_dicts((w_o, b_o, ln1_w, ln1_b, w_1, b_1, w_2, b_2, lnf_w, lnf_b), final)
+    dxs, dos, flat = launch(douts, xs, os_, params, stats, pres, final=final)
+    return dxs + dos + [flat]
+
+
+def _bwd_fake(douts, xs, os_, w_o, b_o, ln1_w, ln1_b, w_1, b_1, w_2, b_2, lnf_w, lnf_b, stats, pres):
+    from dmd_fast.kernels.encoder_ffn import grad_width
+
+    C = grad_width(xs[0].shape[2])
+    return [x.new_empty(x.shape) for x in xs] * 2 + [xs[0].new_empty((len(xs), C))]
+
+
+bwd_op = define_op("encoder_ffn_bwd", _bwd, fake=_bwd_fake)
+fwd_op = define_op(
+    "encoder_ffn_fwd", _fwd, fake=_fwd_fake, setup_context=_fwd_setup, backward=_fwd_backward, list_output=True
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# validation and the functional API
+# ----------------------------------------------------------------------------------------------
+
+
+def _fail(cls, msg):
+    raise cls(f"{OP}: {msg}")
+
+
+def _check_list(ts, name: str, G: int | None) -> list:
+    if isinstance(ts, Tensor) or not isinstance(ts, Sequence):
+        _fail(TypeError, f"{name}: expected a list of tensors (one per problem), got {type(ts).__name__}")
+    if G is not None and len(ts) != G:
+        _fail(ValueError, f"{name}: expected {G} tensors (one per problem), got {len(ts)}")
+    for i, t in enumerate(ts):
+        if not isinstance(t, Tensor):
+            _fail(TypeError, f"{name}[{i}]: expected a torch.Tensor, got {type(t).__name__}")
+    return list(ts)
+
+
+def _check_group(xs, os_, lists: dict) -> int:
+    """Shapes, dtypes and devices of the group; returns E."""
+    xs = _check_list(xs, "xs", None)
+    if not xs:
+        _fail(ValueError, "xs: expected at least one problem, got an empty list")
+    G = len(xs)
+    os_ = _check_list(os_, "os", G)
+    x0 = xs[0]
+    if x0.dim() != 3:
+        _fail(ValueError, f"xs[0]: expected a (T, B, E) tensor, got shape {tuple(x0.shape)}")
+    E = x0.shape[2]
+    if not 1 <= E <= MAX_EMBED_DIM:
+        _fail(ValueError, f"xs[0]: embed dim E must be in [1, {MAX_EMBED_DIM}], got {E}")
+    if x0.dtype not in _DTYPES:
+        _fail(TypeError, f"xs[0]: expected a floating dtype in {_DTYPES}, got {x0.dtype}")
+    for g, (x, o) in enumerate(zip(xs, os_)):
+        for name, t in ((f"xs[{g}]", x), (f"os[{g}]", o)):
+            if t.dim() != 3 or t.shape[2] != E:
+                _fail(ValueError, f"{name}: expected shape (T, B, E={E}), got {tuple(t.shape)}")
+            if t.dtype != x0.dtype:
+                _fail(TypeError, f"{name}: dtype {t.dtype} differs from xs[0]'s {x0.dtype}")
+            if t.device != x0.device:
+                _fail(ValueError, f"{name}: on device {t.device}, expected xs[0]'s device {x0.device}")
+        if o.shape != x.shape:
+            _fail(ValueError, f"os[{g}]: expected the shape of xs[{g}] {tuple(x.shape)}, got {tuple(o.shape)}")
+    shapes = {"w_o": (E, E), "w_1": (4 * E, E), "w_2": (E, 4 * E), "b_1": (4 * E,)}
+    for name, ts in lists.items():
+        for g, t in enumerate(_check_list(ts, name, G)):
+            want = shapes.get(name, (E,))
+            if tuple(t.shape) != want:
+                _fail(ValueError, f"{name}[{g}]: expected shape {want}, got {tuple(t.shape)}")
+            if t.dtype != x0.dtype or t.device != x0.device:
+                _fail(TypeError, f"{name}[{g}]: expected {x0.dtype} on {x0.device}, got {t.dtype} on {t.device}")
+    return E
+
+
+def encoder_ffn_block_grouped(
+    xs: Sequence[Tensor],
+    os: Sequence[Tensor],  # noqa: A002 (the attention outputs, as the issue names them)
+    w_o: Sequence[Tensor],
+    b_o: Sequence[Tensor],
+    ln1_w: Sequence[Tensor],
+    ln1_b: Sequence[Tensor],
+    w_1: Sequence[Tensor],
+    b_1: Sequence[Tensor],
+    w_2: Sequence[Tensor],
+    b_2: Sequence[Tensor],
+    lnf_w: Sequence[Tensor] | None = None,
+    lnf_b: Sequence[Tensor] | None = None,
+    *,
+    res_dropout: float | Sequence[float] = 0.0,
+    relu_dropout: float | Sequence[float] = 0.0,
+    eps: float = 1e-5,
+    backend: str = "auto",
+) -> list[Tensor]:
+    """G post-attention blocks of one width E in one launch (per problem: x (T, B, E) the layer's input,
+    o (T, B, E) its attention output with heads merged; out_proj, LN1, fc1, fc2 parameters as
+    ``TransformerEncoderLayer`` holds them; lnf_*: the encoder's final LayerNorm, or None).
+
+    Returns G outputs (T, B, E), contiguous. ``res_dropout`` / ``relu_dropout`` must be 0 (a float or
+    G floats): the fused block has no dropout, and refuses rather than ignore it."""
+    lists = dict(w_o=w_o, b_o=b_o, ln1_w=ln1_w, ln1_b=ln1_b, w_1=w_1, b_1=b_1, w_2=w_2, b_2=b_2)
+    if (lnf_w is None) != (lnf_b is None):
+        _fail(
+            ValueError,
+            f"{'lnf_b' if lnf_b is None else 'lnf_w'}: is None while the other is given; pass both or neither",
+        )
+    if lnf_w is not None:
+        lists.update(lnf_w=lnf_w, lnf_b=lnf_b)
+    E = _check_group(xs, os, lists)
+    for name, p in (("res_dropout", res_dropout), ("relu_dropout", relu_dropout)):
+        ps = [p] if isinstance(p, (int, float)) else list(p)
+        for v in ps:
+            if check.probability(v, name) != 0.0:
+                _fail(ValueError, f"{name}: the fused block has no dropout; expected 0, got {v}")
+    eps = check.positive(eps, "eps")
+    xs, os = list(xs), list(os)
+    if resolve_backend(backend, xs[0].device, OP) == "reference":
+        finals = (lists.get("lnf_w"), lists.get("lnf_b"))
+        return [
+            reference(
+                x,
+                o,
+                *(lists[n][g] for n in PARAMS),
+                *((None, None) if lnf_w is None else (finals[0][g], finals[1][g])),
+                eps=eps,
+            )
+            for g, (x, o) in enumerate(zip(xs, os))
+        ]
+    if xs[0].device.type == "cpu":
+        check.interpreter_dtype(xs[0].dtype, "xs", OP)
+    del E
+    final = [list(lnf_w), list(lnf_b)] if lnf_w is not None else [[], []]
+    out = fwd_op(xs, os, *(list(lists[n]) for n in PARAMS), *final, float(eps))
+    return out[: len(xs)]

@@ -1,0 +1,251 @@
+"""Fused post-attention block (out-proj, residual, LN1, FFN, residual, final LN): kernels vs the reference.
+
+CPU tier (interpreter): float64 parity of outputs and every gradient for E in {30, 50, 60, 100}, a group
+of problems with different T and B, the final LayerNorm on and off, multi-block backward programs,
+strided inputs, gradcheck, determinism, launch counts, the fp32 rule, torch.compile, input errors.
+"""
+
+import re
+
+import pytest
+import torch
+
+from dmd_fast.bench.launches import count_launches
+from dmd_fast.kernels import encoder_ffn as kf
+from dmd_fast.ops.encoder_ffn import FINAL_PARAMS, OP, PARAMS, encoder_ffn_block_grouped
+from dmd_fast.reference.encoder_ffn import encoder_ffn_block as reference
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy >= 1.25 in Triton's interpreter
+EMBED_DIMS = (30, 50, 60, 100)
+SHAPES = ((5, 3), (7, 2), (3, 1))  # (T, B) per problem of a group
+UNPOISONED_EMPTY = kf._empty
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    """Every kernel output starts as NaN: unwritten elements show up."""
+    empty = kf._empty
+    monkeypatch.setattr(kf, "_empty", lambda shape, dtype, device: empty(shape, dtype, device).fill_(float("nan")))
+
+
+def make_problem(E, T, B, seed, final, dtype=torch.float64, strided=False):
+    """{x, o, parameters}: a layer's input, its attention output and its block's parameters."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    seq = (lambda: rnd(B, T, E).transpose(0, 1)) if strided else (lambda: rnd(T, B, E))
+    F = 4 * E
+    p = dict(x=seq(), o=seq(), w_o=rnd(E, E) / E**0.5, b_o=0.3 * rnd(E), ln1_w=1 + 0.3 * rnd(E), ln1_b=0.3 * rnd(E))
+    p.update(w_1=rnd(F, E) / E**0.5, b_1=0.3 * rnd(F), w_2=rnd(E, F) / F**0.5, b_2=0.3 * rnd(E))
+    if final:
+        p.update(lnf_w=1 + 0.3 * rnd(E), lnf_b=0.3 * rnd(E))
+    return {k: v.to(DEV, dtype) for k, v in p.items()}
+
+
+def names(final):
+    return ("x", "o") + PARAMS + (FINAL_PARAMS if final else ())
+
+
+def run(problems, final, backend, douts=None, **kw):
+    """Outputs and the gradients of every tensor (leaves) for upstream gradients ``douts``."""
+    leaves = [{k: v.detach().clone().requires_grad_() for k, v in p.items()} for p in problems]
+    lists = {n: [p[n] for p in leaves] for n in names(final)}
+    outs = encoder_ffn_block_grouped(
+        lists["x"],
+        lists["o"],
+        *(lists[n] for n in PARAMS),
+        *((lists["lnf_w"], lists["lnf_b"]) if final else ()),
+        backend=backend,
+        **kw,
+    )
+    if douts is None:
+        return outs, None
+    flat = [p[n] for p in leaves for n in names(final)]
+    grads = torch.autograd.grad(outs, flat, douts)
+    return outs, grads
+
+
+def douts_for(problems, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(p["x"].shape, generator=g, dtype=torch.float64).to(DEV, p["x"].dtype) for p in problems]
+
+
+def compare(a, b, atol, what=""):
+    for i, (u, v) in enumerate(zip(a, b)):
+        torch.testing.assert_close(u, v, rtol=0, atol=atol, msg=lambda m: f"{what} #{i}: {m}")
+
+
+@pytest.mark.parametrize("final", [False, True], ids=["layer", "last_layer"])
+@pytest.mark.parametrize("E", EMBED_DIMS)
+def test_float64_outputs_and_every_gradient(E, final):
+    problems = [make_problem(E, T, B, 10 * E + i, final, strided=E == 50 and i == 1) for i, (T, B) in enumerate(SHAPES)]
+    douts = douts_for(problems, E)
+    outs, grads = run(problems, final, "triton", douts)
+    outs_r, grads_r = run(problems, final, "reference", douts)
+    for o in outs:
+        assert o.is_contiguous()
+    compare(outs, outs_r, 1e-11, "output")
+    compare(grads, grads_r, 1e-10, "gradient")
+
+
+def test_direct_reference_call_matches_eager_layer():
+    """The reference is the eager layer's finish() with dropout off, then the encoder's final LN."""
+    from dmd_fast.nn.transformer import TransformerEncoder
+
+    torch.manual_seed(0)
+    enc = TransformerEncoder(20, 4, 1).double().eval()
+    layer = enc.layers[0]
+    x, o = torch.randn(6, 2, 20, dtype=torch.float64), torch.randn(2, 4, 6, 5, dtype=torch.float64)
+    want = enc.layer_norm(layer.finish(x, o))
+    merged = o.permute(2, 0, 1, 3).reshape(6, 2, 20)
+    mha = layer.self_attn
+    got = reference(x, merged, mha.out_proj.weight, mha.out_proj.bias, layer.layer_norms[1].weight,
+                    layer.layer_norms[1].bias, layer.fc1.weight, layer.fc1.bias, layer.fc2.weight, layer.fc2.bias,
+                    enc.layer_norm.weight, enc.layer_norm.bias)  # fmt: skip
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("final", [False, True])
+def test_backward_programs_owning_several_row_blocks(final, monkeypatch):
+    """Force BLOCK_M 16 and several blocks per program (a partial last block): same gradients."""
+    problems = [make_problem(30, T, B, 3 + i, final) for i, (T, B) in enumerate(((13, 3), (5, 2)))]
+    douts = douts_for(problems, 1)
+    _, want = run(problems, final, "reference", douts)
+    monkeypatch.setattr(kf, "MAX_ROW_PROGRAMS", 1)
+    monkeypatch.setattr(kf, "_INTERP_BLOCKS", (16, 32, 4))
+    kf.block_config.cache_clear()
+    try:
+        _, got = run(problems, final, "triton", douts)
+    finally:
+        kf.block_config.cache_clear()
+    compare(got, want, 1e-10, "gradient")
+
+
+def test_gradcheck():
+    p = make_problem(6, 3, 2, 0, True)
+    keys = list(names(True))
+
+    def fn(*ts):
+        d = dict(zip(keys, ts))
+        return encoder_ffn_block_grouped([d["x"]], [d["o"]], *([d[n]] for n in PARAMS), [d["lnf_w"]], [d["lnf_b"]],
+                                         backend="triton")[0]  # fmt: skip
+
+    inputs = [p[k].detach().requires_grad_() for k in keys]
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, fast_mode=True)
+
+
+def test_deterministic():
+    problems = [make_problem(50, T, B, i, True) for i, (T, B) in enumerate(SHAPES)]
+    douts = douts_for(problems, 2)
+    a = run(problems, True, "triton", douts)[1]
+    b = run(problems, True, "triton", douts)[1]
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+
+
+def test_float32_within_twice_torch_error():
+    """fp32 kernels vs float64 truth: within 2x the error of torch's own fp32 reference (+ a floor)."""
+    problems = [make_problem(60, T, B, 7 + i, True) for i, (T, B) in enumerate(SHAPES)]
+    douts = douts_for(problems, 3)
+    truth = run(problems, True, "reference", douts)
+    p32 = [{k: v.float() for k, v in p.items()} for p in problems]
+    d32 = [d.float() for d in douts]
+    ours = run(p32, True, "triton", d32)
+    torch_fp32 = run(p32, True, "reference", d32)
+    for what, i in (("outputs", 0), ("gradients", 1)):
+        for a, t, r in zip(ours[i], truth[i], torch_fp32[i]):
+            err, ref_err = (a.double() - t).abs().max().item(), (r.double() - t).abs().max().item()
+            assert err <= 2 * ref_err + 2e-6, f"{what}: {err} vs torch fp32 {ref_err}"
+
+
+def test_launch_counts_group_of_three(monkeypatch):
+    """1 Triton launch forward, 2 backward, and no ATen kernel beyond allocations in either."""
+    monkeypatch.setattr(kf, "_empty", UNPOISONED_EMPTY)  # the poison's fill_ is not the op's
+    problems = [make_problem(30, T, B, i, True) for i, (T, B) in enumerate(SHAPES)]
+    kernels = [(kf, n) for n in sorted(vars(kf)) if n.endswith("_kernel")]
+    leaves = [{k: v.detach().clone().requires_grad_() for k, v in p.items()} for p in problems]
+    lists = {n: [p[n] for p in leaves] for n in names(True)}
+    args = [lists["x"], lists["o"], *(lists[n] for n in PARAMS), lists["lnf_w"], lists["lnf_b"]]
+    with count_launches(*kernels) as fwd:
+        outs = encoder_ffn_block_grouped(*args, backend="triton")
+    douts = douts_for(problems, 0)
+    with count_launches(*kernels) as bwd:
+        torch.autograd.grad(outs, [t for p in leaves for t in p.values()], douts)
+    assert fwd.triton == ["encoder_ffn_fwd_kernel"] and fwd.aten_ops == [] and fwd.syncs == []
+    assert bwd.triton == ["encoder_ffn_bwd_kernel", "encoder_ffn_reduce_kernel"] and bwd.syncs == []
+    assert bwd.aten_ops == [], bwd.aten_ops
+
+
+def test_torch_compile_fullgraph():
+    problems = [make_problem(30, T, B, 20 + i, True) for i, (T, B) in enumerate(SHAPES[:2])]
+
+    def fn(*lists):
+        return encoder_ffn_block_grouped(*lists, backend="triton")
+
+    lists = [[p[n] for p in problems] for n in names(True)]
+    want = fn(*lists)
+    got = torch.compile(fn, fullgraph=True, backend="eager")(*lists)
+    compare(got, want, 0.0, "compiled output")
+
+
+def _bad(case):
+    p = make_problem(30, 4, 2, 0, False)
+    lists = {n: [p[n]] for n in names(False)}
+    kw = {}
+    if case == "xs_not_list":
+        lists["x"] = p["x"]
+    elif case == "os_length":
+        lists["o"] = [p["o"], p["o"]]
+    elif case == "o_shape":
+        lists["o"] = [p["o"][:3]]
+    elif case == "w_1_shape":
+        lists["w_1"] = [p["w_1"][:10]]
+    elif case == "dtype":
+        lists["b_2"] = [p["b_2"].float()]
+    elif case == "E_too_large":
+        big = make_problem(129, 2, 1, 0, False)
+        lists = {n: [big[n]] for n in names(False)}
+    elif case == "res_dropout":
+        kw = dict(res_dropout=0.1)
+    elif case == "relu_dropout":
+        kw = dict(relu_dropout=[0.2])
+    elif case == "lnf_b":
+        kw = dict(lnf_w=[p["ln1_w"]])
+    elif case == "eps":
+        kw = dict(eps=-1.0)
+    args = [lists["x"], lists["o"], *(lists[n] for n in PARAMS)]
+    return args, kw
+
+
+BAD = {
+    "xs_not_list": "xs",
+    "os_length": "os",
+    "o_shape": "os[0]",
+    "w_1_shape": "w_1[0]",
+    "dtype": "b_2[0]",
+    "E_too_large": "xs[0]",
+    "res_dropout": "res_dropout",
+    "relu_dropout": "relu_dropout",
+    "lnf_b": "lnf_b",
+    "eps": "eps",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_inputs(case):
+    args, kw = _bad(case)
+    with pytest.raises((TypeError, ValueError)) as e:
+        encoder_ffn_block_grouped(*args, backend="triton", **kw)
+    assert re.search(rf"(^|[^\w]){re.escape(BAD[case])}($|[^\w])", str(e.value)), str(e.value)
+
+
+def test_interpreter_refuses_bf16_and_reference_runs_it():
+    if DEV != "cpu":
+        pytest.skip("interpreter-only refusal")
+    p = make_problem(30, 3, 2, 0, False, dtype=torch.bfloat16)
+    args = [[p[n]] for n in names(False)]
+    with pytest.raises(TypeError, match="bfloat16"):
+        encoder_ffn_block_grouped(*args, backend="triton")
+    out = encoder_ffn_block_grouped(*args, backend="reference")[0]
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    assert OP == "encoder_ffn_block"
