@@ -4,7 +4,8 @@ Counted as ``dmd_fast.bench.launches`` counts (ATen ops at dispatch plus Triton 
 warm-up step), each attributed to a part:
 
 - forward: the innermost ``nn.Module`` method on the Python stack (``self`` in a frame), named by its
-  qualified name in the system and mapped to a part by :func:`part_of`;
+  qualified name in the system and mapped to a part by :func:`part_of` (or a ``LAYER_FUNCTIONS``
+  frame: the grouped encoders' fused layers);
 - backward: the autograd node that runs the op (``torch._C._current_autograd_node``). Nodes are
   tagged in the forward with the part that created them (a ``TorchFunctionMode`` sees each torch call
   above autograd; module hooks tag the nodes of custom autograd functions, e.g. the fused ops); a node
@@ -48,6 +49,7 @@ PARTS = (
     "gradient accumulation",
     "clip",
 )
+LAYER_FUNCTIONS = {"_run_fused"}  # module-less code that runs encoder layers (nn/grouped.py's fused path)
 ACCUMULATION, CLIP, LOSSES = "gradient accumulation", "clip", "losses + glue"
 _LAYER = re.compile(r"\.layers\.\d+")
 
@@ -90,6 +92,8 @@ class _Attribution:
             me = frame.f_locals.get("self")
             if me is not None and id(me) in self.names:
                 return part_of(self.names[id(me)])
+            if frame.f_code.co_name in LAYER_FUNCTIONS:
+                return "encoder layers"
             frame = frame.f_back
         return LOSSES
 

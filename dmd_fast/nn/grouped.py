@@ -1,10 +1,16 @@
-"""Run several independent transformer encoders layer by layer with grouped attention launches.
+"""Run several independent transformer encoders layer by layer with grouped launches.
 
 DMD's six cross-modal encoders (and its three self-attention and three memory encoders) are
-independent; each layer's attention problems go to ``cross_modal_attention_grouped`` together
-(one launch, each problem with its own dropout probability) instead of one launch per encoder. Everything
-else (LayerNorms, projections, FFN) runs per encoder, as in ``TransformerEncoder.forward``,
-so the result equals running the encoders one by one.
+independent, so each layer of a group runs as one group of problems:
+
+- fused (the Triton backend, when every layer's residual and ReLU dropout is 0, as in DMD's presets,
+  and no attention map is being recorded): per layer three grouped kernels forward (LN0 + in-projection,
+  attention, the post-attention block with the encoder's final LayerNorm on the last layer) and six
+  backward (``ops.encoder_in_proj``, ``ops.attention``, ``ops.encoder_ffn``);
+- otherwise: grouped attention, everything else (LayerNorms, projections, FFN) per encoder as in
+  ``TransformerEncoder.forward``.
+
+Either way the result equals running the encoders one by one (``fused_layers_apply`` says which path runs).
 """
 
 from __future__ import annotations
@@ -29,6 +35,90 @@ def _check_groupable(encoders):
                 )
 
 
+def fused_layers_apply(encoders) -> bool:
+    """True when ``run_encoders_grouped`` runs these encoders' layers as fused grouped kernels."""
+    from dmd_fast.ops.backend import resolve_backend
+    from dmd_fast.ops.encoder_ffn import MAX_EMBED_DIM
+    from dmd_fast.ops.encoder_ffn import OP as FFN_OP
+
+    first = encoders[0]
+    if not first.layers or first.embed_dim > MAX_EMBED_DIM:
+        return False
+    mha = first.layers[0].self_attn
+    if resolve_backend(mha.backend, mha.in_proj_weight.device, FFN_OP) != "triton":
+        return False
+    layers = [layer for enc in encoders for layer in enc.layers]
+    if any(layer.self_attn.record_weights for layer in layers):
+        return False
+    return not any(layer.training and (layer.res_dropout or layer.relu_dropout) for layer in layers)
+
+
+def _embedded_sources(enc, k_in, v_in):
+    """None (self-attention), one embedded source (key and value streams equal: the same input and no
+    embedding dropout) or the pair (embed(k_in), embed(v_in)), each with its own dropout draw."""
+    if k_in is None:
+        return None
+    if k_in is v_in and not (enc.training and enc.dropout > 0):
+        return enc.embed(k_in)
+    return enc.embed(k_in), enc.embed(v_in)
+
+
+def _run_fused(encoders, streams, last_row):
+    """The fused path of :func:`run_encoders_grouped` (see the module doc)."""
+    from dmd_fast.ops.attention import cross_modal_attention_grouped
+    from dmd_fast.ops.encoder_ffn import encoder_ffn_block_grouped
+    from dmd_fast.ops.encoder_in_proj import encoder_in_projection_grouped
+
+    xs = [enc.embed(x_in) for enc, (x_in, _, _) in zip(encoders, streams)]
+    sources = [_embedded_sources(enc, k_in, v_in) for enc, (_, k_in, v_in) in zip(encoders, streams)]
+    backend = encoders[0].layers[0].self_attn.backend
+    n_layers = len(encoders[0].layers)
+    for i in range(n_layers):
+        layers = [enc.layers[i] for enc in encoders]
+        last = i == n_layers - 1
+        lr = last_row and last
+        # last_row: q of the last row only; k, v still from every row (a self-attention source is x itself)
+        q_in = [x[-1:] if lr else x for x in xs]
+        srcs = [x if lr and src is None else src for x, src in zip(xs, sources)]
+        qkv = encoder_in_projection_grouped(
+            q_in,
+            srcs,
+            [layer.layer_norms[0].weight for layer in layers],
+            [layer.layer_norms[0].bias for layer in layers],
+            [layer.self_attn.in_proj_weight for layer in layers],
+            [layer.self_attn.in_proj_bias for layer in layers],
+            eps=layers[0].layer_norms[0].eps,
+            backend=backend,
+        )
+        mhas = [layer.self_attn for layer in layers]
+        problems = [tuple(mha._heads(t) for t in p) for mha, p in zip(mhas, qkv)]
+        outs = cross_modal_attention_grouped(
+            problems,
+            offset_causal=encoders[0].offset_causal,
+            dropout_p=[mha.attn_dropout if mha.training else 0.0 for mha in mhas],
+            scale=mhas[0].scaling,  # the kernel applies head_dim^-0.5 (q is not pre-scaled here)
+            backend=backend,
+        )
+        merged = [o.permute(2, 0, 1, 3).reshape(o.shape[2], o.shape[0], -1) for o in outs]
+        xs = encoder_ffn_block_grouped(
+            q_in,
+            merged,
+            [mha.out_proj.weight for mha in mhas],
+            [mha.out_proj.bias for mha in mhas],
+            [layer.layer_norms[1].weight for layer in layers],
+            [layer.layer_norms[1].bias for layer in layers],
+            [layer.fc1.weight for layer in layers],
+            [layer.fc1.bias for layer in layers],
+            [layer.fc2.weight for layer in layers],
+            [layer.fc2.bias for layer in layers],
+            [enc.layer_norm.weight for enc in encoders] if last else None,
+            [enc.layer_norm.bias for enc in encoders] if last else None,
+            eps=layers[0].layer_norms[1].eps,
+            backend=backend,
+        )
+    return xs
+
+
 def run_encoders_grouped(encoders, streams, last_row=False):
     """encoders: G TransformerEncoders of one shape; streams: G tuples (x_in, x_in_k, x_in_v), the
     last two None for self-attention, all sequence-first (T, B, E). Returns G outputs (Tq, B, E), or
@@ -41,6 +131,8 @@ def run_encoders_grouped(encoders, streams, last_row=False):
             f"{len(encoders)} encoders and {len(streams)} streams"
         )
     _check_groupable(encoders)
+    if fused_layers_apply(encoders):
+        return _run_fused(encoders, streams, last_row)
     xs, sources = [], []
     for enc, (x_in, k_in, v_in) in zip(encoders, streams):
         xs.append(enc.embed(x_in))
