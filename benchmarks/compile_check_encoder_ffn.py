@@ -63,8 +63,8 @@ def compile_one(cfg):
             kind = role.split("_")[0]
             fn = kf.encoder_ffn_fwd_kernel if kind == "fwd" else kf.encoder_ffn_bwd_kernel
             bm, bn, warps = kf.block_config(kind, E, torch_dt)
-            consts = dict(E=E, E_PAD=kf.e_pad(E), BLOCK_M=bm, BLOCK_F=bn, FINAL=role.endswith("final"),
-                          PRECISION="ieee", ACC=tl.float32)  # fmt: skip
+            consts = dict(E=E, E_PAD=kf.e_pad(E), BLOCK_M=bm, BLOCK_F=bn, BLOCK_K=kf.block_k(E),
+                          FINAL=role.endswith("final"), PRECISION="ieee", ACC=tl.float32)  # fmt: skip
         row.update(BM=bm, BN=bn, warps=warps)
         sig, attrs = _signature(fn, dt)
         row.update(sm90_resources(fn, sig, consts, attrs, warps))

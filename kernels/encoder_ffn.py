@@ -9,10 +9,10 @@ Per problem g (one encoder layer, E its width, F = 4E), rows r = (t, b) of (T, B
   at a time (fc1, ReLU, fc2 accumulated): the (rows, 4E) hidden never reaches memory. Saves per row
   (mean1, rstd1, meanf, rstdf) and, with FINAL, the pre-LN output y.
 - Backward, two launches: ``encoder_ffn_bwd_kernel`` (grid (row programs, problems); a program owns
-  consecutive row blocks) recomputes x1, LN1 and the hidden; phase 1 (row-major) writes dx = dx1 and
-  do = dx1 Wo and keeps h = LN1(x1) and dz (the gradient reaching fc2) in a workspace; phase 2
-  (hidden-chunk-major) sums this program's partial dW1, db1, dW2 from them; the vector gradients and
-  dWo go to the program's scratch row too. ``encoder_ffn_reduce_kernel`` (grid (column blocks,
+  consecutive row blocks) recomputes x1, LN1 and the hidden: phase 0 keeps dz (the gradient reaching
+  fc2 and the residual, through LNf) in a workspace; phase 1 (row-major) writes dx = dx1 and do = dx1 Wo
+  and keeps h = LN1(x1) there too; phase 2 sums this program's partial dWo (Wo-column-major) and dW1,
+  db1, dW2 (hidden-chunk-major); they and the vector gradients go to the program's scratch row. ``encoder_ffn_reduce_kernel`` (grid (column blocks,
   problems)) sums each problem's scratch rows in a fixed order. No atomics: bitwise deterministic.
 - E up to 128 in an E_PAD = max(16, next_pow2(E)) register tile; fp32 dots ``input_precision="ieee"``,
   16-bit inputs dot in their dtype with fp32 accumulation and statistics; fp64 under the interpreter.
@@ -72,18 +72,31 @@ def _vec(desc, COL: tl.constexpr, like, o_e, m_e, ACC: tl.constexpr):
 
 
 @triton.jit
-def _x1_rows(desc, like, o_m, m_m, o_e, m_e, B, E: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
-    """x1 = x + o Woᵀ + bo for rows o_m: (BLOCK_M, E_PAD) in ACC (0 outside), and the o tile (input dtype)."""
+def _x1_rows(desc, like, o_m, m_m, o_e, m_e, B, E: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+             ACC: tl.constexpr):
+    """x1 = x + o Woᵀ + bo for rows o_m: (BLOCK_M, E_PAD) in ACC (0 outside); Wo read BLOCK_K columns at a time."""
     m_me = m_m[:, None] & m_e[None, :]
-    b_o = tl.load(desc_ptr(desc, C_O, like) + _row_offsets(desc, C_O, o_m, B)[:, None] + o_e[None, :], mask=m_me,
-                  other=0.)
-    # (E_PAD, E_PAD): Woᵀ[k, n] = Wo[n, k]
-    b_woT = tl.load(desc_ptr(desc, C_WO, like) + o_e[None, :] * E + o_e[:, None], mask=m_e[:, None] & m_e[None, :],
-                    other=0.)
-    b_y = tl.dot(b_o, b_woT, input_precision=PRECISION, out_dtype=ACC) + _vec(desc, C_BO, like, o_e, m_e, ACC)[None, :]
+    p_o = desc_ptr(desc, C_O, like) + _row_offsets(desc, C_O, o_m, B)[:, None]
+    b_y = tl.zeros((o_m.shape[0], o_e.shape[0]), dtype=ACC)
+    b_y = _rows_dot(b_y, p_o, m_m, desc_ptr(desc, C_WO, like), 1, E, o_e, m_e, like, E, BLOCK_K, PRECISION, ACC)
+    b_y += _vec(desc, C_BO, like, o_e, m_e, ACC)[None, :]
     b_x = tl.load(desc_ptr(desc, C_X, like) + _row_offsets(desc, C_X, o_m, B)[:, None] + o_e[None, :], mask=m_me,
                   other=0.).to(ACC)
-    return tl.where(m_me, b_x + b_y, 0.), b_o
+    return tl.where(m_me, b_x + b_y, 0.)
+
+
+@triton.jit
+def _rows_dot(acc, p_rows, m_m, p_w, s_wk, s_wn, o_n, m_n, like, K: tl.constexpr, BLOCK_K: tl.constexpr,
+              PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """acc + A W with A's rows (BLOCK_M, K) read from memory BLOCK_K columns at a time (``p_rows``: row
+    pointers (BLOCK_M, 1)) and W[k, n] at p_w + k·s_wk + n·s_wn: no K-wide register operand."""
+    for k0 in range(0, K, BLOCK_K):
+        o_k = k0 + tl.arange(0, BLOCK_K)
+        m_k = o_k < K
+        b_a = tl.load(p_rows + o_k[None, :], mask=m_m[:, None] & m_k[None, :], other=0.).to(like.dtype.element_ty)
+        b_w = tl.load(p_w + o_k[:, None] * s_wk + o_n[None, :] * s_wn, mask=m_k[:, None] & m_n[None, :], other=0.)
+        acc = tl.dot(b_a, b_w, acc, input_precision=PRECISION, out_dtype=ACC)
+    return acc
 
 
 @triton.jit
@@ -95,6 +108,17 @@ def _hidden(b_h, p_w1, p_b1, f0, o_e, m_e, E: tl.constexpr, F: tl.constexpr, BLO
     # (E_PAD, BLOCK_F): W1ᵀ[k, j] = W1[f0 + j, k]
     b_w1T = tl.load(p_w1 + o_f[None, :] * E + o_e[:, None], mask=m_e[:, None] & m_f[None, :], other=0.)
     b_u = tl.dot(b_h, b_w1T, input_precision=PRECISION, out_dtype=ACC)
+    return b_u + tl.load(p_b1 + o_f, mask=m_f, other=0.).to(ACC)[None, :], o_f, m_f
+
+
+@triton.jit
+def _hidden_rows(p_h_rows, m_m, p_w1, p_b1, f0, like, E: tl.constexpr, F: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """:func:`_hidden` with h's rows read from memory (``p_h_rows`` (BLOCK_M, 1)) BLOCK_K columns at a time."""
+    o_f = f0 + tl.arange(0, BLOCK_F)
+    m_f = o_f < F
+    b_u = _rows_dot(tl.zeros((BLOCK_M, BLOCK_F), dtype=ACC), p_h_rows, m_m, p_w1, 1, E, o_f, m_f, like, E, BLOCK_K,
+                    PRECISION, ACC)
     return b_u + tl.load(p_b1 + o_f, mask=m_f, other=0.).to(ACC)[None, :], o_f, m_f
 
 
@@ -119,8 +143,8 @@ def _ln_backward(b_dv, b_hat, b_rstd, b_g, E: tl.constexpr):
 @triton.jit
 def encoder_ffn_fwd_kernel(
     desc, like, stats, eps,
-    E: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, FINAL: tl.constexpr,
-    PRECISION: tl.constexpr, ACC: tl.constexpr,
+    E: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr,
+    FINAL: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
 ):
     """Grid (cdiv(max N, BLOCK_M), G). Writes out (contiguous (T, B, E)), stats (rows, 4) and, FINAL, pre."""
     F: tl.constexpr = 4 * E
@@ -133,7 +157,7 @@ def encoder_ffn_fwd_kernel(
     o_m, o_e = m0 + tl.arange(0, BLOCK_M), tl.arange(0, E_PAD)
     m_m, m_e = o_m < N, o_e < E
     m_me = m_m[:, None] & m_e[None, :]
-    b_x1, _ = _x1_rows(desc, like, o_m, m_m, o_e, m_e, B, E, PRECISION, ACC)
+    b_x1 = _x1_rows(desc, like, o_m, m_m, o_e, m_e, B, E, BLOCK_K, PRECISION, ACC)
     b_mean, b_rstd, b_hat = _layer_norm(b_x1, m_me, eps, E)
     b_h = (b_hat * _vec(desc, C_G1, like, o_e, m_e, ACC)[None, :]
            + _vec(desc, C_BE1, like, o_e, m_e, ACC)[None, :]).to(like.dtype.element_ty)
@@ -162,8 +186,8 @@ def encoder_ffn_fwd_kernel(
 @triton.jit(do_not_specialize=["steps"])
 def encoder_ffn_bwd_kernel(
     desc, like, stats, scratch, work, steps,
-    E: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, FINAL: tl.constexpr,
-    PRECISION: tl.constexpr, ACC: tl.constexpr,
+    E: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr,
+    FINAL: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
 ):
     """Grid (cdiv(max N, steps · BLOCK_M), G). Rows [r_lo, r_lo + steps · BLOCK_M) of the problem: writes dx,
     do (contiguous (T, B, E)) and scratch row rb0 + program (``grad_columns``). ``work`` (rows, 2, E) holds
@@ -182,9 +206,8 @@ def encoder_ffn_bwd_kernel(
     p_w1, p_b1, p_w2 = desc_ptr(desc, C_W1, like), desc_ptr(desc, C_B1, like), desc_ptr(desc, C_W2, like)
     b_g1 = _vec(desc, C_G1, like, o_e, m_e, ACC)
     b_be1 = _vec(desc, C_BE1, like, o_e, m_e, ACC)
-    # (E_PAD, E_PAD) Wo[n, k]
-    b_wo = tl.load(desc_ptr(desc, C_WO, like) + o_e[:, None] * E + o_e[None, :], mask=m_e[:, None] & m_e[None, :],
-                   other=0.)
+    p_wo, p_o = desc_ptr(desc, C_WO, like), desc_ptr(desc, C_O, like)
+    p_dx, p_do = desc_ptr(desc, C_DX, like), desc_ptr(desc, C_DO, like)
     p_part = scratch + (desc_i32(desc, C_RB0) + tl.program_id(0)).to(tl.int64) * (9 * EE + 10 * E)
     b_dbo = tl.zeros((E_PAD,), dtype=ACC)
     b_dg1 = tl.zeros((E_PAD,), dtype=ACC)
@@ -192,56 +215,72 @@ def encoder_ffn_bwd_kernel(
     b_db2 = tl.zeros((E_PAD,), dtype=ACC)
     b_dgf = tl.zeros((E_PAD,), dtype=ACC)
     b_dbef = tl.zeros((E_PAD,), dtype=ACC)
-    b_dwo = tl.zeros((E_PAD, E_PAD), dtype=ACC)
 
-    # phase 1, row blocks: dz, the hidden's gradient into h, LN1's backward → dx, do; h and dz to `work`
+    # phase 0, row blocks: dz = the gradient reaching fc2's output and the residual (through LNf) → `work`
+    for m0 in range(r_lo, r_hi, BLOCK_M):
+        o_m = m0 + o_i
+        m_m = o_m < r_hi
+        m_me = m_m[:, None] & m_e[None, :]
+        b_dout = tl.load(desc_ptr(desc, C_DOUT, like) + _row_offsets(desc, C_DOUT, o_m, B)[:, None] + o_e[None, :],
+                         mask=m_me, other=0.).to(ACC)
+        if FINAL:
+            p_st = stats + (row0 + o_m).to(tl.int64) * 4
+            b_meanf = tl.load(p_st + 2, mask=m_m, other=0.).to(ACC)
+            b_rstdf = tl.load(p_st + 3, mask=m_m, other=0.).to(ACC)
+            b_pre = tl.load(desc_ptr(desc, C_PRE, like) + o_m.to(tl.int64)[:, None] * E + o_e[None, :], mask=m_me,
+                            other=0.).to(ACC)
+            b_yhat = tl.where(m_me, (b_pre - b_meanf[:, None]) * b_rstdf[:, None], 0.)
+            b_dgf += tl.sum(b_dout * b_yhat, 0)
+            b_dbef += tl.sum(b_dout, 0)
+            b_dz = tl.where(m_me, _ln_backward(b_dout, b_yhat, b_rstdf, _vec(desc, C_GF, like, o_e, m_e, ACC), E), 0.)
+        else:
+            b_dz = b_dout
+        b_db2 += tl.sum(b_dz, 0)
+        p_work = work + (row0 + o_m).to(tl.int64)[:, None] * (2 * E) + o_e[None, :]
+        tl.store(p_work + E, b_dz.to(work.dtype.element_ty), mask=m_me)
+    tl.debug_barrier()  # phase 1 reads dz rows written by other threads of this program
+
+    # phase 1, row blocks: the hidden's gradient into h, LN1's backward → dx, do; h to `work`
     for m0 in range(r_lo, r_hi, BLOCK_M):
         o_m = m0 + o_i
         m_m = o_m < r_hi
         m_me = m_m[:, None] & m_e[None, :]
         o_rows = o_m.to(tl.int64)[:, None] * E + o_e[None, :]
         p_st = stats + (row0 + o_m).to(tl.int64) * 4
-        b_dout = tl.load(desc_ptr(desc, C_DOUT, like) + _row_offsets(desc, C_DOUT, o_m, B)[:, None] + o_e[None, :],
-                         mask=m_me, other=0.).to(ACC)
-        if FINAL:
-            b_meanf = tl.load(p_st + 2, mask=m_m, other=0.).to(ACC)
-            b_rstdf = tl.load(p_st + 3, mask=m_m, other=0.).to(ACC)
-            b_pre = tl.load(desc_ptr(desc, C_PRE, like) + o_rows, mask=m_me, other=0.).to(ACC)
-            b_yhat = tl.where(m_me, (b_pre - b_meanf[:, None]) * b_rstdf[:, None], 0.)
-            b_dgf += tl.sum(b_dout * b_yhat, 0)
-            b_dbef += tl.sum(b_dout, 0)
-            b_dz = _ln_backward(b_dout, b_yhat, b_rstdf, _vec(desc, C_GF, like, o_e, m_e, ACC), E)
-        else:
-            b_dz = b_dout
-        b_db2 += tl.sum(b_dz, 0)
-        b_x1, b_o = _x1_rows(desc, like, o_m, m_m, o_e, m_e, B, E, PRECISION, ACC)
+        p_work = work + (row0 + o_m).to(tl.int64)[:, None] * (2 * E) + o_e[None, :]
+        b_x1 = _x1_rows(desc, like, o_m, m_m, o_e, m_e, B, E, BLOCK_K, PRECISION, ACC)
         b_mean = tl.load(p_st, mask=m_m, other=0.).to(ACC)
         b_rstd = tl.load(p_st + 1, mask=m_m, other=0.).to(ACC)
         b_hat = tl.where(m_me, (b_x1 - b_mean[:, None]) * b_rstd[:, None], 0.)
         b_h = (b_hat * b_g1[None, :] + b_be1[None, :]).to(like.dtype.element_ty)
-        b_dzl = b_dz.to(like.dtype.element_ty)
+        tl.store(p_work, b_h.to(work.dtype.element_ty), mask=m_me)
+        tl.debug_barrier()  # the hidden's dots read h and dz back BLOCK_K columns at a time
+        p_h_rows = work + (row0 + o_m).to(tl.int64)[:, None] * (2 * E)
         b_dh = tl.zeros((BLOCK_M, E_PAD), dtype=ACC)
         for f0 in range(0, F, BLOCK_F):
-            b_u, o_f, m_f = _hidden(b_h, p_w1, p_b1, f0, o_e, m_e, E, F, BLOCK_F, PRECISION, ACC)
-            # (E_PAD, BLOCK_F): W2[n, f0 + j]
-            b_w2 = tl.load(p_w2 + o_e[:, None] * F + o_f[None, :], mask=m_e[:, None] & m_f[None, :], other=0.)
-            b_du = tl.where(b_u > 0., tl.dot(b_dzl, b_w2, input_precision=PRECISION, out_dtype=ACC), 0.)
+            b_u, o_f, m_f = _hidden_rows(p_h_rows, m_m, p_w1, p_b1, f0, like, E, F, BLOCK_M, BLOCK_F, BLOCK_K,
+                                         PRECISION, ACC)
+            b_da = _rows_dot(tl.zeros((BLOCK_M, BLOCK_F), dtype=ACC), p_h_rows + E, m_m, p_w2, F, 1, o_f, m_f, like, E,
+                             BLOCK_K, PRECISION, ACC)
+            b_du = tl.where(b_u > 0., b_da, 0.)
             # (BLOCK_F, E_PAD): W1[f0 + j, k]
             b_w1 = tl.load(p_w1 + o_f[:, None] * E + o_e[None, :], mask=m_f[:, None] & m_e[None, :], other=0.)
             b_dh = tl.dot(b_du.to(like.dtype.element_ty), b_w1, b_dh, input_precision=PRECISION, out_dtype=ACC)
         b_dg1 += tl.sum(b_dh * b_hat, 0)
         b_dbe1 += tl.sum(b_dh, 0)
+        b_dz = tl.load(p_work + E, mask=m_me, other=0.).to(ACC)
         b_dx1 = tl.where(m_me, _ln_backward(b_dh, b_hat, b_rstd, b_g1, E) + b_dz, 0.)
         b_dbo += tl.sum(b_dx1, 0)
         b_dx1l = b_dx1.to(like.dtype.element_ty)
-        b_dwo = tl.dot(tl.trans(b_dx1l), b_o, b_dwo, input_precision=PRECISION, out_dtype=ACC)
-        b_do = tl.dot(b_dx1l, b_wo, input_precision=PRECISION, out_dtype=ACC)
-        tl.store(desc_ptr(desc, C_DX, like) + o_rows, b_dx1l, mask=m_me)
-        tl.store(desc_ptr(desc, C_DO, like) + o_rows, b_do.to(like.dtype.element_ty), mask=m_me)
-        p_work = work + (row0 + o_m).to(tl.int64)[:, None] * (2 * E) + o_e[None, :]
-        tl.store(p_work, b_h.to(work.dtype.element_ty), mask=m_me)
-        tl.store(p_work + E, b_dz.to(work.dtype.element_ty), mask=m_me)
-    tl.store(p_part + o_e[:, None] * E + o_e[None, :], b_dwo, mask=m_e[:, None] & m_e[None, :])
+        tl.store(p_dx + o_rows, b_dx1l, mask=m_me)
+        for k0 in range(0, E, BLOCK_K):  # do = dx1 Wo, BLOCK_K output columns at a time
+            o_k = k0 + tl.arange(0, BLOCK_K)
+            m_k = o_k < E
+            # (E_PAD, BLOCK_K): Wo[n, k]
+            b_wo = tl.load(p_wo + o_e[:, None] * E + o_k[None, :], mask=m_e[:, None] & m_k[None, :], other=0.)
+            b_do = tl.dot(b_dx1l, b_wo, input_precision=PRECISION, out_dtype=ACC)
+            tl.store(p_do + o_m.to(tl.int64)[:, None] * E + o_k[None, :], b_do.to(like.dtype.element_ty),
+                     mask=m_m[:, None] & m_k[None, :])
     c_vec = 9 * EE
     tl.store(p_part + c_vec + o_e, b_dbo, mask=m_e)
     tl.store(p_part + c_vec + E + o_e, b_dg1, mask=m_e)
@@ -249,26 +288,44 @@ def encoder_ffn_bwd_kernel(
     tl.store(p_part + c_vec + 3 * E + F + o_e, b_db2, mask=m_e)
     tl.store(p_part + c_vec + 4 * E + F + o_e, b_dgf, mask=m_e)
     tl.store(p_part + c_vec + 5 * E + F + o_e, b_dbef, mask=m_e)
-    tl.debug_barrier()  # phase 2 reads `work` rows written by other threads of this program
+    tl.debug_barrier()  # phase 2 reads `work` and dx rows written by other threads of this program
 
-    # phase 2, hidden chunks: dW1 = Σ duᵀ h, db1 = Σ du, dW2 = Σ dzᵀ a over this program's rows
+    # phase 2a, Wo's columns: dWo = Σ dx1ᵀ o over this program's rows
+    for k0 in range(0, E, BLOCK_K):
+        o_k = k0 + tl.arange(0, BLOCK_K)
+        m_k = o_k < E
+        b_dwo = tl.zeros((E_PAD, BLOCK_K), dtype=ACC)
+        for m0 in range(r_lo, r_hi, BLOCK_M):
+            o_m = m0 + o_i
+            m_m = o_m < r_hi
+            b_dx1 = tl.load(p_dx + o_m.to(tl.int64)[:, None] * E + o_e[None, :], mask=m_m[:, None] & m_e[None, :],
+                            other=0.)
+            b_o = tl.load(p_o + _row_offsets(desc, C_O, o_m, B)[:, None] + o_k[None, :],
+                          mask=m_m[:, None] & m_k[None, :], other=0.)
+            b_dwo = tl.dot(tl.trans(b_dx1), b_o, b_dwo, input_precision=PRECISION, out_dtype=ACC)
+        tl.store(p_part + o_e[:, None] * E + o_k[None, :], b_dwo, mask=m_e[:, None] & m_k[None, :])
+
+    # phase 2b, hidden chunks: dW1 = Σ duᵀ h, db1 = Σ du, dW2 = Σ dzᵀ a over this program's rows
     for f0 in range(0, F, BLOCK_F):
         o_f = f0 + tl.arange(0, BLOCK_F)
         m_f = o_f < F
-        b_w2 = tl.load(p_w2 + o_e[:, None] * F + o_f[None, :], mask=m_e[:, None] & m_f[None, :], other=0.)
         b_dw1 = tl.zeros((BLOCK_F, E_PAD), dtype=ACC)
         b_dw2 = tl.zeros((E_PAD, BLOCK_F), dtype=ACC)
         b_db1 = tl.zeros((BLOCK_F,), dtype=ACC)
         for m0 in range(r_lo, r_hi, BLOCK_M):
             o_m = m0 + o_i
             m_me = (o_m < r_hi)[:, None] & m_e[None, :]
-            p_work = work + (row0 + o_m).to(tl.int64)[:, None] * (2 * E) + o_e[None, :]
-            b_h = tl.load(p_work, mask=m_me, other=0.).to(like.dtype.element_ty)
-            b_dz = tl.load(p_work + E, mask=m_me, other=0.).to(like.dtype.element_ty)
-            b_u, _, _ = _hidden(b_h, p_w1, p_b1, f0, o_e, m_e, E, F, BLOCK_F, PRECISION, ACC)
-            b_u = tl.where((o_m < r_hi)[:, None], b_u, 0.)
+            m_m = o_m < r_hi
+            p_h_rows = work + (row0 + o_m).to(tl.int64)[:, None] * (2 * E)
+            b_h = tl.load(p_h_rows + o_e[None, :], mask=m_me, other=0.).to(like.dtype.element_ty)
+            b_dz = tl.load(p_h_rows + E + o_e[None, :], mask=m_me, other=0.).to(like.dtype.element_ty)
+            b_u, _, _ = _hidden_rows(p_h_rows, m_m, p_w1, p_b1, f0, like, E, F, BLOCK_M, BLOCK_F, BLOCK_K, PRECISION,
+                                     ACC)
+            b_u = tl.where(m_m[:, None], b_u, 0.)
             b_a = tl.maximum(b_u, 0.).to(like.dtype.element_ty)
-            b_du = tl.where(b_u > 0., tl.dot(b_dz, b_w2, input_precision=PRECISION, out_dtype=ACC), 0.)
+            b_da = _rows_dot(tl.zeros((BLOCK_M, BLOCK_F), dtype=ACC), p_h_rows + E, m_m, p_w2, F, 1, o_f, m_f, like, E,
+                             BLOCK_K, PRECISION, ACC)
+            b_du = tl.where(b_u > 0., b_da, 0.)
             b_dul = b_du.to(like.dtype.element_ty)
             b_dw1 = tl.dot(tl.trans(b_dul), b_h, b_dw1, input_precision=PRECISION, out_dtype=ACC)
             b_dw2 = tl.dot(tl.trans(b_dz), b_a, b_dw2, input_precision=PRECISION, out_dtype=ACC)
@@ -315,13 +372,19 @@ def e_pad(E: int) -> int:
     return max(16, next_pow2(E))
 
 
+def block_k(E: int) -> int:
+    """Columns per step of the K-chunked dots (the out-projection, and the backward's hidden from h and dz):
+    whole rows up to E_PAD 64, 32 at E_PAD 128 (no 128-wide register operand; compile_check_encoder_ffn.py)."""
+    return e_pad(E) if _INTERPRETING or e_pad(E) <= 64 else 32
+
+
 # (BLOCK_M, BLOCK_F, num_warps) per (role, dtype class) and E_PAD, chosen offline with
 # benchmarks/compile_check_encoder_ffn.py (no spills on sm_90); no runtime autotune.
 _GPU_BLOCKS = {
-    ("fwd", "fp32"): {16: (64, 32, 4), 32: (64, 32, 4), 64: (32, 32, 4), 128: (16, 32, 4)},
+    ("fwd", "fp32"): {16: (64, 32, 4), 32: (64, 32, 4), 64: (16, 32, 4), 128: (16, 32, 4)},
     ("fwd", "16"): {16: (64, 32, 4), 32: (64, 32, 4), 64: (32, 32, 4), 128: (16, 32, 4)},
-    ("bwd", "fp32"): {16: (32, 32, 4), 32: (32, 32, 4), 64: (16, 16, 4), 128: (16, 16, 8)},
-    ("bwd", "16"): {16: (32, 32, 4), 32: (32, 32, 4), 64: (16, 32, 4), 128: (16, 16, 8)},
+    ("bwd", "fp32"): {16: (16, 32, 4), 32: (16, 32, 4), 64: (16, 16, 8), 128: (16, 16, 8)},
+    ("bwd", "16"): {16: (16, 32, 4), 32: (16, 32, 4), 64: (16, 32, 4), 128: (16, 16, 8)},
 }
 _REDUCE_BLOCKS = (16, 256, 4)
 _INTERP_BLOCKS = (64, 128, 4)
@@ -376,8 +439,8 @@ def ffn_fwd_grouped(xs, os_, params, *, final: bool, eps=1e-5, block_m=None, blo
     bm, bf = block_m or bm, block_f or bf
     encoder_ffn_fwd_kernel[(cdiv(max_n, bm), len(rows))](
         desc, xs[0], stats, float(eps),
-        E=E, E_PAD=e_pad(E), BLOCK_M=bm, BLOCK_F=bf, FINAL=bool(final), PRECISION="ieee", ACC=acc_dtype(dtype),
-        num_warps=warps)
+        E=E, E_PAD=e_pad(E), BLOCK_M=bm, BLOCK_F=bf, BLOCK_K=block_k(E), FINAL=bool(final), PRECISION="ieee",
+        ACC=acc_dtype(dtype), num_warps=warps)
     return outs, stats, pres
 
 
@@ -411,8 +474,8 @@ def ffn_bwd_grouped(douts, xs, os_, params, stats, pres, *, final: bool, block_m
     if max_n:
         encoder_ffn_bwd_kernel[(cdiv(max_n, steps * bm), G)](
             desc, xs[0], stats, scratch, work, steps,
-            E=E, E_PAD=e_pad(E), BLOCK_M=bm, BLOCK_F=bf, FINAL=bool(final), PRECISION="ieee", ACC=acc,
-            num_warps=warps)
+            E=E, E_PAD=e_pad(E), BLOCK_M=bm, BLOCK_F=bf, BLOCK_K=block_k(E), FINAL=bool(final), PRECISION="ieee",
+            ACC=acc, num_warps=warps)
     br, bc, rwarps = _INTERP_REDUCE if _INTERPRETING else _REDUCE_BLOCKS
     encoder_ffn_reduce_kernel[(cdiv(C, bc), G)](desc, scratch, xs[0], C=C, BLOCK_R=br, BLOCK_C=bc, ACC=acc,
                                                  num_warps=rwarps)

@@ -107,17 +107,20 @@ def test_direct_reference_call_matches_eager_layer():
 
 @pytest.mark.parametrize("final", [False, True])
 def test_backward_programs_owning_several_row_blocks(final, monkeypatch):
-    """Force BLOCK_M 16 and several blocks per program (a partial last block): same gradients."""
-    problems = [make_problem(30, T, B, 3 + i, final) for i, (T, B) in enumerate(((13, 3), (5, 2)))]
+    """Force BLOCK_M 16, several blocks per program (a partial last block), hidden and Wo column steps of
+    32 and 16 (partial last ones at E = 50): same outputs and gradients."""
+    problems = [make_problem(50, T, B, 3 + i, final) for i, (T, B) in enumerate(((13, 3), (5, 2)))]
     douts = douts_for(problems, 1)
-    _, want = run(problems, final, "reference", douts)
+    out_r, want = run(problems, final, "reference", douts)
     monkeypatch.setattr(kf, "MAX_ROW_PROGRAMS", 1)
     monkeypatch.setattr(kf, "_INTERP_BLOCKS", (16, 32, 4))
+    monkeypatch.setattr(kf, "block_k", lambda E: 16)  # the GPU's column steps of Wo, a partial last one
     kf.block_config.cache_clear()
     try:
-        _, got = run(problems, final, "triton", douts)
+        out, got = run(problems, final, "triton", douts)
     finally:
         kf.block_config.cache_clear()
+    compare(out, out_r, 1e-11, "output")
     compare(got, want, 1e-10, "gradient")
 
 
