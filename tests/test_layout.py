@@ -9,6 +9,7 @@ LAYERS = ["kernels", "ops", "nn", "model", "train", "inference", "cli"]  # each 
 # modules that may import the oracle: the ops' backend="reference" path and the benchmarks' provider
 ORACLE_IMPORTERS = {
     "dmd_fast/ops/attention.py",
+    "dmd_fast/ops/encoder_embed.py",
     "dmd_fast/ops/encoder_ffn.py",
     "dmd_fast/ops/encoder_in_proj.py",
     "dmd_fast/ops/graph_distill.py",

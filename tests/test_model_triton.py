@@ -78,7 +78,8 @@ def test_grouped_unfused_layers_equal_separate_bitwise(monkeypatch):
 def test_train_step_launches_and_no_host_sync():
     """A full DMD step (forward, every loss, backward) on the Triton backend: no host scalar read
     (no device sync on a GPU) and, per grouped encoder layer, 3 forward launches (LN0 + in-projection,
-    attention, post-attention block) and 6 backward (2 each), plus one GD launch per unit. Counted under
+    attention, post-attention block) and 6 backward (2 each), one embedding launch each way per encoder
+    group, plus one GD launch per unit. Counted under
     dispatch; ATen kernels are pinned by the whole-step count in tests/test_bench_breakdown.py."""
     from dmd_fast.bench.launches import count_launches, dmd_kernels
 
@@ -106,4 +107,6 @@ def test_train_step_launches_and_no_host_sync():
     for name in forward + backward:
         assert c.triton.count(name) == per_direction, (name, c.triton)
     assert c.triton.count("graph_distill_fwd_kernel") == 2
-    assert len(c.triton) == 9 * per_direction + 2
+    # one embedding launch forward and one backward per encoder group, every stream of the group in it
+    assert c.triton.count("encoder_embed_fwd_kernel") == c.triton.count("encoder_embed_bwd_kernel") == 3
+    assert len(c.triton) == 9 * per_direction + 2 + 6

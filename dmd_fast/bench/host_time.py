@@ -55,6 +55,8 @@ LAUNCHERS = (  # (module, function): the host functions that end in a Triton lau
     ("dmd_fast.kernels.attention", "attention_bwd"),
     ("dmd_fast.kernels.attention", "attention_fwd_grouped"),
     ("dmd_fast.kernels.attention", "attention_bwd_grouped"),
+    ("dmd_fast.kernels.encoder_embed", "embed_fwd_grouped"),
+    ("dmd_fast.kernels.encoder_embed", "embed_bwd_grouped"),
     ("dmd_fast.kernels.encoder_in_proj", "in_proj_fwd_grouped"),
     ("dmd_fast.kernels.encoder_in_proj", "in_proj_bwd_grouped"),
     ("dmd_fast.kernels.encoder_ffn", "ffn_fwd_grouped"),

@@ -109,11 +109,12 @@ def count_launches(*kernels, execute_triton: bool = True):
 def dmd_kernels() -> list[tuple]:
     """(module, name) of every Triton kernel dmd_fast launches."""
     import dmd_fast.kernels.attention as ka
+    import dmd_fast.kernels.encoder_embed as ke
     import dmd_fast.kernels.encoder_ffn as kf
     import dmd_fast.kernels.encoder_in_proj as kp
     import dmd_fast.kernels.graph_distill as kg
 
-    return [(m, n) for m in (ka, kp, kf, kg) for n in sorted(vars(m)) if n.endswith("_kernel")]
+    return [(m, n) for m in (ka, ke, kp, kf, kg) for n in sorted(vars(m)) if n.endswith("_kernel")]
 
 
 def step_launch_counts(

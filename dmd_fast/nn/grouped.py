@@ -63,15 +63,43 @@ def _embedded_sources(enc, k_in, v_in):
     return enc.embed(k_in), enc.embed(v_in)
 
 
+def _embed_group(encoders, streams, backend):
+    """Every stream's embedding prologue in one grouped launch (``ops.encoder_embed``): the query streams
+    xs and the sources (None, one tensor, or a (key, value) pair). Inputs in another dtype than the
+    positional table (autocast) take the eager ``TransformerEncoder.embed``, whose output type follows
+    torch's promotion."""
+    from dmd_fast.ops.encoder_embed import encoder_embedding_grouped
+
+    pe = encoders[0].embed_positions
+    if any(x.dtype != pe._float_tensor.dtype for stream in streams for x in stream if x is not None):
+        xs = [enc.embed(x_in) for enc, (x_in, _, _) in zip(encoders, streams)]
+        return xs, [_embedded_sources(enc, k_in, v_in) for enc, (_, k_in, v_in) in zip(encoders, streams)]
+    inputs, ps, layout = [], [], []
+    for enc, (x_in, k_in, v_in) in zip(encoders, streams):
+        p = enc.dropout if enc.training else 0.0
+        shared = k_in is v_in and p == 0
+        group = [x_in] if k_in is None else [x_in, k_in] if shared else [x_in, k_in, v_in]
+        layout.append(len(group))
+        inputs += group
+        ps += [p] * len(group)
+    T_max = max(x.shape[0] for x in inputs)
+    table = pe._table(T_max + 1, inputs[0].device)
+    outs = iter(encoder_embedding_grouped(inputs, table, scale=encoders[0].embed_scale, dropout_p=ps, backend=backend))
+    xs, sources = [], []
+    for n in layout:
+        xs.append(next(outs))
+        sources.append(None if n == 1 else next(outs) if n == 2 else (next(outs), next(outs)))
+    return xs, sources
+
+
 def _run_fused(encoders, streams, last_row):
     """The fused path of :func:`run_encoders_grouped` (see the module doc)."""
     from dmd_fast.ops.attention import cross_modal_attention_grouped
     from dmd_fast.ops.encoder_ffn import encoder_ffn_block_grouped
     from dmd_fast.ops.encoder_in_proj import encoder_in_projection_grouped
 
-    xs = [enc.embed(x_in) for enc, (x_in, _, _) in zip(encoders, streams)]
-    sources = [_embedded_sources(enc, k_in, v_in) for enc, (_, k_in, v_in) in zip(encoders, streams)]
     backend = encoders[0].layers[0].self_attn.backend
+    xs, sources = _embed_group(encoders, streams, backend)
     n_layers = len(encoders[0].layers)
     for i in range(n_layers):
         layers = [enc.layers[i] for enc in encoders]

@@ -1,0 +1,175 @@
+"""Fused embedding prologue of MulT encoders in Triton, grouped: √E·x + PE(x), then dropout.
+
+Per problem g (one input stream of an encoder, (T, B, E), rows r = (t, b)):
+    y = scale · x + [x[t, b, 0] ≠ 0] · table[t + 1];  out = y · keep / (1 − p)   (keep ~ Bernoulli(1 − p))
+(``dmd_fast.reference.encoder_embed``; the zero-frame rule of ``nn.positional``). ``table`` is the
+sinusoidal table of the group's width, fp32 (row 0 zero). Dropout bits come from Philox
+(``tl.rand``) keyed by an int64 [seed, offset] device tensor and the element's index in the group
+(problem g's elements follow problem g − 1's), so the backward regenerates the mask.
+
+- Forward, one launch per group: ``encoder_embed_fwd_kernel``, grid (row blocks, problems).
+- Backward, one launch per group: ``encoder_embed_bwd_kernel``: dx = dout · keep / (1 − p) · scale
+  (the positions are not differentiable).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import struct
+
+import torch
+import triton
+import triton.language as tl
+
+from .grouped import DescriptorLayout, desc_f32, desc_i32, desc_problem, desc_ptr, descriptor_table, f32_bits
+from .host_math import cdiv, next_pow2
+
+EMB = DescriptorLayout(scalars=("N", "B", "base", "thresh_bits", "inv_bits"), tensors=("x", "out"))
+C_W, C_N, C_B, C_BASE, C_P, C_INV = (EMB.constexpr(n) for n in ("width", "N", "B", "base", "thresh_bits", "inv_bits"))
+C_X, C_OUT = (EMB.constexpr(n) for n in EMB.tensors)
+
+
+@triton.jit
+def _rows(desc, COL: tl.constexpr, o_m, B):
+    s_t, s_b = tl.load(desc + COL + 1), tl.load(desc + COL + 2)
+    return (o_m // B).to(tl.int64) * s_t + (o_m % B).to(tl.int64) * s_b
+
+
+@triton.jit
+def _keep(seed_ptr, desc, o_m, o_e, E: tl.constexpr):
+    """Philox keep mask (BLOCK_M, E_PAD) of the problem's rows o_m (element index in the group as offset)."""
+    seed = tl.load(seed_ptr)
+    base = tl.load(seed_ptr + 1).to(tl.int32) + desc_i32(desc, C_BASE)
+    offs = base + o_m[:, None] * E + o_e[None, :]
+    return tl.rand(seed, offs) >= desc_f32(desc, C_P)
+
+
+@triton.jit
+def encoder_embed_fwd_kernel(
+    desc, like, table, seed_ptr, scale_hi, scale_lo,
+    E: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, DROPOUT: tl.constexpr, ACC: tl.constexpr,
+):
+    """Grid (cdiv(max N, BLOCK_M), G). Writes out (contiguous (T, B, E))."""
+    desc = desc_problem(desc, tl.program_id(1), C_W)
+    N = desc_i32(desc, C_N)
+    m0 = tl.program_id(0) * BLOCK_M
+    if m0 >= N:
+        return
+    B = desc_i32(desc, C_B)
+    o_m, o_e = m0 + tl.arange(0, BLOCK_M), tl.arange(0, E_PAD)
+    m_m, m_e = o_m < N, o_e < E
+    m_me = m_m[:, None] & m_e[None, :]
+    p_x = desc_ptr(desc, C_X, like) + _rows(desc, C_X, o_m, B)
+    b_x = tl.load(p_x[:, None] + o_e[None, :], mask=m_me, other=0.)
+    b_first = tl.load(p_x, mask=m_m, other=0.)
+    # zero-frame rule: position t + 1 where channel 0 is non-zero, else row 0 (zero)
+    b_pos = tl.where(b_first != 0., o_m // B + 1, 0)
+    b_pe = tl.load(table + b_pos[:, None].to(tl.int64) * E + o_e[None, :], mask=m_me, other=0.)
+    scale = tl.cast(scale_hi, ACC) + tl.cast(scale_lo, ACC)
+    b_y = (scale * b_x.to(ACC)).to(like.dtype.element_ty).to(ACC) + b_pe.to(ACC)
+    if DROPOUT:
+        b_y = tl.where(_keep(seed_ptr, desc, o_m, o_e, E), b_y * desc_f32(desc, C_INV).to(ACC), 0.)
+    p_out = desc_ptr(desc, C_OUT, like) + o_m.to(tl.int64)[:, None] * E + o_e[None, :]
+    tl.store(p_out, b_y.to(like.dtype.element_ty), mask=m_me)
+
+
+@triton.jit
+def encoder_embed_bwd_kernel(
+    desc, like, seed_ptr, scale_hi, scale_lo,
+    E: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, DROPOUT: tl.constexpr, ACC: tl.constexpr,
+):
+    """Grid (cdiv(max N, BLOCK_M), G). Slot x: dout (any strides); slot out: dx (contiguous)."""
+    desc = desc_problem(desc, tl.program_id(1), C_W)
+    N = desc_i32(desc, C_N)
+    m0 = tl.program_id(0) * BLOCK_M
+    if m0 >= N:
+        return
+    B = desc_i32(desc, C_B)
+    o_m, o_e = m0 + tl.arange(0, BLOCK_M), tl.arange(0, E_PAD)
+    m_m, m_e = o_m < N, o_e < E
+    m_me = m_m[:, None] & m_e[None, :]
+    b_d = tl.load(desc_ptr(desc, C_X, like) + _rows(desc, C_X, o_m, B)[:, None] + o_e[None, :], mask=m_me,
+                  other=0.).to(ACC)
+    if DROPOUT:
+        b_d = tl.where(_keep(seed_ptr, desc, o_m, o_e, E), b_d * desc_f32(desc, C_INV).to(ACC), 0.)
+    p_dx = desc_ptr(desc, C_OUT, like) + o_m.to(tl.int64)[:, None] * E + o_e[None, :]
+    tl.store(p_dx, (b_d * (tl.cast(scale_hi, ACC) + tl.cast(scale_lo, ACC))).to(like.dtype.element_ty), mask=m_me)
+
+
+# ----------------------------------------------------------------------------------------------
+# launchers
+# ----------------------------------------------------------------------------------------------
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    """Output allocation; tests patch this to poison outputs."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def e_pad(E: int) -> int:
+    return max(16, next_pow2(E))
+
+
+def block_m(E: int) -> tuple[int, int]:
+    """(BLOCK_M, num_warps): about 4096 elements per program (compile_check_encoder_embed.py)."""
+    return (64, 4) if _INTERPRETING else (max(16, 4096 // e_pad(E)), 4)
+
+
+@functools.lru_cache(maxsize=64)
+def _columns(dropout_p: float) -> tuple[int, int]:
+    """(p as fp32 bits, 1 / (1 − p) as fp32 bits) of a problem's row."""
+    return f32_bits(dropout_p), f32_bits(1.0 / (1.0 - dropout_p))
+
+
+def _rows_of(xs, outs, ps):
+    rows, base = [], 0
+    for x, out, p in zip(xs, outs, ps):
+        N = x.shape[0] * x.shape[1]
+        rows.append(EMB.pack((N, x.shape[1], base, *_columns(p)), (x, out)))
+        base += N * x.shape[2]
+    return rows
+
+
+def embed_fwd_grouped(xs, table, seed, *, scale: float, dropout_p):
+    """One launch: G inputs (T, B, E) of one E (last-dim stride 1) → G contiguous outputs. ``table``
+    (≥ max T + 1, E) fp32; ``seed`` int64 [seed, offset] on the device, or None when no p > 0."""
+    E = xs[0].shape[2]
+    outs = [_empty(x.shape, x.dtype, x.device) for x in xs]
+    max_n = max(x.shape[0] * x.shape[1] for x in xs)
+    if max_n == 0:
+        return outs
+    desc = descriptor_table(_rows_of(xs, outs, dropout_p), xs[0].device, "grouped encoder embedding")
+    bm, warps = block_m(E)
+    drop = seed is not None
+    encoder_embed_fwd_kernel[(cdiv(max_n, bm), len(xs))](
+        desc, xs[0], table, seed if drop else table, *_hilo(scale),
+        E=E, E_PAD=e_pad(E), BLOCK_M=bm, DROPOUT=drop, ACC=_acc(xs[0].dtype), num_warps=warps)
+    return outs
+
+
+def embed_bwd_grouped(douts, seed, *, scale: float, dropout_p):
+    """One launch: dx of each problem = dout · keep / (1 − p) · scale (contiguous)."""
+    E = douts[0].shape[2]
+    dxs = [_empty(d.shape, d.dtype, d.device) for d in douts]
+    max_n = max(d.shape[0] * d.shape[1] for d in douts)
+    if max_n == 0:
+        return dxs
+    desc = descriptor_table(_rows_of(douts, dxs, dropout_p), douts[0].device, "grouped encoder embedding backward")
+    bm, warps = block_m(E)
+    drop = seed is not None
+    encoder_embed_bwd_kernel[(cdiv(max_n, bm), len(douts))](
+        desc, douts[0], seed if drop else douts[0], *_hilo(scale),
+        E=E, E_PAD=e_pad(E), BLOCK_M=bm, DROPOUT=drop, ACC=_acc(douts[0].dtype), num_warps=warps)
+    return dxs
+
+
+def _hilo(x: float) -> tuple[float, float]:
+    """x as fp32 hi + lo (the scale stays exact in fp64)."""
+    hi = struct.unpack("f", struct.pack("f", x))[0]
+    return hi, float(x - hi)
+
+
+def _acc(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
