@@ -1,7 +1,7 @@
 """Compile every fused encoder FFN-block kernel configuration for Hopper (sm_90) on the CPU; read resources.
 
 As ``compile_check_encoder_in_proj.py`` (whose compile-and-read helper and sweep it uses): one row per
-(kernel, E, dtype, final LayerNorm) with blocks, warps, registers, STACK and LOCAL (spill) bytes, shared
+(kernel, E, dtype, final LayerNorm, dropout) with blocks, warps, registers, STACK and LOCAL (spill) bytes, shared
 memory and the matrix instructions. Exits 1 on any spill, compile error or shared-memory overflow.
 
     python benchmarks/compile_check_encoder_ffn.py [--quick] [--jobs N]
@@ -19,7 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compile_check_encoder_in_proj import DTYPES, EMBED_DIMS, sm90_resources, sweep  # noqa: E402
 
-KERNELS = ("fwd", "fwd_final", "bwd", "bwd_final", "reduce")
+KERNELS = ("fwd", "fwd_final", "fwd_drop", "fwd_final_drop", "bwd", "bwd_final", "bwd_drop", "bwd_final_drop", "reduce")
 
 
 def _signature(fn, dt):
@@ -29,6 +29,8 @@ def _signature(fn, dt):
         if fn.params[i].is_constexpr:
             sig[name] = "constexpr"
         elif name == "desc":
+            sig[name] = "*i64"
+        elif name == "seed_ptr":
             sig[name] = "*i64"
         elif name == "like":
             sig[name] = f"*{dt}"
@@ -64,9 +66,13 @@ def compile_one(cfg):
             fn = kf.encoder_ffn_fwd_kernel if kind == "fwd" else kf.encoder_ffn_bwd_kernel
             bm, bn, warps = kf.block_config(kind, E, torch_dt)
             consts = dict(E=E, E_PAD=kf.e_pad(E), BLOCK_M=bm, BLOCK_F=bn, BLOCK_K=kf.block_k(E),
-                          FINAL=role.endswith("final"), PRECISION="ieee", ACC=tl.float32)  # fmt: skip
+                          FINAL="final" in role, PRECISION="ieee", ACC=tl.float32,
+                          DROPOUT=role.endswith("drop"))  # fmt: skip
         row.update(BM=bm, BN=bn, warps=warps)
         sig, attrs = _signature(fn, dt)
+        if role != "reduce" and not consts["DROPOUT"]:  # launched with seed_ptr=None: a constexpr
+            sig["seed_ptr"], consts["seed_ptr"] = "constexpr", None
+            attrs.pop((fn.arg_names.index("seed_ptr"),), None)
         row.update(sm90_resources(fn, sig, consts, attrs, warps))
     except Exception as e:  # report, do not stop the sweep
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]

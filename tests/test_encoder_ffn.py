@@ -2,7 +2,8 @@
 
 CPU tier (interpreter): float64 parity of outputs and every gradient for E in {30, 50, 60, 100}, a group
 of problems with different T and B, the final LayerNorm on and off, multi-block backward programs,
-strided inputs, gradcheck, determinism, launch counts, the fp32 rule, torch.compile, input errors.
+strided inputs, gradcheck, determinism, launch counts, the fp32 rule, torch.compile, input errors;
+residual and ReLU dropout against the reference with the kernels' own keep masks (``ffn_dropout_masks``).
 """
 
 import re
@@ -12,7 +13,7 @@ import torch
 
 from dmd_fast.bench.launches import count_launches
 from dmd_fast.kernels import encoder_ffn as kf
-from dmd_fast.ops.encoder_ffn import FINAL_PARAMS, OP, PARAMS, encoder_ffn_block_grouped
+from dmd_fast.ops.encoder_ffn import FINAL_PARAMS, OP, PARAMS, draw_seed, encoder_ffn_block_grouped
 from dmd_fast.reference.encoder_ffn import encoder_ffn_block as reference
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -209,9 +210,15 @@ def _bad(case):
         big = make_problem(129, 2, 1, 0, False)
         lists = {n: [big[n]] for n in names(False)}
     elif case == "res_dropout":
-        kw = dict(res_dropout=0.1)
+        kw = dict(res_dropout=1.0)
     elif case == "relu_dropout":
-        kw = dict(relu_dropout=[0.2])
+        kw = dict(relu_dropout=[0.2, 0.1])
+    elif case == "relu_dropout_item":
+        kw = dict(relu_dropout=[-0.1])
+    elif case == "res_dropout_type":
+        kw = dict(res_dropout="0.1")
+    elif case == "generator":
+        kw = dict(generator=object(), res_dropout=0.1)
     elif case == "lnf_b":
         kw = dict(lnf_w=[p["ln1_w"]])
     elif case == "eps":
@@ -229,6 +236,9 @@ BAD = {
     "E_too_large": "xs[0]",
     "res_dropout": "res_dropout",
     "relu_dropout": "relu_dropout",
+    "relu_dropout_item": "relu_dropout[0]",
+    "res_dropout_type": "res_dropout",
+    "generator": "generator",
     "lnf_b": "lnf_b",
     "eps": "eps",
 }
@@ -252,3 +262,153 @@ def test_interpreter_refuses_bf16_and_reference_runs_it():
     out = encoder_ffn_block_grouped(*args, backend="reference")[0]
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
     assert OP == "encoder_ffn_block"
+
+
+# ----------------------------------------------------------------------------------------------
+# dropout
+# ----------------------------------------------------------------------------------------------
+
+RES_P, RELU_P = (0.3, 0.0, 0.15), (0.2, 0.25, 0.0)  # per problem of SHAPES; one of each off
+
+
+def reference_with_kernel_masks(problems, final, douts, seed, res_p, relu_p):
+    """The reference per problem with the keep masks the kernels draw for ``seed``; outputs, gradients."""
+    outs, grads = [], []
+    for g, p in enumerate(problems):
+        T, B, E = p["x"].shape
+        k1, kr, k2 = kf.ffn_dropout_masks(seed, T, B, E, res_p[g], relu_p[g], group_index=g)
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in p.items()}
+        out = reference(*(leaves[n] for n in names(final)), keep_res1=k1, keep_relu=kr, keep_res2=k2,
+                        res_p=res_p[g], relu_p=relu_p[g])  # fmt: skip
+        outs.append(out)
+        grads += torch.autograd.grad(out, [leaves[n] for n in names(final)], douts[g])
+    return outs, grads
+
+
+@pytest.mark.parametrize("final", [False, True], ids=["layer", "last_layer"])
+@pytest.mark.parametrize("E", EMBED_DIMS)
+def test_dropout_float64_outputs_and_every_gradient(E, final):
+    """Same Philox masks forward and backward: kernels == reference fed ``ffn_dropout_masks``."""
+    problems = [make_problem(E, T, B, 5 * E + i, final) for i, (T, B) in enumerate(SHAPES)]
+    douts = douts_for(problems, E + 1)
+    gen = torch.Generator(DEV).manual_seed(E)
+    state = gen.get_state()
+    outs, grads = run(problems, final, "triton", douts, res_dropout=list(RES_P), relu_dropout=list(RELU_P),
+                      generator=gen)  # fmt: skip
+    seed = draw_seed(torch.Generator(DEV).set_state(state), torch.device(DEV))
+    outs_r, grads_r = reference_with_kernel_masks(problems, final, douts, seed, RES_P, RELU_P)
+    compare(outs, outs_r, 1e-11, "output")
+    compare(grads, grads_r, 1e-10, "gradient")
+    no_drop = run(problems, final, "triton")[0]
+    assert not torch.allclose(outs[0], no_drop[0]), "dropout had no effect"
+
+
+def test_dropout_multi_block_backward_programs(monkeypatch):
+    """Dropout masks by problem row and column, not by program or block: several row blocks per program,
+    hidden steps of 32 and Wo column steps of 16 (partial at E = 50) give the same result."""
+    problems = [make_problem(50, T, B, 40 + i, True) for i, (T, B) in enumerate(((13, 3), (5, 2)))]
+    douts = douts_for(problems, 4)
+    seed = torch.tensor([987654321, 2**40 + 5], dtype=torch.int64, device=DEV)
+    out_r, want = reference_with_kernel_masks(problems, True, douts, seed, (0.2, 0.4), (0.3, 0.1))
+    monkeypatch.setattr(kf, "MAX_ROW_PROGRAMS", 1)
+    monkeypatch.setattr(kf, "_INTERP_BLOCKS", (16, 32, 4))
+    monkeypatch.setattr(kf, "block_k", lambda E: 16)
+    kf.block_config.cache_clear()
+    try:
+        xs, os_ = [p["x"] for p in problems], [p["o"] for p in problems]
+        params = [{k: v for k, v in p.items() if k not in ("x", "o")} for p in problems]
+        kw = dict(final=True, seed=seed, res_p=[0.2, 0.4], relu_p=[0.3, 0.1])
+        outs, stats, pres = kf.ffn_fwd_grouped(xs, os_, params, **kw)
+        dxs, dos, flat = kf.ffn_bwd_grouped(douts, xs, os_, params, stats, pres, **kw)
+    finally:
+        kf.block_config.cache_clear()
+    compare(outs, out_r, 1e-11, "output")
+    cols = kf.grad_columns(50)
+    for g in range(2):
+        got = [dxs[g], dos[g]] + [flat[g, c : c + s[0] * (s[1] if len(s) > 1 else 1)].view(s) for c, s in
+                                  (cols[n] for n in PARAMS + FINAL_PARAMS)]  # fmt: skip
+        compare(got, want[12 * g : 12 * (g + 1)], 1e-10, f"gradient of problem {g}")
+
+
+def test_dropout_masks_rate_and_independence():
+    """Keep rate 1 − p; the three streams, the problems of a group and the seed offset all differ."""
+    seed = torch.tensor([1234, 99], dtype=torch.int64, device=DEV)
+    k1, kr, k2 = kf.ffn_dropout_masks(seed, 40, 5, 100, 0.3, 0.1)
+    assert k1.shape == k2.shape == (40, 5, 100) and kr.shape == (40, 5, 400) and k1.dtype == torch.bool
+    assert abs(k1.float().mean().item() - 0.7) < 0.015 and abs(k2.float().mean().item() - 0.7) < 0.015
+    assert abs(kr.float().mean().item() - 0.9) < 0.01
+    assert (k1 != k2).float().mean() > 0.3 and (k1 != kr[..., :100]).float().mean() > 0.2
+    assert (k1 != kf.ffn_dropout_masks(seed, 40, 5, 100, 0.3, 0.1, group_index=1)[0]).any()
+    assert (k1 != kf.ffn_dropout_masks(seed + torch.tensor([0, 1], device=DEV), 40, 5, 100, 0.3, 0.1)[0]).any()
+    assert torch.equal(k1, kf.ffn_dropout_masks(seed, 40, 5, 100, 0.3, 0.0)[0])
+    assert kf.ffn_dropout_masks(seed, 4, 2, 30, 0.0, 0.2)[0] is None
+
+
+def test_dropout_repeatable_with_manual_seed():
+    problems = [make_problem(30, T, B, i, False) for i, (T, B) in enumerate(SHAPES)]
+    kw = dict(res_dropout=0.2, relu_dropout=0.3)
+    torch.manual_seed(0)
+    a = run(problems, False, "triton", **kw)[0]
+    torch.manual_seed(0)
+    b = run(problems, False, "triton", **kw)[0]
+    c = run(problems, False, "triton", **kw)[0]
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert not torch.equal(a[0], c[0])
+
+
+def test_dropout_reference_backend_uses_torch_masks():
+    """backend="reference" draws torch masks (same generator state: same output; p=0: no dropout)."""
+    problems = [make_problem(30, T, B, i, True) for i, (T, B) in enumerate(SHAPES)]
+    kw = dict(res_dropout=[0.2, 0.0, 0.1], relu_dropout=0.3)
+    a = run(problems, True, "reference", generator=torch.Generator(DEV).manual_seed(1), **kw)[0]
+    b = run(problems, True, "reference", generator=torch.Generator(DEV).manual_seed(1), **kw)[0]
+    plain = run(problems, True, "reference")[0]
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert all(not torch.allclose(u, v) for u, v in zip(a, plain))
+
+
+def test_dropout_gradcheck():
+    p = make_problem(6, 3, 2, 1, True)
+    keys = list(names(True))
+
+    def fn(*ts):
+        d = dict(zip(keys, ts))
+        gen = torch.Generator(DEV).manual_seed(11)  # the same masks every call
+        lists = [[d[n]] for n in keys]
+        return encoder_ffn_block_grouped(*lists, res_dropout=0.3, relu_dropout=0.4, generator=gen, backend="triton")[0]
+
+    inputs = [p[k].detach().requires_grad_() for k in keys]
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, fast_mode=True)
+
+
+def test_dropout_launch_counts_group_of_three(monkeypatch):
+    """With dropout: still 1 Triton launch forward and 2 backward; the forward's only ATen work draws the seed."""
+    monkeypatch.setattr(kf, "_empty", UNPOISONED_EMPTY)
+    problems = [make_problem(30, T, B, i, True) for i, (T, B) in enumerate(SHAPES)]
+    kernels = [(kf, n) for n in sorted(vars(kf)) if n.endswith("_kernel")]
+    leaves = [{k: v.detach().clone().requires_grad_() for k, v in p.items()} for p in problems]
+    lists = {n: [p[n] for p in leaves] for n in names(True)}
+    args = [lists["x"], lists["o"], *(lists[n] for n in PARAMS), lists["lnf_w"], lists["lnf_b"]]
+    with count_launches(*kernels) as fwd:
+        outs = encoder_ffn_block_grouped(*args, res_dropout=list(RES_P), relu_dropout=list(RELU_P), backend="triton")
+    douts = douts_for(problems, 0)
+    with count_launches(*kernels) as bwd:
+        torch.autograd.grad(outs, [t for p in leaves for t in p.values()], douts)
+    assert fwd.triton == ["encoder_ffn_fwd_kernel"] and fwd.syncs == []
+    assert fwd.aten_ops == ["aten.randint.low_generator"], fwd.aten_ops  # the [seed, offset] draw
+    assert bwd.triton == ["encoder_ffn_bwd_kernel", "encoder_ffn_reduce_kernel"] and bwd.syncs == []
+    assert bwd.aten_ops == [], bwd.aten_ops
+
+
+def test_dropout_torch_compile_fullgraph():
+    problems = [make_problem(30, T, B, 30 + i, True) for i, (T, B) in enumerate(SHAPES[:2])]
+
+    def fn(*lists):
+        return encoder_ffn_block_grouped(*lists, res_dropout=[0.1, 0.2], relu_dropout=0.3, backend="triton")
+
+    lists = [[p[n] for p in problems] for n in names(True)]
+    torch.manual_seed(3)
+    want = fn(*lists)
+    torch.manual_seed(3)
+    got = torch.compile(fn, fullgraph=True, backend="eager")(*lists)
+    compare(got, want, 0.0, "compiled output")

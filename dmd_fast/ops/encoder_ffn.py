@@ -2,8 +2,12 @@
 
 ``encoder_ffn_block_grouped`` has the meaning of ``dmd_fast.reference.encoder_ffn`` per problem
 (out-projection, residual, LN1, fc1, ReLU, fc2, residual, and the encoder's final LayerNorm on its last
-layer), with residual and ReLU dropout 0 (DMD's presets; the op refuses p > 0 rather than ignore it).
-The Triton path (``dmd_fast.kernels.encoder_ffn``) is one forward launch per group that saves the
+layer), with residual dropout (on the out-projection term and on the FFN term, p ``res_dropout``) and
+ReLU dropout (on the hidden, p ``relu_dropout``), p per problem. The Triton path draws an int64
+[seed, offset] pair on the device from ``generator`` (or torch's default generator: ``torch.manual_seed``
+makes runs repeatable, CUDA-graph capture works) and the kernels regenerate their Philox keep masks
+in the backward (``kernels.encoder_ffn.ffn_dropout_masks`` materialises them); the reference path
+draws torch masks. The Triton path (``dmd_fast.kernels.encoder_ffn``) is one forward launch per group that saves the
 inputs, four statistics per row and, with the final LayerNorm, the pre-LN output; and two backward
 launches (row programs, then a deterministic reduction of the parameter gradients). Registered as
 ``dmd_fast::encoder_ffn_fwd`` / ``dmd_fast::encoder_ffn_bwd`` with fake kernels and autograd; eager
@@ -18,6 +22,7 @@ import torch
 from torch import Tensor
 
 from dmd_fast import validation as check
+from dmd_fast.ops.attention import _draw_seed as draw_seed
 from dmd_fast.ops.backend import resolve_backend
 from dmd_fast.ops.registration import define_op
 from dmd_fast.reference.encoder_ffn import encoder_ffn_block as reference
@@ -52,19 +57,23 @@ def _fwd(
     b_2: list[Tensor],
     lnf_w: list[Tensor],
     lnf_b: list[Tensor],
+    seed: Tensor | None,
+    res_p: list[float],
+    relu_p: list[float],
     eps: float,
 ) -> list[Tensor]:
     """[out_0 .. out_{G-1}, stats (rows, 4), pre_0 .. pre_{G-1} (only with the final LayerNorm)];
-    lnf_w / lnf_b: [] (no final LayerNorm) or G tensors."""
+    lnf_w / lnf_b: [] (no final LayerNorm) or G tensors; seed: int64 [seed, offset] or None (no dropout);
+    res_p, relu_p: G dropout probabilities."""
     from dmd_fast.kernels.encoder_ffn import ffn_fwd_grouped as launch
 
     final = bool(lnf_w)
     params = _param_dicts((w_o, b_o, ln1_w, ln1_b, w_1, b_1, w_2, b_2, lnf_w, lnf_b), final)
-    outs, stats, pres = launch(xs, os_, params, final=final, eps=eps)
+    outs, stats, pres = launch(xs, os_, params, final=final, eps=eps, seed=seed, res_p=res_p, relu_p=relu_p)
     return outs + [stats] + pres
 
 
-def _fwd_fake(xs, os_, w_o, b_o, ln1_w, ln1_b, w_1, b_1, w_2, b_2, lnf_w, lnf_b, eps):
+def _fwd_fake(xs, os_, w_o, b_o, ln1_w, ln1_b, w_1, b_1, w_2, b_2, lnf_w, lnf_b, seed, res_p, relu_p, eps):
     rows = sum(x.shape[0] * x.shape[1] for x in xs)
     sdt = torch.float64 if xs[0].dtype == torch.float64 else torch.float32
     pres = [x.new_empty(x.shape) for x in xs] if lnf_w else []
@@ -72,22 +81,22 @@ def _fwd_fake(xs, os_, w_o, b_o, ln1_w, ln1_b, w_1, b_1, w_2, b_2, lnf_w, lnf_b,
 
 
 def _fwd_setup(ctx, inputs, output):
-    *tensor_lists, ctx.eps = inputs
+    *tensor_lists, seed, ctx.res_p, ctx.relu_p, ctx.eps = inputs
     ctx.G, ctx.final = len(tensor_lists[0]), bool(tensor_lists[-1])
     G = ctx.G
     ctx.mark_non_differentiable(*output[G:])
-    ctx.save_for_backward(*(t for ts in tensor_lists for t in ts), *output[G:])
+    ctx.save_for_backward(*(t for ts in tensor_lists for t in ts), seed, *output[G:])
 
 
 def _fwd_backward(ctx, grads):
     G, final, saved = ctx.G, ctx.final, list(ctx.saved_tensors)
     n_lists = 12 if final else 10
     lists = [saved[i * G : (i + 1) * G] for i in range(n_lists)]
-    stats, pres = saved[n_lists * G], saved[n_lists * G + 1 :]
+    seed, stats, pres = saved[n_lists * G], saved[n_lists * G + 1], saved[n_lists * G + 2 :]
     xs, os_ = lists[0], lists[1]
     douts = [torch.zeros_like(x) if g is None else g for g, x in zip(grads[:G], xs)]
     lnf = (lists[10], lists[11]) if final else ([], [])
-    res = bwd_op.inner(ctx, douts, xs, os_, *lists[2:10], *lnf, stats, pres)
+    res = bwd_op.inner(ctx, douts, xs, os_, *lists[2:10], *lnf, stats, pres, seed, ctx.res_p, ctx.relu_p)
     dxs, dos, flat = res[:G], res[G : 2 * G], res[2 * G]
     from dmd_fast.kernels.encoder_ffn import grad_columns
 
@@ -96,7 +105,7 @@ def _fwd_backward(ctx, grads):
     per_param = [[flat[g, c : c + _numel(s)].view(s) for g in range(G)] for c, s in (cols[n] for n in names)]
     if not final:
         per_param += [None, None]
-    return (dxs, dos, *per_param, None)
+    return (dxs, dos, *per_param, None, None, None, None)
 
 
 def _numel(shape) -> int:
@@ -119,6 +128,9 @@ def _bwd(
     lnf_b: list[Tensor],
     stats: Tensor,
     pres: list[Tensor],
+    seed: Tensor | None,
+    res_p: list[float],
+    relu_p: list[float],
 ) -> list[Tensor]:
     """[dx_0 .., do_0 .., grads (G, C)]: each problem's parameter gradients in one row
     (``kernels.encoder_ffn.grad_columns``)."""
@@ -126,11 +138,13 @@ def _bwd(
 
     final = bool(lnf_w)
     params = _param_dicts((w_o, b_o, ln1_w, ln1_b, w_1, b_1, w_2, b_2, lnf_w, lnf_b), final)
-    dxs, dos, flat = launch(douts, xs, os_, params, stats, pres, final=final)
+    dxs, dos, flat = launch(douts, xs, os_, params, stats, pres, final=final, seed=seed, res_p=res_p, relu_p=relu_p)
     return dxs + dos + [flat]
 
 
-def _bwd_fake(douts, xs, os_, w_o, b_o, ln1_w, ln1_b, w_1, b_1, w_2, b_2, lnf_w, lnf_b, stats, pres):
+def _bwd_fake(
+    douts, xs, os_, w_o, b_o, ln1_w, ln1_b, w_1, b_1, w_2, b_2, lnf_w, lnf_b, stats, pres, seed, res_p, relu_p
+):
     from dmd_fast.kernels.encoder_ffn import grad_width
 
     C = grad_width(xs[0].shape[2])
@@ -199,6 +213,28 @@ def _check_group(xs, os_, lists: dict) -> int:
     return E
 
 
+def _probabilities(p, name: str, G: int) -> list[float]:
+    """A float or G floats, each in [0, 1) → G floats."""
+    if isinstance(p, Tensor) or not isinstance(p, (Sequence, int, float)) or isinstance(p, (str, bytes)):
+        _fail(TypeError, f"{name}: expected a float in [0, 1) or a list of {G} of them, got {type(p).__name__}")
+    ps = [p] * G if isinstance(p, (int, float)) else list(p)
+    if len(ps) != G:
+        _fail(ValueError, f"{name}: expected {G} probabilities (one per problem), got {len(ps)}")
+    if isinstance(p, (int, float)):
+        return [check.probability(p, name)] * G
+    return [check.probability(v, f"{name}[{i}]") for i, v in enumerate(ps)]
+
+
+def _torch_masks(x: Tensor, res_p: float, relu_p: float, generator) -> dict:
+    """Reference keep masks drawn with torch (None where p is 0)."""
+    T, B, E = x.shape
+
+    def keep(C, p):
+        return None if p == 0 else torch.rand((T, B, C), generator=generator, device=x.device) >= p
+
+    return dict(keep_res1=keep(E, res_p), keep_relu=keep(4 * E, relu_p), keep_res2=keep(E, res_p))
+
+
 def encoder_ffn_block_grouped(
     xs: Sequence[Tensor],
     os: Sequence[Tensor],  # noqa: A002 (the attention outputs, as the issue names them)
@@ -216,14 +252,16 @@ def encoder_ffn_block_grouped(
     res_dropout: float | Sequence[float] = 0.0,
     relu_dropout: float | Sequence[float] = 0.0,
     eps: float = 1e-5,
+    generator: torch.Generator | None = None,
     backend: str = "auto",
 ) -> list[Tensor]:
     """G post-attention blocks of one width E in one launch (per problem: x (T, B, E) the layer's input,
     o (T, B, E) its attention output with heads merged; out_proj, LN1, fc1, fc2 parameters as
     ``TransformerEncoderLayer`` holds them; lnf_*: the encoder's final LayerNorm, or None).
 
-    Returns G outputs (T, B, E), contiguous. ``res_dropout`` / ``relu_dropout`` must be 0 (a float or
-    G floats): the fused block has no dropout, and refuses rather than ignore it."""
+    ``res_dropout`` / ``relu_dropout``: a float in [0, 1) or G of them (residual dropout on both residual
+    branches, ReLU dropout on the hidden); ``generator``: source of the dropout seed (default: torch's
+    generator for the device). Returns G outputs (T, B, E), contiguous."""
     lists = dict(w_o=w_o, b_o=b_o, ln1_w=ln1_w, ln1_b=ln1_b, w_1=w_1, b_1=b_1, w_2=w_2, b_2=b_2)
     if (lnf_w is None) != (lnf_b is None):
         _fail(
@@ -233,28 +271,27 @@ def encoder_ffn_block_grouped(
     if lnf_w is not None:
         lists.update(lnf_w=lnf_w, lnf_b=lnf_b)
     E = _check_group(xs, os, lists)
-    for name, p in (("res_dropout", res_dropout), ("relu_dropout", relu_dropout)):
-        ps = [p] if isinstance(p, (int, float)) else list(p)
-        for v in ps:
-            if check.probability(v, name) != 0.0:
-                _fail(ValueError, f"{name}: the fused block has no dropout; expected 0, got {v}")
+    G = len(xs)
+    res_p, relu_p = _probabilities(res_dropout, "res_dropout", G), _probabilities(relu_dropout, "relu_dropout", G)
     eps = check.positive(eps, "eps")
     xs, os = list(xs), list(os)
+    check.generator(generator, "generator", xs[0].device)
     if resolve_backend(backend, xs[0].device, OP) == "reference":
         finals = (lists.get("lnf_w"), lists.get("lnf_b"))
-        return [
-            reference(
-                x,
-                o,
-                *(lists[n][g] for n in PARAMS),
-                *((None, None) if lnf_w is None else (finals[0][g], finals[1][g])),
-                eps=eps,
+        outs = []
+        for g, (x, o) in enumerate(zip(xs, os)):
+            masks = _torch_masks(x, res_p[g], relu_p[g], generator)
+            lnf = (None, None) if lnf_w is None else (finals[0][g], finals[1][g])
+            outs.append(
+                reference(
+                    x, o, *(lists[n][g] for n in PARAMS), *lnf, eps=eps, **masks, res_p=res_p[g], relu_p=relu_p[g]
+                )
             )
-            for g, (x, o) in enumerate(zip(xs, os))
-        ]
+        return outs
     if xs[0].device.type == "cpu":
         check.interpreter_dtype(xs[0].dtype, "xs", OP)
     del E
     final = [list(lnf_w), list(lnf_b)] if lnf_w is not None else [[], []]
-    out = fwd_op(xs, os, *(list(lists[n]) for n in PARAMS), *final, float(eps))
+    seed = draw_seed(generator, xs[0].device) if max(res_p + relu_p) > 0 else None
+    out = fwd_op(xs, os, *(list(lists[n]) for n in PARAMS), *final, seed, res_p, relu_p, float(eps))
     return out[: len(xs)]
