@@ -64,7 +64,7 @@ def compile_one(cfg):
         else:
             kind = role.split("_")[0]
             fn = kf.encoder_ffn_fwd_kernel if kind == "fwd" else kf.encoder_ffn_bwd_kernel
-            bm, bn, warps = kf.block_config(kind, E, torch_dt)
+            bm, bn, warps = kf.block_config(kind, E, torch_dt, role.endswith("drop"))
             consts = dict(E=E, E_PAD=kf.e_pad(E), BLOCK_M=bm, BLOCK_F=bn, BLOCK_K=kf.block_k(E),
                           FINAL="final" in role, PRECISION="ieee", ACC=tl.float32,
                           DROPOUT=role.endswith("drop"))  # fmt: skip

@@ -426,6 +426,11 @@ _GPU_BLOCKS = {
     ("bwd", "fp32"): {16: (16, 32, 4), 32: (16, 32, 4), 64: (16, 16, 8), 128: (16, 16, 8)},
     ("bwd", "16"): {16: (16, 32, 4), 32: (16, 32, 4), 64: (16, 32, 4), 128: (16, 16, 8)},
 }
+_DROPOUT_BLOCKS = {  # where the dropout variants need other blocks (the rest spill a little: see README)
+    ("fwd", "fp32"): {32: (32, 32, 4)},
+    ("bwd", "fp32"): {64: (16, 32, 8)},
+    ("bwd", "16"): {128: (16, 32, 8)},
+}
 _REDUCE_BLOCKS = (16, 256, 4)
 _INTERP_BLOCKS = (64, 128, 4)
 _INTERP_REDUCE = (16, 4096, 4)
@@ -433,11 +438,14 @@ MAX_ROW_PROGRAMS = 32  # backward: row programs per problem at most (each owns `
 
 
 @functools.lru_cache(maxsize=64)
-def block_config(role: str, E: int, dtype: torch.dtype) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_F, num_warps) of the "fwd" or "bwd" kernel."""
+def block_config(role: str, E: int, dtype: torch.dtype, dropout: bool = False) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_F, num_warps) of the "fwd" or "bwd" kernel (``_DROPOUT_BLOCKS`` where dropout
+    needs other blocks to stay free of spills)."""
     if _INTERPRETING:
         return _INTERP_BLOCKS
     cls = "16" if dtype in (torch.float16, torch.bfloat16) else "fp32"
+    if dropout and e_pad(E) in _DROPOUT_BLOCKS.get((role, cls), {}):
+        return _DROPOUT_BLOCKS[(role, cls)][e_pad(E)]
     return _GPU_BLOCKS[(role, cls)][e_pad(E)]
 
 
@@ -488,9 +496,9 @@ def ffn_fwd_grouped(xs, os_, params, *, final: bool, eps=1e-5, seed=None, res_p=
     if max_n == 0:
         return outs, stats, pres
     desc = descriptor_table(rows, device, "grouped encoder FFN block")
-    bm, bf, warps = block_config("fwd", E, dtype)
-    bm, bf = block_m or bm, block_f or bf
     drop = _dropout_on(seed, res_p, relu_p)
+    bm, bf, warps = block_config("fwd", E, dtype, drop)
+    bm, bf = block_m or bm, block_f or bf
     encoder_ffn_fwd_kernel[(cdiv(max_n, bm), len(rows))](
         desc, xs[0], stats, seed if drop else None, float(eps),
         E=E, E_PAD=e_pad(E), BLOCK_M=bm, BLOCK_F=bf, BLOCK_K=block_k(E), FINAL=bool(final), PRECISION="ieee",
@@ -509,7 +517,8 @@ def ffn_bwd_grouped(douts, xs, os_, params, stats, pres, *, final: bool, seed=No
     dos = [_empty(x.shape, dtype, device) for x in xs]
     C = grad_width(E)
     flat = _empty((G, C), dtype, device)
-    bm, bf, warps = block_config("bwd", E, dtype)
+    drop = _dropout_on(seed, res_p, relu_p)
+    bm, bf, warps = block_config("bwd", E, dtype, drop)
     bm, bf = block_m or bm, block_f or bf
     max_n = max(x.shape[0] * x.shape[1] for x in xs)
     steps = steps or max(1, cdiv(cdiv(max_n, bm), MAX_ROW_PROGRAMS))
@@ -524,7 +533,6 @@ def ffn_bwd_grouped(douts, xs, os_, params, stats, pres, *, final: bool, seed=No
         rb0 += n_rb
     acc = acc_dtype(dtype)
     scratch = torch.empty((rb0, C), dtype=stats.dtype, device=device)  # every program writes its whole row
-    drop = _dropout_on(seed, res_p, relu_p)
     work = torch.empty((row0, 3 if drop else 2, E), dtype=stats.dtype, device=device)
     desc = descriptor_table(rows, device, "grouped encoder FFN block backward")
     if max_n:

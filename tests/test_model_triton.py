@@ -110,3 +110,20 @@ def test_train_step_launches_and_no_host_sync():
     # one embedding launch forward and one backward per encoder group, every stream of the group in it
     assert c.triton.count("encoder_embed_fwd_kernel") == c.triton.count("encoder_embed_bwd_kernel") == 3
     assert len(c.triton) == 9 * per_direction + 2 + 6
+
+
+def test_fused_layers_take_residual_and_relu_dropout(monkeypatch):
+    """Residual and ReLU dropout > 0 stay on the fused path (in-kernel Philox), a training step is finite."""
+    import dmd_fast.nn.grouped as grouped
+
+    calls = []
+    run = grouped._run_fused
+    monkeypatch.setattr(grouped, "_run_fused", lambda *a, **k: calls.append(1) or run(*a, **k))
+    cfg = get_preset("tiny").replace(res_dropout=0.1, relu_dropout=0.2)
+    torch.manual_seed(0)
+    system = DMDSystem(cfg, backend="triton").to(DEV).train()
+    _, losses = system(*_batch(cfg, B=2))
+    losses["total"].backward()
+    assert len(calls) == 3  # the three encoder groups
+    assert torch.isfinite(losses["total"]).all()
+    assert all(torch.isfinite(p.grad).all() for p in system.parameters() if p.grad is not None)

@@ -3,10 +3,11 @@
 DMD's six cross-modal encoders (and its three self-attention and three memory encoders) are
 independent, so each layer of a group runs as one group of problems:
 
-- fused (the Triton backend, when every layer's residual and ReLU dropout is 0, as in DMD's presets,
-  and no attention map is being recorded): per layer three grouped kernels forward (LN0 + in-projection,
-  attention, the post-attention block with the encoder's final LayerNorm on the last layer) and six
-  backward (``ops.encoder_in_proj``, ``ops.attention``, ``ops.encoder_ffn``);
+- fused (the Triton backend, E <= 128, no attention map being recorded): every stream's embedding
+  prologue in one launch each way (``ops.encoder_embed``), then per layer three grouped kernels forward
+  (LN0 + in-projection, attention, the post-attention block with its residual and ReLU dropout and the
+  encoder's final LayerNorm on the last layer) and six backward (``ops.encoder_in_proj``,
+  ``ops.attention``, ``ops.encoder_ffn``);
 - otherwise: grouped attention, everything else (LayerNorms, projections, FFN) per encoder as in
   ``TransformerEncoder.forward``.
 
@@ -47,10 +48,7 @@ def fused_layers_apply(encoders) -> bool:
     mha = first.layers[0].self_attn
     if resolve_backend(mha.backend, mha.in_proj_weight.device, FFN_OP) != "triton":
         return False
-    layers = [layer for enc in encoders for layer in enc.layers]
-    if any(layer.self_attn.record_weights for layer in layers):
-        return False
-    return not any(layer.training and (layer.res_dropout or layer.relu_dropout) for layer in layers)
+    return not any(layer.self_attn.record_weights for enc in encoders for layer in enc.layers)
 
 
 def _embedded_sources(enc, k_in, v_in):
@@ -141,6 +139,8 @@ def _run_fused(encoders, streams, last_row):
             [layer.fc2.bias for layer in layers],
             [enc.layer_norm.weight for enc in encoders] if last else None,
             [enc.layer_norm.bias for enc in encoders] if last else None,
+            res_dropout=[layer.res_dropout if layer.training else 0.0 for layer in layers],
+            relu_dropout=[layer.relu_dropout if layer.training else 0.0 for layer in layers],
             eps=layers[0].layer_norms[1].eps,
             backend=backend,
         )
