@@ -120,8 +120,9 @@ def test_inference_path_traces_whole_under_torch_compile():
 
 def test_inference_kernel_counts_pruned_below_full_forward():
     """launches --mode inference at the tiny preset: DMD.predict dispatches fewer kernels than the full
-    eval forward on both backends, reads no host scalar, and launches one grouped attention per
-    encoder layer (2 self-attention + 2 cross-modal + 3 memory layers)."""
+    eval forward on both backends, reads no host scalar, and launches per encoder layer group (2
+    self-attention + 2 cross-modal + 3 memory layers) one in-projection, one attention and one
+    post-attention block, plus one embedding launch per encoder group."""
     from dmd_fast.bench.launches import format_counts, inference_launch_counts
 
     res = inference_launch_counts("tiny", batch=1)
@@ -129,6 +130,11 @@ def test_inference_kernel_counts_pruned_below_full_forward():
     for backend in ("reference", "triton"):
         assert b[f"{backend} predict"]["kernels"] < b[f"{backend} full_eval_forward"]["kernels"]
         assert b[f"{backend} predict"]["host_syncs"] == 0
-    assert b["triton predict"]["triton_by_kernel"] == {"attention_fwd_kernel": 7}
+    assert b["triton predict"]["triton_by_kernel"] == {
+        "encoder_embed_fwd_kernel": 3,
+        "encoder_in_proj_fwd_kernel": 7,
+        "attention_fwd_kernel": 7,
+        "encoder_ffn_fwd_kernel": 7,
+    }
     assert res["reduction_vs_reference_full_forward"]["triton predict"] > 1.5
     assert "| triton predict |" in format_counts(res)
