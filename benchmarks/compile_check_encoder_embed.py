@@ -16,7 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compile_check_encoder_in_proj import DTYPES, EMBED_DIMS, sm90_resources, sweep  # noqa: E402
+from compile_check_encoder_in_proj import DTYPES, EMBED_DIMS, runtime_signature, sm90_resources, sweep  # noqa: E402
 
 KERNELS = ("fwd", "fwd_dropout", "bwd", "bwd_dropout")
 
@@ -34,20 +34,9 @@ def compile_one(cfg):
         fn = ke.encoder_embed_fwd_kernel if role.startswith("fwd") else ke.encoder_embed_bwd_kernel
         bm, warps = ke.block_m(E)
         consts = dict(E=E, E_PAD=ke.e_pad(E), BLOCK_M=bm, DROPOUT=role.endswith("dropout"), ACC=tl.float32)
-        sig, attrs = {}, {}
-        for i, name in enumerate(fn.arg_names):
-            if fn.params[i].is_constexpr:
-                sig[name] = "constexpr"
-            elif name in ("desc", "seed_ptr"):
-                sig[name] = "*i64"
-            elif name == "like":
-                sig[name] = f"*{dt}"
-            elif name == "table":
-                sig[name] = "*fp32"
-            else:
-                sig[name] = "fp32"
-            if sig[name].startswith("*"):
-                attrs[(i,)] = [["tt.divisibility", 16]]
+        sig, _, attrs = runtime_signature(
+            fn, dt, i64=("desc", "seed_ptr"), fp32_ptrs=("table",), fp32=("scale_hi", "scale_lo")
+        )
         row.update(BM=bm, BN=0, warps=warps)
         row.update(sm90_resources(fn, sig, consts, attrs, warps))
     except Exception as e:  # report, do not stop the sweep

@@ -17,32 +17,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compile_check_encoder_in_proj import DTYPES, EMBED_DIMS, sm90_resources, sweep  # noqa: E402
+from compile_check_encoder_in_proj import DTYPES, EMBED_DIMS, runtime_signature, sm90_resources, sweep  # noqa: E402
 
 KERNELS = ("fwd", "fwd_final", "fwd_drop", "fwd_final_drop", "bwd", "bwd_final", "bwd_drop", "bwd_final_drop", "reduce")
-
-
-def _signature(fn, dt):
-    """Pointers 16-byte aligned; ``like`` in the input dtype, statistics and scratch fp32."""
-    sig, attrs = {}, {}
-    for i, name in enumerate(fn.arg_names):
-        if fn.params[i].is_constexpr:
-            sig[name] = "constexpr"
-        elif name == "desc":
-            sig[name] = "*i64"
-        elif name == "seed_ptr":
-            sig[name] = "*i64"
-        elif name == "like":
-            sig[name] = f"*{dt}"
-        elif name in ("stats", "scratch", "work"):
-            sig[name] = "*fp32"
-        elif name == "eps":
-            sig[name] = "fp32"
-        else:
-            sig[name] = "i32"
-        if sig[name].startswith("*"):
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    return sig, attrs
 
 
 def compile_one(cfg):
@@ -69,10 +46,12 @@ def compile_one(cfg):
                           FINAL="final" in role, PRECISION="ieee", ACC=tl.float32,
                           DROPOUT=role.endswith("drop"))  # fmt: skip
         row.update(BM=bm, BN=bn, warps=warps)
-        sig, attrs = _signature(fn, dt)
-        if role != "reduce" and not consts["DROPOUT"]:  # launched with seed_ptr=None: a constexpr
-            sig["seed_ptr"], consts["seed_ptr"] = "constexpr", None
-            attrs.pop((fn.arg_names.index("seed_ptr"),), None)
+        no_seed = role != "reduce" and not consts["DROPOUT"]  # launched with seed_ptr=None: a constexpr
+        fixed = {"seed_ptr": None} if no_seed else None
+        sig, c2, attrs = runtime_signature(
+            fn, dt, i64=("desc", "seed_ptr"), fp32_ptrs=("stats", "scratch", "work"), fixed=fixed
+        )
+        consts.update(c2)
         row.update(sm90_resources(fn, sig, consts, attrs, warps))
     except Exception as e:  # report, do not stop the sweep
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]

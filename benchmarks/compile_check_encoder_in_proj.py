@@ -33,28 +33,22 @@ def _cuobjdump():
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
-def _signature(fn, dt):
-    """Runtime-like signature: pointers 16-byte aligned, the unit last-dim stride specialised to 1."""
-    sig, consts, attrs = {}, {}, {}
+def runtime_signature(fn, dt, *, i64=("desc", "pdesc"), fp32_ptrs=(), fp32=("eps",), fixed=None):
+    """(sig, consts, attrs) as a launch specialises ``fn``: pointers 16-byte aligned, ``like`` in the
+    input dtype ``dt``, ``i64`` / ``fp32_ptrs`` pointers, ``fp32`` float scalars, other scalars i32;
+    ``fixed`` {name: value}: arguments a launch passes as constants (a unit stride, a None pointer)."""
+    fixed = fixed or {}
+    sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
-        if fn.params[i].is_constexpr:
+        if fn.params[i].is_constexpr or name in fixed:
             sig[name] = "constexpr"
-        elif name in ("desc", "pdesc"):
-            sig[name] = "*i64"
         elif name == "like":
             sig[name] = f"*{dt}"
-        elif name in ("stats", "scratch"):
-            sig[name] = "*fp32"
-        elif name == "s_xe":
-            sig[name] = "constexpr"
-            consts[name] = 1
-        elif name == "eps":
-            sig[name] = "fp32"
         else:
-            sig[name] = "i32"
+            sig[name] = "*i64" if name in i64 else "*fp32" if name in fp32_ptrs else "fp32" if name in fp32 else "i32"
         if sig[name].startswith("*"):
             attrs[(i,)] = [["tt.divisibility", 16]]
-    return sig, consts, attrs
+    return sig, {k: v for k, v in fixed.items() if k in fn.arg_names}, attrs
 
 
 def sm90_resources(fn, sig, consts, attrs, warps) -> dict:
@@ -105,7 +99,7 @@ def compile_one(cfg):
             bm, bn, warps = kp.block_config(role, E, torch_dt)
             consts = dict(E=E, E_PAD=kp.e_pad(E), BLOCK_M=bm, BLOCK_N=bn, PRECISION="ieee", ACC=tl.float32)
         row.update(BM=bm, BN=bn, warps=warps)
-        sig, c2, attrs = _signature(fn, dt)
+        sig, c2, attrs = runtime_signature(fn, dt, fp32_ptrs=("stats", "scratch"), fixed={"s_xe": 1})
         consts.update(c2)
         row.update(sm90_resources(fn, sig, consts, attrs, warps))
     except Exception as e:  # report, do not stop the sweep

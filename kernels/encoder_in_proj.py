@@ -336,9 +336,8 @@ def in_proj_fwd_grouped(xs, sources, ln_ws, ln_bs, ws, bs, *, eps=1e-5, block_m=
     rows, row0 = [], 0
     for (g, _, bits), t in zip(segs, ins):
         N = t.shape[0] * t.shape[1]
-        ys = dict(y0=qs[g] if bits & 1 else None, y1=ks[g] if bits & 2 else None, y2=vs[g] if bits & 4 else None)
-        rows.append(SEG.row(dict(N=N, B=t.shape[1], bits=bits, row0=row0, rb0=0),
-                            dict(x=t, ln_w=ln_ws[g], ln_b=ln_bs[g], w=ws[g], bias=bs[g], **ys)))
+        ys = (qs[g] if bits & 1 else None, ks[g] if bits & 2 else None, vs[g] if bits & 4 else None)
+        rows.append(SEG.pack((N, t.shape[1], bits, row0, 0), (t, None, *ys, ln_ws[g], ln_bs[g], ws[g], bs[g])))
         row0 += N
     stats = _empty((row0, 2), stats_dtype(dtype), device)
     max_n = max(r[C_N.value] for r in rows)
@@ -375,7 +374,7 @@ def in_proj_bwd_grouped(dqs, dks, dvs, xs, sources, ln_ws, ln_bs, ws, stats, *, 
     steps = steps or max(1, cdiv(cdiv(max_n, bm), MAX_ROW_PROGRAMS))
     rows_per_prog = steps * bm
     rows, row0, rb0 = [], 0, 0
-    red = [dict(rb_a=0, n_a=0, bits_a=0, rb_b=0, n_b=0, bits_b=0, rb_c=0, n_c=0, bits_c=0) for _ in range(G)]
+    red = [[0] * len(RED.scalars) for _ in range(G)]  # (rb, n, bits) of up to three segments per problem
     n_seg = [0] * G
     for (g, _, bits), t in zip(segs, ins):
         N = t.shape[0] * t.shape[1]
@@ -383,16 +382,13 @@ def in_proj_bwd_grouped(dqs, dks, dvs, xs, sources, ln_ws, ln_bs, ws, stats, *, 
                for j, d in enumerate((dqs[g], dks[g], dvs[g]))]
         bits = sum(1 << j for j, d in enumerate(dys) if d is not None)
         dx = dxs[g] if n_seg[g] == 0 else dss[g][n_seg[g] - 1] if isinstance(dss[g], tuple) else dss[g]
-        rows.append(SEG.row(dict(N=N, B=t.shape[1], bits=bits, row0=row0, rb0=rb0),
-                            dict(x=t, dx=dx, ln_w=ln_ws[g], ln_b=ln_bs[g], w=ws[g], y0=dys[0], y1=dys[1], y2=dys[2])))
+        rows.append(SEG.pack((N, t.shape[1], bits, row0, rb0), (t, dx, *dys, ln_ws[g], ln_bs[g], ws[g])))
         n_rb = cdiv(N, rows_per_prog)
-        ab = "abc"[n_seg[g]]
-        red[g].update({f"rb_{ab}": rb0, f"n_{ab}": n_rb, f"bits_{ab}": bits})
+        red[g][3 * n_seg[g] : 3 * n_seg[g] + 3] = (rb0, n_rb, bits)
         n_seg[g] += 1
         row0 += N
         rb0 += n_rb
-    red = [RED.row(sc, dict(dw=dw, db=db, dln_w=dg, dln_b=dbeta))
-           for sc, dw, db, dg, dbeta in zip(red, dws, dbs, dln_ws, dln_bs)]
+    red = [RED.pack(sc, (dw, db, dg, dbeta)) for sc, dw, db, dg, dbeta in zip(red, dws, dbs, dln_ws, dln_bs)]
     acc = acc_dtype(dtype)
     scratch = _empty((rb0, 3 * E * E + 5 * E), stats.dtype, device)
     if max_n:

@@ -48,24 +48,9 @@ class DescriptorLayout:
         """:meth:`col` as a ``tl.constexpr`` for the kernels (``"width"``: the row width)."""
         return tl.constexpr(self.width if name == "width" else self.col(name))
 
-    def row(self, scalars: dict, tensors: dict) -> list[int]:
-        """One problem's row from scalar values and tensors (a None tensor leaves its slot 0)."""
-        row = [0] * self.width
-        for name, value in scalars.items():
-            row[self._scalar_col[name]] = value
-        for name, t in tensors.items():
-            if t is None:
-                continue
-            c = self._slot_col[name]
-            row[c] = t.data_ptr()
-            strides = t.stride()
-            row[c + 1 : c + 1 + len(strides)] = strides
-        return row
-
-
     def pack(self, scalars, tensors) -> list[int]:
-        """:meth:`row` on the hot path: ``scalars`` values in column order, then ``tensors`` in slot order
-        (None, or fewer than the slots, leaves the rest 0); each tensor's address and strides read once."""
+        """One problem's row: ``scalars`` values in column order, then ``tensors`` in slot order (None, or
+        fewer than the slots, leaves the rest 0); each tensor's address and strides read once."""
         row = list(scalars)
         for t in tensors:
             if t is None:

@@ -28,6 +28,7 @@ from torch import Tensor
 from dmd_fast import validation as check
 from dmd_fast.ops.backend import resolve_backend
 from dmd_fast.ops.registration import define_op
+from dmd_fast.ops.seed import draw_seed
 from dmd_fast.reference.attention import cross_modal_attention as reference_attention
 
 OP = "cross_modal_attention"
@@ -320,13 +321,6 @@ def _check_options(dropout_p, scale, input_precision, D, dtype):
     return dropout_p, scale
 
 
-def _draw_seed(generator, device) -> Tensor:
-    """int64 [seed, offset] on ``device`` from ``generator`` (default: torch's generator for device)."""
-    gen_device = generator.device if generator is not None else device
-    seed = torch.randint(0, 2**62, (2,), dtype=torch.int64, device=gen_device, generator=generator)
-    return seed.to(device, non_blocking=True)
-
-
 # ----------------------------------------------------------------------------------------------
 # functional API
 # ----------------------------------------------------------------------------------------------
@@ -387,7 +381,7 @@ def cross_modal_attention(
             check.interpreter_dtype(q.dtype, "q", OP)
         if check.scale_in_inputs(scale, q.dtype):
             q, scale = q * scale, 1.0
-        seed = _draw_seed(generator, q.device) if dropout_p > 0 else None
+        seed = draw_seed(generator, q.device) if dropout_p > 0 else None
         out, _ = fwd_op(q, k, v, key_lengths, seed, bool(offset_causal), dropout_p, scale, input_precision)
         if return_keep_mask and dropout_p > 0:
             keep = dropout_mask_op(seed, B, H, Lq, Lk, dropout_p, 0)
@@ -487,7 +481,7 @@ def cross_modal_attention_grouped(
                 torch.full((B,), d[3], dtype=torch.int32, device=q0.device) if kl is None else kl
                 for kl, d in zip(kls, dims)
             ]
-        seed = _draw_seed(generator, q0.device) if max(ps) > 0 else None
+        seed = draw_seed(generator, q0.device) if max(ps) > 0 else None
         res = fwd_grouped_op(
             [p[0] for p in problems],
             [p[1] for p in problems],

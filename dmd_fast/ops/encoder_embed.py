@@ -18,6 +18,7 @@ from torch import Tensor
 from dmd_fast import validation as check
 from dmd_fast.ops.backend import resolve_backend
 from dmd_fast.ops.registration import define_op
+from dmd_fast.ops.seed import draw_seed
 from dmd_fast.reference.encoder_embed import encoder_embedding as reference
 
 OP = "encoder_embedding"
@@ -121,9 +122,5 @@ def encoder_embedding_grouped(
     if x0.device.type == "cpu":
         check.interpreter_dtype(x0.dtype, "xs[0]", OP)
     xs = [x if x.stride(2) == 1 else x.contiguous() for x in xs]
-    seed = None
-    if max(ps) > 0:
-        gen_device = generator.device if generator is not None else x0.device
-        seed = torch.randint(0, 2**62, (2,), dtype=torch.int64, device=gen_device, generator=generator)
-        seed = seed.to(x0.device, non_blocking=True)
+    seed = draw_seed(generator, x0.device) if max(ps) > 0 else None
     return fwd_op(xs, table.to(torch.float32), seed, float(scale), ps)

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from dmd_fast import validation as check
-from dmd_fast.ops.attention import _draw_seed as draw_seed
 from dmd_fast.ops.backend import resolve_backend
 from dmd_fast.ops.registration import define_op
+from dmd_fast.ops.seed import draw_seed
 from dmd_fast.reference.encoder_ffn import encoder_ffn_block as reference
 
 OP = "encoder_ffn_block"
