@@ -29,6 +29,7 @@ from dmd_fast.nn import MultiheadAttention, SinusoidalPositionalEmbedding, Trans
 from dmd_fast.nn.graph_distill import GDUnit
 from dmd_fast.ops.attention import attention_weights, cross_modal_attention, cross_modal_attention_grouped
 from dmd_fast.ops.graph_distill import graph_distill
+from dmd_fast.ops.loss_terms import loss_terms
 from dmd_fast.parity import FixtureError, run_parity
 from dmd_fast.reference.attention import cross_modal_attention as ref_attention
 from dmd_fast.reference.graph_distill import graph_distill as ref_graph_distill
@@ -1115,6 +1116,63 @@ def _grad_sum_case(rng):
     return Case("backward_into_grads", arg, value, valid, run)
 
 
+# ---------------------------------------------------------------------------------------------------
+# fused loss terms
+# ---------------------------------------------------------------------------------------------------
+
+
+def _loss_terms_case(rng):
+    g = torch.Generator().manual_seed(rng.randrange(1 << 30))
+    a, b = (torch.randn(3, 4, 5, generator=g, dtype=torch.float64) for _ in range(2))
+    p, y = (torch.randn(3, 1, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn((), generator=g, dtype=torch.float64)
+    base = dict(
+        terms=[("l1", p, y), ("mse", a, b), ("cosine", a, b), ("value", v, None)],
+        weights=[1.0, 0.1, 0.01, 0.05],
+        groups=[0, 1, 1, -1],
+        n_groups=2,
+        eps=1e-12,
+    )
+    pools = {
+        "terms": (
+            [[("mse", a.transpose(0, 2), b.transpose(0, 2))], [("l1", p, y)]],
+            [
+                [],
+                "terms",
+                [("huber", a, b)],
+                [("l1", a, b[:1])],
+                [("value", a, None)],
+                [("cosine", p, y)],
+                [("l1", a, b.float())],
+                [("mse", a, None)],
+                [("l1", a)],
+            ],
+        ),  # fmt: skip
+        "weights": ([[2.0, 0.0, -1.0, 0.5]], [[1.0], [NAN, 1.0, 1.0, 1.0], "1", None]),
+        "groups": ([[-1, -1, -1, -1], [1, 0, 0, 1]], [[0], [0, 1, 2, 0], [0, -2, 0, 0], [0.5, 0, 0, 0]]),
+        "n_groups": ([2, 3], [-1, 1.5, "2"]),
+        "eps": ([1e-8, 0.0], [NAN, -1.0, "x"]),
+    }
+    arg = rng.choice(list(pools))
+    value, valid = pick(rng, *pools[arg])
+    kw = dict(base, **{arg: value})
+    if arg == "terms" and valid:
+        kw.update(weights=[1.0] * len(value), groups=None, n_groups=0)
+
+    def run():
+        if not valid:
+            expect_error(lambda: loss_terms(kw["terms"], **{k: kw[k] for k in kw if k != "terms"}, backend="triton"),
+                         arg if arg != "groups" else "groups")  # fmt: skip
+            return
+        rest = {k: kw[k] for k in kw if k != "terms"}
+        got = loss_terms(kw["terms"], **rest, backend="triton")
+        want = loss_terms(kw["terms"], **rest, backend="reference")
+        for x, ref in zip(got, want):
+            close(x, ref, rtol=1e-12, atol=1e-14, what="loss_terms")
+
+    return Case("loss_terms", arg, value, valid, run)
+
+
 PLAN = [
     (_attention_case, 90),
     (_grouped_case, 30),
@@ -1132,6 +1190,7 @@ PLAN = [
     (_cli_case, 22),
     (_parity_case, 6),
     (_grad_sum_case, 12),
+    (_loss_terms_case, 16),
 ]
 
 

@@ -109,7 +109,10 @@ def test_train_step_launches_and_no_host_sync():
     assert c.triton.count("graph_distill_fwd_kernel") == 2
     # one embedding launch forward and one backward per encoder group, every stream of the group in it
     assert c.triton.count("encoder_embed_fwd_kernel") == c.triton.count("encoder_embed_bwd_kernel") == 3
-    assert len(c.triton) == 9 * per_direction + 2 + 6
+    # the fused loss terms: 2 forward launches (partial sums, reduction), 1 backward
+    assert c.triton.count("loss_terms_partial_kernel") == c.triton.count("loss_terms_reduce_kernel") == 1
+    assert c.triton.count("loss_terms_bwd_kernel") == 1
+    assert len(c.triton) == 9 * per_direction + 2 + 6 + 3
 
 
 def test_fused_layers_take_residual_and_relu_dropout(monkeypatch):

@@ -62,6 +62,8 @@ LAUNCHERS = (  # (module, function): the host functions that end in a Triton lau
     ("dmd_fast.kernels.encoder_ffn", "ffn_fwd_grouped"),
     ("dmd_fast.kernels.encoder_ffn", "ffn_bwd_grouped"),
     ("dmd_fast.kernels.graph_distill", "graph_distill_fwd"),
+    ("dmd_fast.kernels.loss_terms", "loss_terms_fwd"),
+    ("dmd_fast.kernels.loss_terms", "loss_terms_bwd"),
 )
 
 

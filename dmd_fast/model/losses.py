@@ -22,6 +22,9 @@ import torch.nn.functional as F
 
 from dmd_fast import validation as check
 from dmd_fast.common.cosine import pairwise_cosine
+from dmd_fast.ops.backend import resolve_backend
+from dmd_fast.ops.loss_terms import OP as LOSS_OP
+from dmd_fast.ops.loss_terms import loss_terms
 
 ORT_SEMANTICS = ("torch19", "per_sample")
 MARGIN_NO_ANCHOR = ("zero", "upstream")
@@ -97,7 +100,13 @@ _TASK_KEYS = {"all": "output_logit", "c": "logits_c"}
 
 
 def dmd_losses(
-    outputs: dict, labels: torch.Tensor, gd_homo, gd_hetero, ort_semantics="torch19", margin_no_anchor="zero"
+    outputs: dict,
+    labels: torch.Tensor,
+    gd_homo,
+    gd_hetero,
+    ort_semantics="torch19",
+    margin_no_anchor="zero",
+    backend: str = "reference",
 ) -> dict:
     """All loss terms under upstream's trainer variable names, plus ``total``.
 
@@ -105,14 +114,22 @@ def dmd_losses(
     total = task + 0.05·(logit+reg)_homo + 0.05·(logit+repr+reg)_hetero
             + 0.1·(cycle + recon + 0.1·(margin + ort)).
     Under autocast the losses still run in fp32 (bf16/fp16 outputs are upcast; fp16 squared norms
-    overflow in the orthogonality cosine). labels: (B,) or (B, 1) for the outputs' batch of B.
+    overflow in the orthogonality cosine); a float64 model's losses run in float64.
+    labels: (B,) or (B, 1) for the outputs' batch of B.
     margin_no_anchor: "zero" | "upstream", see the module doc.
+    backend: "reference" computes every term as upstream writes it (the oracle); "triton" / "auto"
+    (Triton where it can run, ``dmd_fast.ops.backend``) fuses the task, reconstruction, orthogonality
+    terms and the total into one ``ops.loss_terms`` call (3 launches; the margin loss and the GD units
+    stay separate ops), the same values up to the order of fp32 sums.
     """
     check_labels(labels, outputs["output_logit"])
     check.choice(margin_no_anchor, "margin_no_anchor", MARGIN_NO_ANCHOR)
-    outputs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
+    dtype = torch.float64 if outputs["output_logit"].dtype == torch.float64 else torch.float32
+    outputs = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
+    fused = resolve_backend(backend, labels.device, LOSS_OP) == "triton"
     with torch.autocast(labels.device.type, enabled=False):
-        return _dmd_losses(outputs, labels.float(), gd_homo, gd_hetero, ort_semantics, margin_no_anchor)
+        run = _dmd_losses_fused if fused else _dmd_losses
+        return run(outputs, labels.to(dtype), gd_homo, gd_hetero, ort_semantics, margin_no_anchor)
 
 
 def check_labels(labels, like: torch.Tensor) -> None:
@@ -158,6 +175,61 @@ def _dmd_losses(outputs: dict, labels: torch.Tensor, gd_homo, gd_hetero, ort_sem
         + L["graph_distill_loss_hetero"]
         + (L["loss_s_sr"] + L["loss_recon"] + (L["loss_sim"] + L["loss_ort"]) * 0.1) * 0.1
     )
+    L["edges_homo"], L["edges_hetero"] = homo.edges, hetero.edges
+    L["edge_means_homo"], L["edge_means_hetero"] = homo.edge_means, hetero.edge_means  # (E,), detached
+    return L
+
+
+# the total's weights (upstream: task + 0.05·GD_homo + 0.05·GD_hetero + 0.1·(s_sr + recon + 0.1·(sim + ort)))
+_GROUPS = ("loss_task", "loss_recon", "loss_s_sr", "loss_ort")
+_W_TASK, _W_RECON, _W_ORT, _W_GD = 1.0, 0.1, 0.01, 0.05
+
+
+def _dmd_losses_fused(outputs, labels, gd_homo, gd_hetero, ort_semantics, margin_no_anchor) -> dict:
+    """``_dmd_losses`` with the task, reconstruction and orthogonality terms, the group sums and the
+    total in one fused ``loss_terms`` call (the margin loss and the GD units' totals enter it as values)."""
+    labels = labels.reshape(-1, 1)
+    terms, names, weights, groups = [], [], [], []
+
+    def add(name, kind, a, b, group, weight):
+        terms.append((kind, a, b))
+        names.append(name)
+        groups.append(group)
+        weights.append(weight)
+
+    for t in TASK_TERMS:
+        add(f"loss_task_{t}", "l1", outputs[_TASK_KEYS.get(t, f"logits_{t}")], labels, 0, _W_TASK)
+    for m in "lva":
+        add(f"loss_recon_{m}", "mse", outputs[f"recon_{m}"], outputs[f"origin_{m}"], 1, _W_RECON)
+    for m, name in (("l", "loss_sl_slr"), ("v", "loss_sv_slv"), ("a", "loss_sa_sla")):
+        add(name, "mse", outputs[f"s_{m}"].permute(1, 2, 0), outputs[f"s_{m}_r"], 2, _W_RECON)
+    for m in "lva":
+        s, c = outputs[f"s_{m}"], outputs[f"c_{m}"]
+        if ort_semantics == "per_sample":  # one cosine per sample over its (T'·d) features: (B, T'·d, 1)
+            s, c = (t.permute(1, 0, 2).reshape(t.shape[1], -1, 1) for t in (s, c))
+        elif ort_semantics != "torch19":
+            raise ValueError(f"ort_semantics: expected one of {ORT_SEMANTICS}, got {ort_semantics!r}")
+        add(f"loss_ort_{m}", "cosine", s, c, 3, _W_ORT)
+    L = {"loss_sim": margin_loss(*hinge_inputs(outputs, labels), no_anchor=margin_no_anchor)}
+    homo = gd_homo(*gd_inputs(outputs, "homo"))
+    hetero = gd_hetero(*gd_inputs(outputs, "hetero"))
+    add("loss_sim", "value", L["loss_sim"], None, -1, _W_ORT)
+    add("gd_total_homo", "value", homo.loss_total, None, -1, _W_GD)
+    add("gd_total_hetero", "value", hetero.loss_total, None, -1, _W_GD)
+    values, total = loss_terms(terms, weights=weights, groups=groups, n_groups=len(_GROUPS), eps=_COS_EPS)
+    for i, name in enumerate(names[:-3]):
+        L[name] = values[i]
+    for g, name in enumerate(_GROUPS):
+        L[name] = values[len(names) + g]
+    L["loss_reg_homo"], L["loss_logit_homo"], L["loss_repr_homo"] = homo.loss_reg, homo.loss_logit, homo.loss_repr
+    L["graph_distill_loss_homo"] = _W_GD * homo.loss_total
+    L["loss_reg_hetero"], L["loss_logit_hetero"], L["loss_repr_hetero"] = (
+        hetero.loss_reg,
+        hetero.loss_logit,
+        hetero.loss_repr,
+    )
+    L["graph_distill_loss_hetero"] = _W_GD * hetero.loss_total
+    L["total"] = total
     L["edges_homo"], L["edges_hetero"] = homo.edges, hetero.edges
     L["edge_means_homo"], L["edge_means_hetero"] = homo.edge_means, hetero.edge_means  # (E,), detached
     return L

@@ -38,6 +38,7 @@ class DMDSystem(nn.Module):
         self.config = config
         # "zero" (no host sync) or "upstream" (no gradient on a batch without a margin anchor, see losses)
         self.margin_no_anchor = check.choice(margin_no_anchor, "margin_no_anchor", MARGIN_NO_ANCHOR)
+        self.backend = backend  # the DMD model's, the GD units' and the fused loss terms' backend
         self.dmd = DMD(config, backend=backend)
         d = config.d_model
         common = dict(
@@ -79,5 +80,6 @@ class DMDSystem(nn.Module):
             self.gd_hetero,
             ort_semantics=self.config.ort_semantics,
             margin_no_anchor=self.margin_no_anchor,
+            backend=self.backend,
         )
         return outputs, losses
