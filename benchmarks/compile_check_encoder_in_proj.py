@@ -124,6 +124,16 @@ def main(argv=None):
     return sweep(configs(args.quick), compile_one, args.jobs)
 
 
+def cli_sweep(doc: str, cfgs, compile_one, argv=None) -> int:
+    """The compile checks' command line: ``--jobs N``, refuse the interpreter, then :func:`sweep`."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=1, help="parallel compile processes")
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        sys.exit("compile_check: unset TRITON_INTERPRET (the interpreter would pick interpreter block sizes)")
+    return sweep(cfgs, compile_one, args.jobs)
+
+
 def sweep(cfgs, compile_one, jobs: int) -> int:
     """Compile ``cfgs`` with ``compile_one`` in ``jobs`` processes, print a row each; 1 if any fails."""
     print(

@@ -39,11 +39,15 @@ from .host_math import cdiv, next_pow2
 
 # One row per segment. y0, y1, y2: the q, k, v rows it writes (forward) or their gradients (backward).
 SEG = DescriptorLayout(scalars=("N", "B", "bits", "row0", "rb0"),
-                       tensors=("x", "dx", "y0", "y1", "y2", "ln_w", "ln_b", "w", "bias"))
+                       tensors=("x", "dx", "y0", "y1", "y2", "ln_w", "ln_b", "w", "bias", "dres"))
 C_W, C_N, C_B, C_BITS, C_ROW0, C_RB0 = (SEG.constexpr(n) for n in ("width", "N", "B", "bits", "row0", "rb0"))
 C_X, C_DX, C_Y0, C_LN_W, C_LN_B, C_WEIGHT, C_BIAS = (SEG.constexpr(n) for n in ("x", "dx", "y0", "ln_w", "ln_b", "w",
                                                                                 "bias"))
+C_DRES = SEG.constexpr("dres")
 C_SLOT = tl.constexpr(SLOT)
+# bits 0-2: the thirds (q, k, v) a segment computes; bit 3 (RESIDUAL): forward, copy the input rows to the
+# dx slot (the layer's residual input, so x has one consumer); backward, add the dres slot's rows into dx
+RESIDUAL = 8
 # One row per problem for the reduction: the scratch rows of its (one or two) segments and their bits.
 RED = DescriptorLayout(scalars=("rb_a", "n_a", "bits_a", "rb_b", "n_b", "bits_b", "rb_c", "n_c", "bits_c"),
                        tensors=("dw", "db", "dln_w", "dln_b"))
@@ -59,7 +63,8 @@ R_W, R_RB_A, R_DW, R_DB, R_DLN_W, R_DLN_B = (RED.constexpr(n) for n in ("width",
 def ln_rows(desc, like, stats, m0, N, eps, s_xe, E: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
             SAVED: tl.constexpr, ACC: tl.constexpr):
     """Rows [m0, m0 + BLOCK_M) of the segment's input, normalised. SAVED: mean/rstd from ``stats``,
-    else computed. Returns x̂ (BLOCK_M, E_PAD) ACC (0 outside the rows and E), h = x̂·γ + β in the
+    else computed (and the rows copied to the dx slot when the segment's RESIDUAL bit is set).
+    Returns x̂ (BLOCK_M, E_PAD) ACC (0 outside the rows and E), h = x̂·γ + β in the
     input dtype (0 outside E), mean, rstd (BLOCK_M,), rows o_m and their mask."""
     o_m, o_e = m0 + tl.arange(0, BLOCK_M), tl.arange(0, E_PAD)
     m_m, m_e = o_m < N, o_e < E
@@ -80,6 +85,9 @@ def ln_rows(desc, like, stats, m0, N, eps, s_xe, E: tl.constexpr, E_PAD: tl.cons
         b_rstd = 1. / tl.sqrt(tl.sum(b_xc * b_xc, 1) / E + eps)
         tl.store(p_st, b_mean.to(stats.dtype.element_ty), mask=m_m)
         tl.store(p_st + 1, b_rstd.to(stats.dtype.element_ty), mask=m_m)
+        if ((desc_i32(desc, C_BITS) >> 3) & 1) != 0:
+            p_copy = desc_ptr(desc, C_DX, like) + o_m.to(tl.int64)[:, None] * E + o_e[None, :]
+            tl.store(p_copy, b_x.to(like.dtype.element_ty), mask=m_me)
     b_xhat = tl.where(m_me, (b_x - b_mean[:, None]) * b_rstd[:, None], 0.)
     b_g = tl.load(desc_ptr(desc, C_LN_W, like) + o_e, mask=m_e, other=0.).to(ACC)
     b_b = tl.load(desc_ptr(desc, C_LN_B, like) + o_e, mask=m_e, other=0.).to(ACC)
@@ -174,6 +182,9 @@ def encoder_in_proj_bwd_kernel(
         b_c1 = tl.sum(b_gh * b_xhat, 1) / E
         b_c2 = tl.sum(b_gh, 1) / E
         b_dx = (b_gh - b_c2[:, None] - b_xhat * b_c1[:, None]) * b_rstd[:, None]
+        if ((bits >> 3) & 1) != 0:
+            b_dx += tl.load(desc_ptr(desc, C_DRES, like) + o_rows + o_e[None, :], mask=m_m[:, None] & m_e[None, :],
+                            other=0.).to(ACC)
         tl.store(p_dx + o_rows + o_e[None, :], b_dx.to(like.dtype.element_ty), mask=m_m[:, None] & m_e[None, :])
     tl.store(p_part + 3 * EE + 3 * E + o_e, b_dg, mask=m_e)
     tl.store(p_part + 3 * EE + 4 * E + o_e, b_db, mask=m_e)
@@ -260,7 +271,7 @@ def e_pad(E: int) -> int:
 _GPU_BLOCKS = {
     ("fwd", "fp32"): {16: (64, 16, 4), 32: (64, 32, 4), 64: (32, 32, 4), 128: (32, 32, 4)},
     ("fwd", "16"): {16: (64, 16, 4), 32: (64, 32, 4), 64: (64, 32, 4), 128: (32, 32, 4)},
-    ("bwd", "fp32"): {16: (64, 16, 4), 32: (32, 32, 4), 64: (32, 16, 8), 128: (16, 16, 4)},
+    ("bwd", "fp32"): {16: (64, 16, 4), 32: (32, 32, 4), 64: (32, 16, 8), 128: (16, 16, 8)},
     ("bwd", "16"): {16: (64, 16, 4), 32: (64, 32, 8), 64: (32, 16, 4), 128: (16, 16, 4)},
 }
 _REDUCE_BLOCKS = (16, 256, 4)  # BLOCK_R, BLOCK_C, num_warps
@@ -319,11 +330,14 @@ def _kv_sources(xs, sources) -> tuple[list, list]:
     return ks, vs
 
 
-def in_proj_fwd_grouped(xs, sources, ln_ws, ln_bs, ws, bs, *, eps=1e-5, block_m=None, block_n=None):
+def in_proj_fwd_grouped(xs, sources, ln_ws, ln_bs, ws, bs, *, eps=1e-5, copy_x=False, copy_sources=False,
+                        block_m=None, block_n=None):
     """One launch for G problems of one E (own T, B, tensors). xs (Tq, B, E), sources None, (Tk, B, E) or a
     pair (k source, v source) of them, any strides; ln_ws, ln_bs (E,); ws (3E, E); bs (3E,). Returns lists qs (Tq, B, E),
     ks, vs ((Tk or Tq), B, E), contiguous, and stats (rows, 2) fp32 (fp64 for fp64): per segment
-    row, mean and rstd (for :func:`in_proj_bwd_grouped`)."""
+    row, mean and rstd (for :func:`in_proj_bwd_grouped`), then the copies written by the same launch
+    (contiguous): of xs with ``copy_x`` and of the sources with ``copy_sources`` (flat, in source order),
+    empty lists otherwise."""
     E = xs[0].shape[2]
     dtype, device = xs[0].dtype, xs[0].device
     qs = [_empty(x.shape, dtype, device) for x in xs]
@@ -333,28 +347,38 @@ def in_proj_fwd_grouped(xs, sources, ln_ws, ln_bs, ws, bs, *, eps=1e-5, block_m=
     segs = _segments(xs, sources)
     ins, s_xe = _last_stride([t for _, t, _ in segs])
     ws = [w.contiguous() for w in ws]
-    rows, row0 = [], 0
+    copies, src_copies = [], []
+    rows, row0, first = [], 0, set()
     for (g, _, bits), t in zip(segs, ins):
         N = t.shape[0] * t.shape[1]
         ys = (qs[g] if bits & 1 else None, ks[g] if bits & 2 else None, vs[g] if bits & 4 else None)
-        rows.append(SEG.pack((N, t.shape[1], bits, row0, 0), (t, None, *ys, ln_ws[g], ln_bs[g], ws[g], bs[g])))
+        is_x = g not in first  # a problem's first segment reads x, the others its sources
+        first.add(g)
+        copy = _empty(t.shape, dtype, device) if (copy_x if is_x else copy_sources) else None
+        if copy is not None:
+            (copies if is_x else src_copies).append(copy)
+        bits |= RESIDUAL if copy is not None else 0
+        rows.append(SEG.pack((N, t.shape[1], bits, row0, 0), (t, copy, *ys, ln_ws[g], ln_bs[g], ws[g], bs[g])))
         row0 += N
     stats = _empty((row0, 2), stats_dtype(dtype), device)
     max_n = max(r[C_N.value] for r in rows)
     if max_n == 0 or E == 0:
-        return qs, ks, vs, stats
+        return qs, ks, vs, stats, copies, src_copies
     desc = descriptor_table(rows, device, "grouped encoder in-projection")
     bm, bn, warps = block_config("fwd", E, dtype)
     bm, bn = block_m or bm, block_n or bn
     encoder_in_proj_fwd_kernel[(cdiv(max_n, bm), len(rows))](
         desc, xs[0], stats, float(eps), s_xe,
         E=E, E_PAD=e_pad(E), BLOCK_M=bm, BLOCK_N=bn, PRECISION="ieee", ACC=acc_dtype(dtype), num_warps=warps)
-    return qs, ks, vs, stats
+    return qs, ks, vs, stats, copies, src_copies
 
 
-def in_proj_bwd_grouped(dqs, dks, dvs, xs, sources, ln_ws, ln_bs, ws, stats, *, block_m=None, block_n=None, steps=None):
+def in_proj_bwd_grouped(dqs, dks, dvs, xs, sources, ln_ws, ln_bs, ws, stats, *, dres=None, dres_src=None,
+                        block_m=None, block_n=None, steps=None):
     """Backward of :func:`in_proj_fwd_grouped` in 2 launches; dqs, dks, dvs: G entries each, None for
-    a zero gradient. Returns lists dxs, dss (None for self-attention problems, a pair for a pair of sources),
+    a zero gradient; ``dres`` / ``dres_src``: None, or the gradients of the copies of xs (G) / of the
+    sources (flat, in source order), None entries zero, added into dx / ds.
+    Returns lists dxs, dss (None for self-attention problems, a pair for a pair of sources),
     dln_ws, dln_bs, dws, dbs."""
     G, E = len(xs), xs[0].shape[2]
     dtype, device = xs[0].dtype, xs[0].device
@@ -376,13 +400,18 @@ def in_proj_bwd_grouped(dqs, dks, dvs, xs, sources, ln_ws, ln_bs, ws, stats, *, 
     rows, row0, rb0 = [], 0, 0
     red = [[0] * len(RED.scalars) for _ in range(G)]  # (rb, n, bits) of up to three segments per problem
     n_seg = [0] * G
+    src_grads = iter(dres_src or ())
     for (g, _, bits), t in zip(segs, ins):
         N = t.shape[0] * t.shape[1]
         dys = [d.contiguous() if d is not None and bits >> j & 1 else None
                for j, d in enumerate((dqs[g], dks[g], dvs[g]))]
         bits = sum(1 << j for j, d in enumerate(dys) if d is not None)
         dx = dxs[g] if n_seg[g] == 0 else dss[g][n_seg[g] - 1] if isinstance(dss[g], tuple) else dss[g]
-        rows.append(SEG.pack((N, t.shape[1], bits, row0, rb0), (t, dx, *dys, ln_ws[g], ln_bs[g], ws[g])))
+        d_res = (dres[g] if dres is not None else None) if n_seg[g] == 0 else next(src_grads, None)
+        d_res = None if d_res is None else d_res.contiguous()
+        seg_bits = bits | (RESIDUAL if d_res is not None else 0)
+        rows.append(SEG.pack((N, t.shape[1], seg_bits, row0, rb0), (t, dx, *dys, ln_ws[g], ln_bs[g], ws[g], None,
+                                                                        d_res)))
         n_rb = cdiv(N, rows_per_prog)
         red[g][3 * n_seg[g] : 3 * n_seg[g] + 3] = (rb0, n_rb, bits)
         n_seg[g] += 1

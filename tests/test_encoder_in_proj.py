@@ -66,7 +66,7 @@ def mixed_group(E, seed, **kw):
 def test_forward_single_problem(E):
     for Tk in (None, 9):
         p = make_problem(E, 6, Tk, 2, seed=E)
-        qs, ks, vs, stats = kp.in_proj_fwd_grouped(*group([p]))
+        qs, ks, vs, stats, _, _ = kp.in_proj_fwd_grouped(*group([p]))
         for name, ours, ref in zip("qkv", (qs[0], ks[0], vs[0]), reference(*p)):
             assert ours.is_contiguous() and ours.shape == ref.shape
             torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12, msg=f"{name}, Tk={Tk}")
@@ -78,7 +78,7 @@ def test_forward_single_problem(E):
 @pytest.mark.parametrize("E", EMBED_DIMS)
 def test_forward_grouped_mixed(E):
     problems = mixed_group(E, seed=10 * E, strided=E == 50)
-    qs, ks, vs, _ = kp.in_proj_fwd_grouped(*group(problems))
+    qs, ks, vs, _, _, _ = kp.in_proj_fwd_grouped(*group(problems))
     for g, p in enumerate(problems):
         for name, ours, ref in zip("qkv", (qs[g], ks[g], vs[g]), reference(*p)):
             torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12, msg=f"problem {g} {name}")
@@ -161,7 +161,7 @@ def test_backward_multi_block_programs(E):
     """Row programs that own several row blocks (steps > 1) and a ragged last block sum like one block."""
     problems = mixed_group(E, seed=3 * E)
     xs, ss, gs, bs, ws, _ = group(problems)
-    _, _, _, stats = kp.in_proj_fwd_grouped(*group(problems))
+    _, _, _, stats, _, _ = kp.in_proj_fwd_grouped(*group(problems))
     douts = random_douts(problems, seed=1, drop=DROPPED)
     d_one = kp.in_proj_bwd_grouped(*zip(*douts), xs, ss, gs, bs, ws, stats)
     d_many = kp.in_proj_bwd_grouped(*zip(*douts), xs, ss, gs, bs, ws, stats, block_m=16, block_n=16, steps=2)
@@ -242,6 +242,45 @@ def test_launch_counts_group_of_three():
     assert [op for op in fwd.aten_ops if op != poison_fills] == []
     assert bwd.triton == ["encoder_in_proj_bwd_kernel", "encoder_in_proj_bwd_reduce_kernel"] and not bwd.syncs
     assert [op for op in bwd.aten_ops if op != poison_fills] == []
+
+
+@pytest.mark.parametrize("E", (30, 60))
+def test_return_x_copies_and_residual_gradient_added_in_kernel(E):
+    """return_x / return_sources: copies of xs and of the sources written by the forward launch
+    (bitwise), and further uses of them (q + 2·x copy, k + 3·source copy) get the reference's gradients
+    with those uses' gradients added inside the backward kernel: the launches stay 1 + 2 and no ATen
+    kernel adds gradients."""
+    from dmd_fast.bench.launches import count_launches
+
+    problems = mixed_group(E, seed=E + 3, strided=E == 60)
+    douts = random_douts(problems, seed=E + 1)
+    res = {}
+    for backend in ("triton", "reference"):
+        leaves = leaves_of(problems)
+        flat = [t for p in leaves for t in p if t is not None]
+        with count_launches(*KERNELS) as c:
+            qkv, copies, src_copies = encoder_in_projection_grouped(
+                *group(leaves), return_x=True, return_sources=True, backend=backend
+            )
+            outs = [
+                (q + 2.0 * x_res, k if s is None else k + 3.0 * s, v)
+                for (q, k, v), x_res, s in zip(qkv, copies, src_copies)
+            ]
+            pairs = [(o, d) for out, ds in zip(outs, douts) for o, d in zip(out, ds)]
+            grads = torch.autograd.grad([o for o, _ in pairs], flat, [d for _, d in pairs], allow_unused=True,
+                                        materialize_grads=True)  # fmt: skip
+        res[backend] = (copies, grads, c)
+        if backend == "triton":
+            for x_res, src, p in zip(copies, src_copies, leaves):
+                assert torch.equal(x_res, p[0]) and x_res.is_contiguous()
+                assert (src is None) == (p[1] is None) and (src is None or torch.equal(src, p[1]))
+            assert c.triton == ["encoder_in_proj_fwd_kernel", "encoder_in_proj_bwd_kernel",
+                                "encoder_in_proj_bwd_reduce_kernel"]  # fmt: skip
+            adds = [op for op in c.aten_ops if op.startswith("aten.add")]
+            n_cross = sum(p[1] is not None for p in problems)
+            assert len(adds) == len(problems) + n_cross  # the forward's uses; none in the backward
+    for a, b in zip(res["triton"][1], res["reference"][1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
 
 
 def test_torch_compile_fullgraph():

@@ -16,6 +16,8 @@ Either way the result equals running the encoders one by one (``fused_layers_app
 
 from __future__ import annotations
 
+import torch
+
 from dmd_fast.nn.transformer import TransformerEncoder
 
 
@@ -106,7 +108,11 @@ def _run_fused(encoders, streams, last_row):
         # last_row: q of the last row only; k, v still from every row (a self-attention source is x itself)
         q_in = [x[-1:] if lr else x for x in xs]
         srcs = [x if lr and src is None else src for x, src in zip(xs, sources)]
-        qkv = encoder_in_projection_grouped(
+        # with autograd on, the residual inputs and the next layer's sources come back from the
+        # in-projection as copies: each tensor has one consumer, so its gradient is added inside a
+        # kernel, not by autograd
+        copies = torch.is_grad_enabled()
+        res = encoder_in_projection_grouped(
             q_in,
             srcs,
             [layer.layer_norms[0].weight for layer in layers],
@@ -114,8 +120,15 @@ def _run_fused(encoders, streams, last_row):
             [layer.self_attn.in_proj_weight for layer in layers],
             [layer.self_attn.in_proj_bias for layer in layers],
             eps=layers[0].layer_norms[0].eps,
+            return_x=copies,
+            return_sources=copies and not last,
             backend=backend,
         )
+        qkv = res[0] if copies else res
+        if copies:
+            q_in = res[1]
+            if not last:
+                sources = [None if src is None else nxt for src, nxt in zip(sources, res[2])]
         mhas = [layer.self_attn for layer in layers]
         problems = [tuple(mha._heads(t) for t in p) for mha, p in zip(mhas, qkv)]
         outs = cross_modal_attention_grouped(

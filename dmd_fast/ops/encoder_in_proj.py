@@ -56,17 +56,23 @@ def _fwd(
     in_w: list[Tensor],
     in_b: list[Tensor],
     eps: float,
+    copy_x: bool,
+    copy_sources: bool,
 ) -> list[Tensor]:
-    """[q_0 .. q_{G-1}, k_0 .., v_0 .., stats (rows, 2) LN0 mean and rstd per input row]. srcs: the
-    sources in problem order, cross[g] of them for problem g (0, 1, or 2: separate k and v sources; a
-    list of optional tensors would not get gradients through torch.library's autograd)."""
+    """[q_0 .. q_{G-1}, k_0 .., v_0 .., stats (rows, 2) LN0 mean and rstd per input row, then with
+    ``copy_x`` a copy of each x, then with ``copy_sources`` a copy of each of srcs]. srcs: the sources
+    in problem order, cross[g] of them for problem g (0, 1, or 2: separate k and v sources; a list of
+    optional tensors would not get gradients through torch.library's autograd)."""
     from dmd_fast.kernels.encoder_in_proj import in_proj_fwd_grouped as launch
 
-    qs, ks, vs, stats = launch(xs, _sources(srcs, cross), ln_w, ln_b, in_w, in_b, eps=eps)
-    return qs + ks + vs + [stats]
+    sources = _sources(srcs, cross)
+    qs, ks, vs, stats, copies, src_copies = launch(
+        xs, sources, ln_w, ln_b, in_w, in_b, eps=eps, copy_x=copy_x, copy_sources=copy_sources
+    )
+    return qs + ks + vs + [stats] + copies + src_copies
 
 
-def _fwd_fake(xs, srcs, cross, ln_w, ln_b, in_w, in_b, eps):
+def _fwd_fake(xs, srcs, cross, ln_w, ln_b, in_w, in_b, eps, copy_x, copy_sources):
     sources = _sources(srcs, cross)
     ks = [x if s is None else _as_tuple(s)[0] for x, s in zip(xs, sources)]
     vs = [x if s is None else _as_tuple(s)[-1] for x, s in zip(xs, sources)]
@@ -76,14 +82,21 @@ def _fwd_fake(xs, srcs, cross, ln_w, ln_b, in_w, in_b, eps):
         + [t.new_empty(t.shape) for t in ks]
         + [t.new_empty(t.shape) for t in vs]
         + [xs[0].new_empty((_stats_rows(xs, sources), 2), dtype=sdt)]
+        + ([x.new_empty(x.shape) for x in xs] if copy_x else [])
+        + ([t.new_empty(t.shape) for t in srcs] if copy_sources else [])
     )
 
 
 def _fwd_setup(ctx, inputs, output):
-    xs, srcs, ctx.cross, ln_w, ln_b, in_w, _, _ = inputs
-    ctx.G = len(xs)
-    ctx.mark_non_differentiable(output[-1])
-    ctx.save_for_backward(*xs, *srcs, *ln_w, *ln_b, *in_w, output[-1])
+    xs, srcs, ctx.cross, ln_w, ln_b, in_w, _, _, ctx.copy_x, ctx.copy_sources = inputs
+    G = ctx.G = len(xs)
+    stats, copies = output[3 * G], output[3 * G + 1 :]
+    x_copies, src_copies = (copies[:G], copies[G:]) if ctx.copy_x else ([], copies)
+    ctx.mark_non_differentiable(stats)
+    # the copies stand for their inputs (same values): those need not stay alive for the backward
+    saved_x = x_copies if ctx.copy_x else xs
+    saved_srcs = src_copies if ctx.copy_sources else srcs
+    ctx.save_for_backward(*saved_x, *saved_srcs, *ln_w, *ln_b, *in_w, stats)
 
 
 def _fwd_backward(ctx, grads):
@@ -91,10 +104,14 @@ def _fwd_backward(ctx, grads):
     xs, n_src = saved[:G], sum(ctx.cross)
     sources = _sources(saved[G : G + n_src], ctx.cross)
     ln_w, ln_b, in_w = (saved[G + n_src + i * G : G + n_src + (i + 1) * G] for i in range(3))
-    d = bwd_op.inner(ctx, grads[:G], grads[G : 2 * G], grads[2 * G : 3 * G], xs, sources, ln_w, ln_b, in_w, saved[-1])
+    copy_grads = list(grads[3 * G + 1 :])
+    dres = copy_grads[:G] if ctx.copy_x else []
+    dres_src = copy_grads[len(dres) :] if ctx.copy_sources else []
+    dqkv = grads[:G], grads[G : 2 * G], grads[2 * G : 3 * G]
+    d = bwd_op.inner(ctx, *dqkv, xs, sources, ln_w, ln_b, in_w, saved[-1], dres, dres_src)
     o = G + n_src
     dln_w, dln_b, dw, db = (d[o + i * G : o + (i + 1) * G] for i in range(4))
-    return d[:G], d[G:o], None, dln_w, dln_b, dw, db, None
+    return d[:G], d[G:o], None, dln_w, dln_b, dw, db, None, None, None
 
 
 def _bwd(
@@ -107,15 +124,21 @@ def _bwd(
     ln_b: list[Tensor],
     in_w: list[Tensor],
     stats: Tensor,
+    dres: list[Tensor | None],
+    dres_src: list[Tensor | None],
 ) -> list[Tensor]:
-    """Backward in 2 launches: [dx_0 .., ds of each cross-modal problem .., dln_w .., dln_b .., dW .., db ..]."""
+    """Backward in 2 launches: [dx_0 .., ds of each cross-modal problem .., dln_w .., dln_b .., dW .., db ..];
+    ``dres`` / ``dres_src``: the gradients of the copies of xs / of the sources ([] without copies),
+    added into dx / ds in the kernel."""
     from dmd_fast.kernels.encoder_in_proj import in_proj_bwd_grouped as launch
 
-    dxs, dss, dgs, dbetas, dws, dbs = launch(dqs, dks, dvs, xs, sources, ln_w, ln_b, in_w, stats)
+    dxs, dss, dgs, dbetas, dws, dbs = launch(
+        dqs, dks, dvs, xs, sources, ln_w, ln_b, in_w, stats, dres=dres or None, dres_src=dres_src or None
+    )
     return dxs + [t for d in dss for t in _as_tuple(d)] + dgs + dbetas + dws + dbs
 
 
-def _bwd_fake(dqs, dks, dvs, xs, sources, ln_w, ln_b, in_w, stats):
+def _bwd_fake(dqs, dks, dvs, xs, sources, ln_w, ln_b, in_w, stats, dres, dres_src):
     return (
         [x.new_empty(x.shape) for x in xs]
         + [t.new_empty(t.shape) for s in sources for t in _as_tuple(s)]
@@ -224,8 +247,10 @@ def encoder_in_projection_grouped(
     in_b: Sequence[Tensor],
     *,
     eps: float = 1e-5,
+    return_x: bool = False,
+    return_sources: bool = False,
     backend: str = "auto",
-) -> list[tuple[Tensor, Tensor, Tensor]]:
+):
     """LN0 + q/k/v in-projection of G encoder layers of one width E (one launch on the Triton path).
 
     Args:
@@ -236,18 +261,39 @@ def encoder_in_projection_grouped(
         ln_w, ln_b: G LayerNorm0 weights and biases (E,); in_w: G in_proj_weight (3E, E);
             in_b: G in_proj_bias (3E,). All tensors in xs[0]'s dtype and on its device.
         eps: LayerNorm epsilon. backend: "auto", "triton" or "reference" (``dmd_fast.ops.backend``).
+        return_x: also return the layer's residual input, one per problem, equal to xs: on the Triton
+            path a copy written by the same launch, so that x has one consumer and the gradient
+            reaching the copy is added into dx inside the backward kernel (no autograd add); on the
+            reference path xs themselves.
+        return_sources: likewise, the sources as the next layer's (None, a tensor or a pair per problem):
+            a layer's source grads then reach the previous layer's kernel, not an autograd add.
     Returns:
-        G tuples (q (Tq, B, E), k, v ((Tk or Tq), B, E)), contiguous; q is not scaled.
+        G tuples (q (Tq, B, E), k, v ((Tk or Tq), B, E)), contiguous; q is not scaled. With ``return_x``
+        and/or ``return_sources``: a tuple (those tuples, [G residual inputs (Tq, B, E)] if return_x,
+        [G sources] if return_sources).
     """
     xs, sources, ln_w, ln_b, in_w, in_b, eps = _validate(xs, sources, ln_w, ln_b, in_w, in_b, eps)
+    return_x = check.boolean(return_x, "return_x")
+    return_sources = check.boolean(return_sources, "return_sources")
     x0 = xs[0]
     if resolve_backend(backend, x0.device, OP) == "reference":
-        return [reference(*p, eps=eps) for p in zip(xs, sources, ln_w, ln_b, in_w, in_b)]
+        out = [reference(*p, eps=eps) for p in zip(xs, sources, ln_w, ln_b, in_w, in_b)]
+        return _with_inputs(out, list(xs), list(sources), return_x, return_sources)
     if x0.shape[2] > MAX_EMBED_DIM:
         _fail(ValueError, f"xs[0]: the Triton path takes E <= {MAX_EMBED_DIM}, got E={x0.shape[2]}")
     if x0.device.type == "cpu":
         check.interpreter_dtype(x0.dtype, "xs[0]", OP)
     srcs, cross = [t for s in sources for t in _as_tuple(s)], [len(_as_tuple(s)) for s in sources]
-    out = fwd_op(xs, srcs, cross, ln_w, ln_b, in_w, in_b, eps)
+    out = fwd_op(xs, srcs, cross, ln_w, ln_b, in_w, in_b, eps, return_x, return_sources)
     G = len(xs)
-    return [(out[g], out[G + g], out[2 * G + g]) for g in range(G)]
+    qkv = [(out[g], out[G + g], out[2 * G + g]) for g in range(G)]
+    copies = out[3 * G + 1 :]
+    x_copies = copies[:G] if return_x else []
+    src_copies = _sources(copies[len(x_copies) :], cross) if return_sources else []
+    return _with_inputs(qkv, x_copies, src_copies, return_x, return_sources)
+
+
+def _with_inputs(qkv, xs, sources, return_x: bool, return_sources: bool):
+    if not (return_x or return_sources):
+        return qkv
+    return (qkv, *([xs] if return_x else []), *([sources] if return_sources else []))
