@@ -30,9 +30,11 @@ from dmd_fast.nn.graph_distill import GDUnit
 from dmd_fast.ops.attention import attention_weights, cross_modal_attention, cross_modal_attention_grouped
 from dmd_fast.ops.graph_distill import graph_distill
 from dmd_fast.ops.loss_terms import loss_terms
+from dmd_fast.ops.margin_loss import margin_loss
 from dmd_fast.parity import FixtureError, run_parity
 from dmd_fast.reference.attention import cross_modal_attention as ref_attention
 from dmd_fast.reference.graph_distill import graph_distill as ref_graph_distill
+from dmd_fast.reference.margin import margin_loss_loop
 from dmd_fast.train.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from dmd_fast.train.grad_sum import backward_into_grads
 from dmd_fast.train.trainer import Trainer, TrainOptions
@@ -1173,6 +1175,40 @@ def _loss_terms_case(rng):
     return Case("loss_terms", arg, value, valid, run)
 
 
+def _margin_case(rng):
+    g = torch.Generator().manual_seed(rng.randrange(1 << 30))
+    N = rng.choice([3, 12, 48])
+    feats = torch.randn(N, 6, generator=g, dtype=torch.float64)
+    ids = (torch.randint(0, 3, (N, 1), generator=g) * 0.5).double()
+    pools = {
+        "ids": (["ok", "flat", "all_equal"], [None, "short", "int", "3d"]),
+        "feats": (["ok", "strided"], [None, "1d", "fp16", "empty", "too_many"]),
+    }
+    arg = rng.choice(list(pools))
+    value, valid = pick(rng, *pools[arg])
+    i, f = ids, feats
+    if arg == "ids":
+        i = {"ok": ids, "flat": ids.reshape(-1), "all_equal": torch.ones_like(ids), None: None,
+             "short": ids[:-1], "int": ids.long(), "3d": ids.reshape(N, 1, 1)}[value]  # fmt: skip
+    else:
+        many = torch.randn(65, 6, dtype=torch.float64)
+        f = {"ok": feats, "strided": feats.t().contiguous().t(), None: None, "1d": feats[:, 0],
+             "fp16": feats.half(), "empty": feats[:0], "too_many": many}[value]  # fmt: skip
+        if value == "empty":
+            i = ids[:0]
+        if value == "too_many":
+            i = torch.zeros(65, 1, dtype=torch.float64)
+
+    def run():
+        if not valid:
+            expect_error(lambda: margin_loss(i, f, backend="triton"), arg)
+            return
+        got = margin_loss(i, f, backend="triton")
+        close(got, margin_loss_loop(i.reshape(-1, 1), f), rtol=1e-12, atol=1e-14, what="margin_loss")
+
+    return Case("margin_loss", arg, value, valid, run)
+
+
 PLAN = [
     (_attention_case, 90),
     (_grouped_case, 30),
@@ -1191,6 +1227,7 @@ PLAN = [
     (_parity_case, 6),
     (_grad_sum_case, 12),
     (_loss_terms_case, 16),
+    (_margin_case, 12),
 ]
 
 

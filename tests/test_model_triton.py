@@ -112,7 +112,9 @@ def test_train_step_launches_and_no_host_sync():
     # the fused loss terms: 2 forward launches (partial sums, reduction), 1 backward
     assert c.triton.count("loss_terms_partial_kernel") == c.triton.count("loss_terms_reduce_kernel") == 1
     assert c.triton.count("loss_terms_bwd_kernel") == 1
-    assert len(c.triton) == 9 * per_direction + 2 + 6 + 3
+    # the margin loss: one launch each way
+    assert c.triton.count("margin_loss_fwd_kernel") == c.triton.count("margin_loss_bwd_kernel") == 1
+    assert len(c.triton) == 9 * per_direction + 2 + 6 + 3 + 2
 
 
 def test_fused_layers_take_residual_and_relu_dropout(monkeypatch):

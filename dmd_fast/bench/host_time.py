@@ -64,6 +64,8 @@ LAUNCHERS = (  # (module, function): the host functions that end in a Triton lau
     ("dmd_fast.kernels.graph_distill", "graph_distill_fwd"),
     ("dmd_fast.kernels.loss_terms", "loss_terms_fwd"),
     ("dmd_fast.kernels.loss_terms", "loss_terms_bwd"),
+    ("dmd_fast.kernels.margin_loss", "margin_fwd"),
+    ("dmd_fast.kernels.margin_loss", "margin_bwd"),
 )
 
 

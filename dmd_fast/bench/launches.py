@@ -114,8 +114,9 @@ def dmd_kernels() -> list[tuple]:
     import dmd_fast.kernels.encoder_in_proj as kp
     import dmd_fast.kernels.graph_distill as kg
     import dmd_fast.kernels.loss_terms as kl
+    import dmd_fast.kernels.margin_loss as km
 
-    return [(m, n) for m in (ka, ke, kp, kf, kg, kl) for n in sorted(vars(m)) if n.endswith("_kernel")]
+    return [(m, n) for m in (ka, ke, kp, kf, kg, kl, km) for n in sorted(vars(m)) if n.endswith("_kernel")]
 
 
 def step_launch_counts(

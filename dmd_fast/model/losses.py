@@ -25,6 +25,8 @@ from dmd_fast.common.cosine import pairwise_cosine
 from dmd_fast.ops.backend import resolve_backend
 from dmd_fast.ops.loss_terms import OP as LOSS_OP
 from dmd_fast.ops.loss_terms import loss_terms
+from dmd_fast.ops.margin_loss import MAX_ROWS as MARGIN_MAX_ROWS
+from dmd_fast.ops.margin_loss import margin_loss as fused_margin_loss
 
 ORT_SEMANTICS = ("torch19", "per_sample")
 MARGIN_NO_ANCHOR = ("zero", "upstream")
@@ -38,14 +40,18 @@ def has_margin_anchor(ids: torch.Tensor) -> bool:
     return len(counts) >= 2 and max(counts.values()) >= 2
 
 
-def margin_loss(ids: torch.Tensor, feats: torch.Tensor, no_anchor: str = "zero") -> torch.Tensor:
+def margin_loss(ids: torch.Tensor, feats: torch.Tensor, no_anchor: str = "zero", fused: bool = False) -> torch.Tensor:
     """ids (N, 1), feats (N, d) → 0-d HingeLoss value, all anchors at once.
 
     no_anchor: what a batch without a valid anchor gives (see the module doc): "zero" a 0 connected to
-    ``feats`` (zero gradient, no host sync) or "upstream" a constant 0 (no gradient; reads ``ids``)."""
+    ``feats`` (zero gradient, no host sync) or "upstream" a constant 0 (no gradient; reads ``ids``).
+    fused: the Triton op (``ops.margin_loss``: one launch each way) for N <= 64 rows (batch <= 21);
+    larger batches, and ``fused=False``, run the vectorised PyTorch below."""
     check.choice(no_anchor, "no_anchor", MARGIN_NO_ANCHOR)
     if no_anchor == "upstream" and not has_margin_anchor(ids):
         return feats.new_zeros(())
+    if fused and feats.shape[0] <= MARGIN_MAX_ROWS:
+        return fused_margin_loss(ids, feats, backend="triton")
     N = feats.shape[0]
     cos = pairwise_cosine(feats)  # (N, N)
     y = ids.reshape(N)
@@ -119,8 +125,9 @@ def dmd_losses(
     margin_no_anchor: "zero" | "upstream", see the module doc.
     backend: "reference" computes every term as upstream writes it (the oracle); "triton" / "auto"
     (Triton where it can run, ``dmd_fast.ops.backend``) fuses the task, reconstruction, orthogonality
-    terms and the total into one ``ops.loss_terms`` call (3 launches; the margin loss and the GD units
-    stay separate ops), the same values up to the order of fp32 sums.
+    terms and the total into one ``ops.loss_terms`` call (3 launches) and runs the margin loss as
+    ``ops.margin_loss`` (2 launches; batch <= 21, else the vectorised margin loss), the same values up
+    to the order of fp32 sums.
     """
     check_labels(labels, outputs["output_logit"])
     check.choice(margin_no_anchor, "margin_no_anchor", MARGIN_NO_ANCHOR)
@@ -210,7 +217,7 @@ def _dmd_losses_fused(outputs, labels, gd_homo, gd_hetero, ort_semantics, margin
         elif ort_semantics != "torch19":
             raise ValueError(f"ort_semantics: expected one of {ORT_SEMANTICS}, got {ort_semantics!r}")
         add(f"loss_ort_{m}", "cosine", s, c, 3, _W_ORT)
-    L = {"loss_sim": margin_loss(*hinge_inputs(outputs, labels), no_anchor=margin_no_anchor)}
+    L = {"loss_sim": margin_loss(*hinge_inputs(outputs, labels), no_anchor=margin_no_anchor, fused=True)}
     homo = gd_homo(*gd_inputs(outputs, "homo"))
     hetero = gd_hetero(*gd_inputs(outputs, "hetero"))
     add("loss_sim", "value", L["loss_sim"], None, -1, _W_ORT)
