@@ -13,7 +13,8 @@ import torch
 
 from dmd_fast.bench.launches import count_launches
 from dmd_fast.kernels import encoder_ffn as kf
-from dmd_fast.ops.encoder_ffn import FINAL_PARAMS, OP, PARAMS, draw_seed, encoder_ffn_block_grouped
+from dmd_fast.ops.encoder_ffn import FINAL_PARAMS, OP, PARAMS, encoder_ffn_block_grouped
+from dmd_fast.ops.seed import draw_seed
 from dmd_fast.reference.encoder_ffn import encoder_ffn_block as reference
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
