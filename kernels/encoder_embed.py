@@ -39,10 +39,9 @@ C_IN_N, C_IN_B, C_FIRST, C_COUNT, C_DX = (EMB_IN.constexpr(n) for n in ("N", "B"
 
 
 @triton.jit
-def _rows(desc, COL: tl.constexpr, o_m, B):
-    """Offsets (BLOCK_M,) of rows o_m = t·B + b of the (T, B, E) tensor at slot COL (its t and b strides)."""
-    s_t, s_b = tl.load(desc + COL + 1), tl.load(desc + COL + 2)
-    return (o_m // B).to(tl.int64) * s_t + (o_m % B).to(tl.int64) * s_b
+def _rows(desc, COL: tl.constexpr, o_t, o_b):
+    """Offsets (BLOCK_M,) of rows (o_t, o_b) of the (T, B, E) tensor at slot COL (its t and b strides)."""
+    return o_t.to(tl.int64) * tl.load(desc + COL + 1) + o_b.to(tl.int64) * tl.load(desc + COL + 2)
 
 
 @triton.jit
@@ -75,7 +74,7 @@ def encoder_embed_fwd_kernel(
     o_m, o_e = m0 + tl.arange(0, BLOCK_M), tl.arange(0, E_PAD)
     m_m, m_e = o_m < N, o_e < E
     m_me = m_m[:, None] & m_e[None, :]
-    p_x = desc_ptr(desc, C_X, like) + _rows(desc, C_X, o_m, B)  # (BLOCK_M,) row starts
+    p_x = desc_ptr(desc, C_X, like) + _rows(desc, C_X, o_m // B, o_m % B)  # (BLOCK_M,) row starts
     b_x = tl.load(p_x[:, None] + _cols(desc, C_X, o_e)[None, :], mask=m_me, other=0.)  # (BLOCK_M, E_PAD)
     b_first = tl.load(p_x, mask=m_m, other=0.)  # (BLOCK_M,) channel 0
     # zero-frame rule: position t + 1 where channel 0 is non-zero, else row 0 (zero)
@@ -106,11 +105,12 @@ def encoder_embed_bwd_kernel(
     o_m, o_e = m0 + tl.arange(0, BLOCK_M), tl.arange(0, E_PAD)
     m_m, m_e = o_m < N, o_e < E
     m_me = m_m[:, None] & m_e[None, :]
+    o_t, o_b = o_m // B, o_m % B  # every stream of the input has its (T, B)
     scale = tl.cast(scale_hi, ACC) + tl.cast(scale_lo, ACC)
     b_dx = tl.zeros((BLOCK_M, E_PAD), dtype=ACC)  # (BLOCK_M, E_PAD)
     for k in range(count):
         d_s = desc_problem(desc, first + k, C_W)
-        p_d = desc_ptr(d_s, C_X, like) + _rows(d_s, C_X, o_m, B)[:, None] + _cols(d_s, C_X, o_e)[None, :]
+        p_d = desc_ptr(d_s, C_X, like) + _rows(d_s, C_X, o_t, o_b)[:, None] + _cols(d_s, C_X, o_e)[None, :]
         b_d = tl.load(p_d, mask=m_me, other=0.).to(ACC)  # (BLOCK_M, E_PAD)
         if DROPOUT:
             b_d = tl.where(_keep(seed_ptr, d_s, o_m, o_e, E), b_d * desc_f32(d_s, C_INV).to(ACC), 0.)
@@ -135,9 +135,10 @@ def e_pad(E: int) -> int:
     return max(16, next_pow2(E))
 
 
-def block_m(E: int) -> tuple[int, int]:
-    """(BLOCK_M, num_warps): about 4096 elements per program (compile_check_encoder_embed.py)."""
-    return (64, 4) if _INTERPRETING else (max(16, 4096 // e_pad(E)), 4)
+def block_m(E: int, backward: bool = False) -> tuple[int, int]:
+    """(BLOCK_M, num_warps): about 4096 elements per forward program, 2048 per backward program (whose
+    loop over an input's streams carries an accumulator): no spills (compile_check_encoder_embed.py)."""
+    return (64, 4) if _INTERPRETING else (max(16, (2048 if backward else 4096) // e_pad(E)), 4)
 
 
 @functools.lru_cache(maxsize=64)
@@ -195,7 +196,7 @@ def embed_bwd_grouped(douts, index, seed, *, scale: float, dropout_p):
         first += count
     rows += [streams[g] for g in order]
     desc = descriptor_table(rows, douts[0].device, "grouped encoder embedding backward")
-    bm, warps = block_m(E)
+    bm, warps = block_m(E, backward=True)
     drop = seed is not None
     encoder_embed_bwd_kernel[(cdiv(max_n, bm), U)](
         desc, douts[0], seed if drop else douts[0], *_hilo(scale),
