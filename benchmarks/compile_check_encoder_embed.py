@@ -32,7 +32,7 @@ def compile_one(cfg):
     row = dict(kernel=role, E=E, E_PAD=ke.e_pad(E), dtype=dt)
     try:
         fn = ke.encoder_embed_fwd_kernel if role.startswith("fwd") else ke.encoder_embed_bwd_kernel
-        bm, warps = ke.block_m(E)
+        bm, warps = ke.block_m(E, backward=role.startswith("bwd"))
         consts = dict(E=E, E_PAD=ke.e_pad(E), BLOCK_M=bm, DROPOUT=role.endswith("dropout"), ACC=tl.float32)
         sig, _, attrs = runtime_signature(
             fn, dt, i64=("desc", "seed_ptr"), fp32_ptrs=("table",), fp32=("scale_hi", "scale_lo")

@@ -354,6 +354,25 @@ def test_grouped_op_equals_separate():
         assert_rule("O", out, want, want.double(), ATOL[torch.float32])
 
 
+def test_grouped_seed_argument():
+    """A given [seed, offset] keys the grouped kernels' masks, draws nothing; another seed differs."""
+    probs = [make_inputs(1, 2, a, b, 5, torch.float32, 60 + i)[:3] for i, (a, b) in enumerate([(16, 64), (9, 33)])]
+
+    def f(pair):
+        seed = torch.tensor(pair, dtype=torch.int64, device=DEV)
+        return cross_modal_attention_grouped(probs, dropout_p=0.3, seed=seed, return_keep_mask=True, backend="triton")
+
+    state = torch.get_rng_state()
+    (a, keep_a), (b, _), (_, keep_c) = f([3, 4]), f([3, 4]), f([5, 4])
+    assert torch.equal(torch.get_rng_state(), state), "a given seed draws nothing from torch's generator"
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and not torch.equal(keep_a[0], keep_c[0])
+    for p, out, keep in zip(probs, a, keep_a):
+        want = reference(*p, dropout_p=0.3, keep_mask=keep)
+        assert_rule("O", out, want, want.double(), ATOL[torch.float32])
+    with pytest.raises(ValueError, match=r"seed: expected .* shape \(2,\).* got shape \(3,\)"):
+        cross_modal_attention_grouped(probs, dropout_p=0.3, seed=torch.zeros(3, dtype=torch.int64), backend="triton")
+
+
 def test_torch_compile_fullgraph():
     q, k, v, do, kl = make_inputs(2, 2, 13, 29, 5, torch.float32, 50, mask="both")
 

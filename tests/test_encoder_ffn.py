@@ -13,7 +13,8 @@ import torch
 
 from dmd_fast.bench.launches import count_launches
 from dmd_fast.kernels import encoder_ffn as kf
-from dmd_fast.ops.encoder_ffn import FINAL_PARAMS, OP, PARAMS, draw_seed, encoder_ffn_block_grouped
+from dmd_fast.ops.encoder_ffn import FINAL_PARAMS, OP, PARAMS, encoder_ffn_block_grouped
+from dmd_fast.ops.seed import draw_seed
 from dmd_fast.reference.encoder_ffn import encoder_ffn_block as reference
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -354,6 +355,26 @@ def test_dropout_repeatable_with_manual_seed():
     c = run(problems, False, "triton", **kw)[0]
     assert all(torch.equal(u, v) for u, v in zip(a, b))
     assert not torch.equal(a[0], c[0])
+
+
+def test_dropout_seed_argument():
+    """A given [seed, offset] keys the kernels' masks (reference-checked), draws nothing; another differs."""
+    problems = [make_problem(30, T, B, 60 + i, True) for i, (T, B) in enumerate(SHAPES)]
+    douts = douts_for(problems, 61)
+    seed = torch.tensor([[1, 2], [77, 5]], dtype=torch.int64, device=DEV)[1]  # a row of ops.seed.draw_seeds
+    kw = dict(res_dropout=list(RES_P), relu_dropout=list(RELU_P))
+    state = torch.get_rng_state()
+    outs, grads = run(problems, True, "triton", douts, seed=seed, **kw)
+    assert torch.equal(torch.get_rng_state(), state), "a given seed draws nothing from torch's generator"
+    outs_r, grads_r = reference_with_kernel_masks(problems, True, douts, seed, RES_P, RELU_P)
+    compare(outs, outs_r, 1e-11, "output")
+    compare(grads, grads_r, 1e-10, "gradient")
+    other = run(problems, True, "triton", seed=torch.tensor([78, 5], device=DEV), **kw)[0]
+    assert not torch.equal(outs[0], other[0])
+    with pytest.raises(ValueError, match="seed: .*generator"):
+        run(problems, True, "triton", seed=seed, generator=torch.Generator(DEV), **kw)
+    with pytest.raises(TypeError, match=r"seed: expected an int64 tensor .* got torch.int32"):
+        run(problems, True, "triton", seed=seed.int(), **kw)
 
 
 def test_dropout_reference_backend_uses_torch_masks():

@@ -1,8 +1,8 @@
 """Generated fuzz test over the public entry points (issue 11).
 
 A seeded generator (``DMD_FUZZ_SEED``, default 11) draws calls: a valid base call with one argument
-replaced by a value from that argument's good or bad pool (or none replaced). Each case knows whether
-its value is valid, so every call asserts one of:
+replaced by a value from that argument's good or bad pool (or none replaced; the grouped ops' ``seed``
+argument included). Each case knows whether its value is valid, so every call asserts one of:
 - invalid: a ``TypeError``/``ValueError`` (or the documented subclasses DataError, CheckpointError,
   FixtureError) whose message names the argument;
 - valid: finite results equal to the reference (float64 reference attention / graph distillation,
@@ -27,12 +27,17 @@ from dmd_fast.model.config import DMDConfig, get_preset
 from dmd_fast.model.system import DMDSystem
 from dmd_fast.nn import MultiheadAttention, SinusoidalPositionalEmbedding, TransformerEncoder
 from dmd_fast.nn.graph_distill import GDUnit
+from dmd_fast.nn.positional import sinusoidal_table
 from dmd_fast.ops.attention import attention_weights, cross_modal_attention, cross_modal_attention_grouped
+from dmd_fast.ops.encoder_embed import encoder_embedding_grouped
+from dmd_fast.ops.encoder_ffn import encoder_ffn_block_grouped
 from dmd_fast.ops.graph_distill import graph_distill
 from dmd_fast.ops.loss_terms import loss_terms
 from dmd_fast.ops.margin_loss import margin_loss
 from dmd_fast.parity import FixtureError, run_parity
 from dmd_fast.reference.attention import cross_modal_attention as ref_attention
+from dmd_fast.reference.encoder_embed import encoder_embedding as ref_embedding
+from dmd_fast.reference.encoder_ffn import encoder_ffn_block as ref_ffn
 from dmd_fast.reference.graph_distill import graph_distill as ref_graph_distill
 from dmd_fast.reference.margin import margin_loss_loop
 from dmd_fast.train.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
@@ -193,6 +198,29 @@ def _attention_case(rng):
     return Case("cross_modal_attention", arg, value, valid, run)
 
 
+SEEDS_OK = [None, "pair", "row"]
+SEEDS_BAD = ["int32", "shape", "list", "strided", "with_generator"]
+
+
+def random_args(arg, value) -> dict:
+    """The ``generator`` / ``seed`` keywords of a case that replaces ``arg`` by ``value`` (none otherwise)."""
+    if arg == "generator":
+        return dict(generator=torch.Generator().manual_seed(1) if value == "cpu" else value)
+    if arg != "seed":
+        return {}
+    seed = {
+        None: None,
+        "pair": torch.tensor([5, 7]),
+        "row": torch.arange(6).view(3, 2)[1],
+        "int32": torch.tensor([5, 7], dtype=torch.int32),
+        "shape": torch.tensor([5, 7, 9]),
+        "list": [5, 7],
+        "strided": torch.arange(4)[::2],
+        "with_generator": torch.tensor([5, 7]),
+    }[value]
+    return dict(seed=seed, generator=torch.Generator() if value == "with_generator" else None)
+
+
 def _grouped_case(rng):
     B, H, D = rng.choice([1, 2]), rng.choice([1, 2]), rng.choice([1, 5])
     lens = [(rng.choice([1, 4, 9]), rng.choice([1, 6])) for _ in range(rng.choice([1, 2, 3]))]
@@ -206,6 +234,7 @@ def _grouped_case(rng):
         "scale": ([None, 0.0, 0.5], BAD_NUMBERS),
         "generator": ([None], ["x"]),
         "offset_causal": ([True], ["no"]),
+        "seed": (SEEDS_OK, SEEDS_BAD),
     }
     arg = rng.choice(list(pools) + [None])
     value, valid = pick(rng, *pools[arg]) if arg else (None, True)
@@ -217,6 +246,8 @@ def _grouped_case(rng):
         kls = None
         if arg in ("dropout_p", "scale", "generator", "offset_causal"):
             args[arg] = value
+        if arg == "seed":
+            args.update(random_args(arg, value))
         if arg == "key_lengths":
             kls = [
                 torch.randint(0, lk + 1, (B,), generator=g) if i % 2 == 0 else None for i, (_, lk) in enumerate(lens)
@@ -248,6 +279,9 @@ def _grouped_case(rng):
                 want = "key_lengths[0]"
             expect_error(lambda: cross_modal_attention_grouped(probs, **args), want)
             return
+        if arg == "seed" and value is not None:  # a given seed keys the dropout: the same seed, the same output
+            again = [cross_modal_attention_grouped(probs, **{**args, "dropout_p": 0.3}) for _ in range(2)]
+            assert all(torch.equal(a, b) for a, b in zip(*again))
         flat = [t.requires_grad_() for p in problems for t in p]
         outs = cross_modal_attention_grouped([tuple(flat[3 * i : 3 * i + 3]) for i in range(G)], **args)
         dos = [torch.randn(o.shape, generator=g, dtype=dtype) for o in outs]
@@ -290,6 +324,121 @@ def _weights_case(rng):
         assert torch.equal(w[0], torch.zeros_like(w[0]))  # sample 0 sees no key: weights 0
 
     return Case("attention_weights", arg, value, valid, run)
+
+
+def _embed_case(rng):
+    E, dtype = rng.choice([1, 6, 30]), rng.choice([torch.float32, torch.float64])
+    seed = rng.randrange(1 << 30)
+    pools = {
+        "xs": (["ok", "strided", "repeated"], ["empty", "tensor", "2d", "E", "dtype_mix", "int"]),
+        "table": (["ok"], ["short", "E"]),
+        "scale": ([1.0, 0.0, 2.5], BAD_NUMBERS),
+        "dropout_p": ([0.0, 0.3], [1.0, NAN, "0.1", [0.1]]),
+        "seed": (SEEDS_OK, SEEDS_BAD),
+        "generator": ([None, "cpu"], ["x"]),
+        "backend": (["triton", "reference", "auto"], ["gpu", None]),
+    }
+    arg = rng.choice(list(pools) + [None])
+    value, valid = pick(rng, *pools[arg]) if arg else (None, True)
+
+    def run():
+        g = torch.Generator().manual_seed(seed)
+        a = torch.randn(2, E, 5, generator=g, dtype=dtype).permute(2, 0, 1)  # (T, B, E) of (B, E, T) storage
+        b = torch.randn(3, 1, E, generator=g, dtype=dtype)
+        xs = {
+            "ok": [a.contiguous(), b],
+            "strided": [a, b],
+            "repeated": [a, b, a, a],
+            "empty": [],
+            "tensor": a,
+            "2d": [a[0], b],
+            "E": [a, torch.randn(3, 1, E + 1, dtype=dtype)],
+            "dtype_mix": [a, b.double() if dtype == torch.float32 else b.float()],
+            "int": [a.long(), b.long()],
+        }[value if arg == "xs" else "repeated"]
+        table = sinusoidal_table(6, E)
+        if arg == "table":
+            table = {"ok": table, "short": table[:4], "E": sinusoidal_table(6, E + 1)}[value]
+        kw = dict(scale=2.5, dropout_p=0.0, backend="triton")
+        if arg in ("scale", "dropout_p", "backend"):
+            kw[arg] = value
+        kw.update(random_args(arg, value))
+        if not valid:
+            names = {"2d": "xs[0]", "int": "xs[0]", "E": "xs[1]", "dtype_mix": "xs[1]"}
+            want = names.get(value, arg) if arg == "xs" else arg
+            expect_error(lambda: encoder_embedding_grouped(xs, table, **kw), want)
+            return
+        if kw["dropout_p"] > 0 or kw.get("seed") is not None:  # the same seed (given or drawn), the same output
+            runs = []
+            for _ in range(2):
+                torch.manual_seed(seed)
+                runs.append(encoder_embedding_grouped(xs, table, **{**kw, "dropout_p": 0.3}))
+            assert all(torch.equal(u, v) for u, v in zip(*runs))
+            return
+        leaves = [x.requires_grad_() for x in {id(x): x for x in xs}.values()]
+        outs = encoder_embedding_grouped(xs, table, **kw)
+        douts = [torch.randn(o.shape, generator=g, dtype=dtype) for o in outs]
+        grads = torch.autograd.grad(outs, leaves, douts)
+        rl = [x.detach().double().requires_grad_() for x in leaves]
+        rxs = [rl[next(i for i, y in enumerate(leaves) if y is x)] for x in xs]
+        refs = [ref_embedding(x, table.double(), kw["scale"]) for x in rxs]
+        rgrads = torch.autograd.grad(refs, rl, [d.double() for d in douts])
+        tol = (1e-6, 1e-6) if dtype == torch.float32 else (1e-12, 1e-12)
+        for i, (o, r) in enumerate(zip(outs, refs)):
+            close(o, r, *tol, what=f"out[{i}]")
+        for i, (a_, b_) in enumerate(zip(grads, rgrads)):
+            close(a_, b_, *tol, what=f"grad[{i}]")
+
+    return Case("encoder_embedding_grouped", arg, value, valid, run)
+
+
+def _ffn_params(g, E, dtype):
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype) * 0.3  # noqa: E731
+    return [r(E, E), r(E), 1 + r(E), r(E), r(4 * E, E), r(4 * E), r(E, 4 * E), r(E)]
+
+
+def _ffn_case(rng):
+    """The post-attention block's dropout arguments (its shapes are fuzzed by tests/test_encoder_ffn.py)."""
+    E, G = rng.choice([4, 10]), rng.choice([1, 2])
+    seed = rng.randrange(1 << 30)
+    pools = {
+        "res_dropout": ([0.0, 0.2], [1.0, NAN, "0.1", [0.1] * (G + 1)]),
+        "relu_dropout": ([0.0, 0.3], [-0.1, INF, None]),
+        "seed": (SEEDS_OK, SEEDS_BAD),
+        "generator": ([None, "cpu"], ["x"]),
+        "eps": ([1e-5], [0.0, NAN, "1e-5"]),
+    }
+    arg = rng.choice(list(pools) + [None])
+    value, valid = pick(rng, *pools[arg]) if arg else (None, True)
+
+    def run():
+        g = torch.Generator().manual_seed(seed)
+        shapes = [(3, 2), (5, 1)][:G]
+        xs = [torch.randn(T, B, E, generator=g, dtype=torch.float64) for T, B in shapes]
+        os_ = [torch.randn(T, B, E, generator=g, dtype=torch.float64) for T, B in shapes]
+        params = list(zip(*[_ffn_params(g, E, torch.float64) for _ in range(G)]))
+        kw = dict(backend="triton")
+        if arg in ("res_dropout", "relu_dropout", "eps"):
+            kw[arg] = value
+        kw.update(random_args(arg, value))
+
+        def call(**extra):
+            return encoder_ffn_block_grouped(xs, os_, *[list(p) for p in params], **{**kw, **extra})
+
+        if not valid:
+            expect_error(call, arg)
+            return
+        if kw.get("res_dropout", 0.0) or kw.get("relu_dropout", 0.0) or kw.get("seed") is not None:
+            torch.manual_seed(seed)
+            first = call(res_dropout=0.2)
+            torch.manual_seed(seed)
+            assert all(torch.equal(u, v) for u, v in zip(first, call(res_dropout=0.2)))
+            return
+        for g_, out in enumerate(call()):
+            want = ref_ffn(xs[g_], os_[g_], *(p[g_] for p in params), eps=kw.get("eps", 1e-5))
+            close(out, want, 1e-12, 1e-12, what=f"out[{g_}]")
+
+    return Case("encoder_ffn_block_grouped", arg, value, valid, run)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1228,6 +1377,8 @@ PLAN = [
     (_grad_sum_case, 12),
     (_loss_terms_case, 16),
     (_margin_case, 12),
+    (_embed_case, 30),
+    (_ffn_case, 20),
 ]
 
 

@@ -132,3 +132,31 @@ def test_fused_layers_take_residual_and_relu_dropout(monkeypatch):
     assert len(calls) == 3  # the three encoder groups
     assert torch.isfinite(losses["total"]).all()
     assert all(torch.isfinite(p.grad).all() for p in system.parameters() if p.grad is not None)
+
+
+def test_fused_runs_draw_one_seed_and_read_shared_inputs_in_place(monkeypatch):
+    """Training with every dropout on: one seed draw (one randint) per fused encoder-group run, the embedding
+    reads the permuted (T, B, E) features without copies and each distinct tensor once (the cross-modal
+    group's 18 streams read 3 tensors); a step repeats under torch.manual_seed and differs under another."""
+    import dmd_fast.kernels.encoder_embed as ke
+    from dmd_fast.bench.launches import count_launches, dmd_kernels
+
+    calls = []
+    launch = ke.embed_fwd_grouped
+    monkeypatch.setattr(ke, "embed_fwd_grouped", lambda xs, index, *a, **k: calls.append((xs, index)) or launch(
+        xs, index, *a, **k))  # fmt: skip
+    cfg = get_preset("tiny").replace(embed_dropout=0.2, res_dropout=0.1, relu_dropout=0.1)
+    torch.manual_seed(0)
+    system = DMDSystem(cfg, backend="triton").to(DEV).train()
+    batch = _batch(cfg, B=2)
+    losses = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        with count_launches(*dmd_kernels()) as c:
+            _, loss = system(*batch)
+        losses.append(loss["total"].detach())
+        assert sum("randint" in op for op in c.aten_ops) == 3, "one seed draw per encoder group"
+    assert torch.equal(losses[0], losses[1]) and not torch.equal(losses[0], losses[2])
+    c_group, cross, mem = calls[-3:]
+    assert [(len(xs), len(index)) for xs, index in (c_group, cross, mem)] == [(3, 3), (3, 18), (3, 3)]
+    assert all(x.stride(2) != 1 for xs, _ in (c_group, cross) for x in xs), "permuted features, not copies"

@@ -7,7 +7,7 @@ independent, so each layer of a group runs as one group of problems:
   prologue in one launch each way (``ops.encoder_embed``), then per layer three grouped kernels forward
   (LN0 + in-projection, attention, the post-attention block with its residual and ReLU dropout and the
   encoder's final LayerNorm on the last layer) and six backward (``ops.encoder_in_proj``,
-  ``ops.attention``, ``ops.encoder_ffn``);
+  ``ops.attention``, ``ops.encoder_ffn``), their dropout seeds drawn at once (one kernel per run);
 - otherwise: grouped attention, everything else (LayerNorms, projections, FFN) per encoder as in
   ``TransformerEncoder.forward``.
 
@@ -63,11 +63,25 @@ def _embedded_sources(enc, k_in, v_in):
     return enc.embed(k_in), enc.embed(v_in)
 
 
-def _embed_group(encoders, streams, backend):
+def _seeds(encoders, device):
+    """One draw (``ops.seed.draw_seeds``) of the dropout seeds of a fused run, (1 + 2 · layers, 2) int64: row 0
+    the embedding's, rows 1 + 2i and 2 + 2i layer i's attention and post-attention block; None when no p > 0."""
+    from dmd_fast.ops.seed import draw_seeds
+
+    ps = [enc.dropout for enc in encoders if enc.training]
+    for layer in (layer for enc in encoders for layer in enc.layers):
+        ps += [layer.self_attn.attn_dropout] if layer.self_attn.training else []
+        ps += [layer.res_dropout, layer.relu_dropout] if layer.training else []
+    if max(ps, default=0.0) == 0:
+        return None
+    return draw_seeds(None, device, 1 + 2 * len(encoders[0].layers))
+
+
+def _embed_group(encoders, streams, backend, seed):
     """Every stream's embedding prologue in one grouped launch (``ops.encoder_embed``): the query streams
-    xs and the sources (None, one tensor, or a (key, value) pair). Inputs in another dtype than the
-    positional table (autocast) take the eager ``TransformerEncoder.embed``, whose output type follows
-    torch's promotion."""
+    xs and the sources (None, one tensor, or a (key, value) pair); ``seed``: its dropout seed or None.
+    Inputs in another dtype than the positional table (autocast) take the eager
+    ``TransformerEncoder.embed``, whose output type follows torch's promotion."""
     from dmd_fast.ops.encoder_embed import encoder_embedding_grouped
 
     pe = encoders[0].embed_positions
@@ -84,7 +98,10 @@ def _embed_group(encoders, streams, backend):
         ps += [p] * len(group)
     T_max = max(x.shape[0] for x in inputs)
     table = pe._table(T_max + 1, inputs[0].device)
-    outs = iter(encoder_embedding_grouped(inputs, table, scale=encoders[0].embed_scale, dropout_p=ps, backend=backend))
+    embedded = encoder_embedding_grouped(
+        inputs, table, scale=encoders[0].embed_scale, dropout_p=ps, seed=seed, backend=backend
+    )
+    outs = iter(embedded)
     xs, sources = [], []
     for n in layout:
         xs.append(next(outs))
@@ -99,8 +116,10 @@ def _run_fused(encoders, streams, last_row):
     from dmd_fast.ops.encoder_in_proj import encoder_in_projection_grouped
 
     backend = encoders[0].layers[0].self_attn.backend
-    xs, sources = _embed_group(encoders, streams, backend)
     n_layers = len(encoders[0].layers)
+    seeds = _seeds(encoders, streams[0][0].device)
+    seed = [None if seeds is None else seeds[k] for k in range(1 + 2 * n_layers)]  # row views: no kernel
+    xs, sources = _embed_group(encoders, streams, backend, seed[0])
     for i in range(n_layers):
         layers = [enc.layers[i] for enc in encoders]
         last = i == n_layers - 1
@@ -136,6 +155,7 @@ def _run_fused(encoders, streams, last_row):
             offset_causal=encoders[0].offset_causal,
             dropout_p=[mha.attn_dropout if mha.training else 0.0 for mha in mhas],
             scale=mhas[0].scaling,  # the kernel applies head_dim^-0.5 (q is not pre-scaled here)
+            seed=seed[1 + 2 * i],
             backend=backend,
         )
         merged = [o.permute(2, 0, 1, 3).reshape(o.shape[2], o.shape[0], -1) for o in outs]
@@ -155,6 +175,7 @@ def _run_fused(encoders, streams, last_row):
             res_dropout=[layer.res_dropout if layer.training else 0.0 for layer in layers],
             relu_dropout=[layer.relu_dropout if layer.training else 0.0 for layer in layers],
             eps=layers[0].layer_norms[1].eps,
+            seed=seed[2 + 2 * i],
             backend=backend,
         )
     return xs

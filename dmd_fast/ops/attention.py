@@ -10,9 +10,9 @@ traces through it; eager calls run the same bodies through autograd twins
 ops (``fwd_op``, ``bwd_op``, ...) have distinct names.
 
 Dropout draws an int64 [seed, offset] pair on q's device from ``generator`` (or torch's default
-generator, so ``torch.manual_seed`` makes runs repeatable and CUDA-graph capture works); the kernels
-hash it with (b, h, i, j). The keep probability is quantised to multiples of 1/256
-(see ``dmd_fast.kernels.attention``); kept weights are scaled by 1/(1 − p).
+generator, so ``torch.manual_seed`` makes runs repeatable and CUDA-graph capture works), or the grouped
+entry takes the caller's (``seed``); the kernels hash it with (b, h, i, j). The keep probability is
+quantised to multiples of 1/256 (see ``dmd_fast.kernels.attention``); kept weights are scaled by 1/(1 − p).
 
 ``key_lengths`` values are range-checked only for CPU tensors (a check on CUDA would sync the
 host); on CUDA, values outside [0, Lk] act as clamped, as in the reference.
@@ -28,7 +28,7 @@ from torch import Tensor
 from dmd_fast import validation as check
 from dmd_fast.ops.backend import resolve_backend
 from dmd_fast.ops.registration import define_op
-from dmd_fast.ops.seed import draw_seed
+from dmd_fast.ops.seed import check_seed, draw_seed, op_seed, refuse_seed_on_reference
 from dmd_fast.reference.attention import cross_modal_attention as reference_attention
 
 OP = "cross_modal_attention"
@@ -400,6 +400,7 @@ def cross_modal_attention_grouped(
     dropout_p: float | Sequence[float] = 0.0,
     scale: float | None = None,
     generator: torch.Generator | None = None,
+    seed: Tensor | None = None,
     input_precision: str = "ieee",
     backend: str = "auto",
     return_keep_mask: bool = False,
@@ -411,7 +412,9 @@ def cross_modal_attention_grouped(
         key_lengths: None or G entries, each None or integer (B,) for that problem.
         dropout_p: one probability for all problems, or G of them (DMD keys attention dropout by the
             source modality), still one launch.
-        Other arguments as :func:`cross_modal_attention`; one seed is drawn for the group and
+        seed: instead of a draw, an int64 [seed, offset] tensor of shape (2,) on q's device (e.g. a row
+            of ``ops.seed.draw_seeds``); not with ``generator``; Triton backend only.
+        Other arguments as :func:`cross_modal_attention`; one seed is drawn (or given) for the group and
             problem g hashes it with g, so its dropout mask differs from a separate call's.
     Returns:
         List of G outputs O_g (B, H, Lq_g, D), or (outputs, keep_masks).
@@ -448,8 +451,10 @@ def cross_modal_attention_grouped(
         for g, (kl, d) in enumerate(zip(key_lengths or [None] * G, dims))
     ]
     check.generator(generator, "generator", q0.device)
+    check_seed(seed, generator, q0.device, OP)
     check.boolean(offset_causal, "offset_causal")
     if resolve_backend(backend, q0.device, OP) == "reference":
+        refuse_seed_on_reference(seed, OP)
         outs, keeps = [], []
         for (q, k, v), kl, d, p in zip(problems, kls, dims, ps):
             keep = None
@@ -481,7 +486,7 @@ def cross_modal_attention_grouped(
                 torch.full((B,), d[3], dtype=torch.int32, device=q0.device) if kl is None else kl
                 for kl, d in zip(kls, dims)
             ]
-        seed = draw_seed(generator, q0.device) if max(ps) > 0 else None
+        seed = op_seed(seed, generator, q0.device, max(ps) > 0)
         res = fwd_grouped_op(
             [p[0] for p in problems],
             [p[1] for p in problems],

@@ -4,8 +4,10 @@
 width (``dmd_fast.reference.encoder_embed`` with torch's dropout). The Triton path
 (``dmd_fast.kernels.encoder_embed``) is one launch forward and one backward for the group; its dropout
 draws Philox bits from an int64 [seed, offset] pair drawn from torch's generator on the device (so
-``torch.manual_seed`` repeats runs and CUDA-graph capture works), regenerated in the backward; the
-streams get independent bits. Registered as ``dmd_fast::encoder_embed_fwd`` / ``_bwd``.
+``torch.manual_seed`` repeats runs and CUDA-graph capture works), or given by the caller (``seed``),
+regenerated in the backward; the streams get independent bits. Inputs are read with their strides (no
+copy); a tensor given for several streams is one input of the op, so it gets one gradient, summed by the
+backward kernel. Registered as ``dmd_fast::encoder_embed_fwd`` / ``_bwd``.
 """
 
 from __future__ import annotations
@@ -18,26 +20,28 @@ from torch import Tensor
 from dmd_fast import validation as check
 from dmd_fast.ops.backend import resolve_backend
 from dmd_fast.ops.registration import define_op
-from dmd_fast.ops.seed import draw_seed
+from dmd_fast.ops.seed import check_seed, op_seed, refuse_seed_on_reference
 from dmd_fast.reference.encoder_embed import encoder_embedding as reference
 
 OP = "encoder_embedding"
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _fwd(xs: list[Tensor], table: Tensor, seed: Tensor | None, scale: float, dropout_p: list[float]) -> list[Tensor]:
-    """G outputs (T, B, E), contiguous."""
+def _fwd(
+    xs: list[Tensor], index: list[int], table: Tensor, seed: Tensor | None, scale: float, dropout_p: list[float]
+) -> list[Tensor]:
+    """G outputs (T, B, E), contiguous; stream g reads the distinct input xs[index[g]]."""
     from dmd_fast.kernels.encoder_embed import embed_fwd_grouped as launch
 
-    return launch(xs, table, seed, scale=scale, dropout_p=dropout_p)
+    return launch(xs, index, table, seed, scale=scale, dropout_p=dropout_p)
 
 
-def _fwd_fake(xs, table, seed, scale, dropout_p):
-    return [x.new_empty(x.shape) for x in xs]
+def _fwd_fake(xs, index, table, seed, scale, dropout_p):
+    return [xs[u].new_empty(xs[u].shape) for u in index]
 
 
 def _fwd_setup(ctx, inputs, output):
-    _, _, seed, ctx.scale, ctx.dropout_p = inputs
+    _, ctx.index, _, seed, ctx.scale, ctx.dropout_p = inputs
     ctx.outputs = [(o.shape, o.dtype, o.device) for o in output]
     ctx.save_for_backward(seed)
 
@@ -45,17 +49,20 @@ def _fwd_setup(ctx, inputs, output):
 def _fwd_backward(ctx, grads):
     (seed,) = ctx.saved_tensors
     douts = [torch.zeros(s, dtype=d, device=v) if g is None else g for g, (s, d, v) in zip(grads, ctx.outputs)]
-    return bwd_op.inner(ctx, douts, seed, ctx.scale, ctx.dropout_p), None, None, None, None
+    return bwd_op.inner(ctx, douts, ctx.index, seed, ctx.scale, ctx.dropout_p), None, None, None, None, None
 
 
-def _bwd(douts: list[Tensor], seed: Tensor | None, scale: float, dropout_p: list[float]) -> list[Tensor]:
+def _bwd(
+    douts: list[Tensor], index: list[int], seed: Tensor | None, scale: float, dropout_p: list[float]
+) -> list[Tensor]:
+    """One gradient per distinct input (max(index) + 1), contiguous: the sum over the streams reading it."""
     from dmd_fast.kernels.encoder_embed import embed_bwd_grouped as launch
 
-    return launch(douts, seed, scale=scale, dropout_p=dropout_p)
+    return launch(douts, index, seed, scale=scale, dropout_p=dropout_p)
 
 
-def _bwd_fake(douts, seed, scale, dropout_p):
-    return [d.new_empty(d.shape) for d in douts]
+def _bwd_fake(douts, index, seed, scale, dropout_p):
+    return [douts[index.index(u)].new_empty(douts[index.index(u)].shape) for u in range(max(index) + 1)]
 
 
 bwd_op = define_op("encoder_embed_bwd", _bwd, fake=_bwd_fake)
@@ -75,16 +82,21 @@ def encoder_embedding_grouped(
     scale: float,
     dropout_p: float | Sequence[float] = 0.0,
     generator: torch.Generator | None = None,
+    seed: Tensor | None = None,
     backend: str = "auto",
 ) -> list[Tensor]:
     """G embedded streams: scale · x + PE(x) (the zero-frame rule), then dropout with probability p.
 
     Args:
-        xs: G tensors (T_g, B_g, E) of one E and dtype, on one device (any strides).
+        xs: G tensors (T_g, B_g, E) of one E and dtype, on one device, any strides (read in place). One
+            tensor object may be given several times (each time its own stream and dropout draw); the
+            Triton path then computes its gradient once, summed over its streams.
         table: the sinusoidal table (≥ max T + 1, E), row 0 zero (``nn.positional.sinusoidal_table``).
         scale: √E as upstream; dropout_p: one probability or G of them, in [0, 1).
         generator: source of the dropout seed (default: torch's generator for the device).
-    Returns G tensors (T_g, B_g, E), contiguous, in xs' dtype.
+        seed: instead of a draw, an int64 [seed, offset] tensor of shape (2,) on the inputs' device
+            (e.g. a row of ``ops.seed.draw_seeds``); not with ``generator``; Triton backend only.
+    Returns G tensors (T_g, B_g, E), contiguous, in xs' dtype, in stream order.
     """
     if isinstance(xs, Tensor) or not isinstance(xs, Sequence) or not xs:
         _fail(TypeError, f"xs: expected a non-empty list of tensors, got {type(xs).__name__}")
@@ -110,8 +122,10 @@ def encoder_embedding_grouped(
     ps = [check.probability(p, "dropout_p") for p in ps]
     scale = check.real(scale, "scale")
     check.generator(generator, "generator", x0.device)
+    check_seed(seed, generator, x0.device, OP)
     table = table.to(x0.device)
     if resolve_backend(backend, x0.device, OP) == "reference":
+        refuse_seed_on_reference(seed, OP)
         outs = []
         for x, p in zip(xs, ps):
             keep = None
@@ -121,6 +135,17 @@ def encoder_embedding_grouped(
         return outs
     if x0.device.type == "cpu":
         check.interpreter_dtype(x0.dtype, "xs[0]", OP)
-    xs = [x if x.stride(2) == 1 else x.contiguous() for x in xs]
-    seed = draw_seed(generator, x0.device) if max(ps) > 0 else None
-    return fwd_op(xs, table.to(torch.float32), seed, float(scale), ps)
+    inputs, index = _distinct(xs)
+    seed = op_seed(seed, generator, x0.device, max(ps) > 0)
+    return fwd_op(inputs, index, table.to(torch.float32), seed, float(scale), ps)
+
+
+def _distinct(xs: list[Tensor]) -> tuple[list[Tensor], list[int]]:
+    """The distinct tensor objects of xs (by identity, first-use order) and each stream's index into them."""
+    inputs, index = [], []
+    for x in xs:
+        u = next((i for i, y in enumerate(inputs) if y is x), len(inputs))
+        if u == len(inputs):
+            inputs.append(x)
+        index.append(u)
+    return inputs, index

@@ -5,11 +5,12 @@
 layer), with residual dropout (on the out-projection term and on the FFN term, p ``res_dropout``) and
 ReLU dropout (on the hidden, p ``relu_dropout``), p per problem. The Triton path draws an int64
 [seed, offset] pair on the device from ``generator`` (or torch's default generator: ``torch.manual_seed``
-makes runs repeatable, CUDA-graph capture works) and the kernels regenerate their Philox keep masks
-in the backward (``kernels.encoder_ffn.ffn_dropout_masks`` materialises them); the reference path
-draws torch masks. The Triton path (``dmd_fast.kernels.encoder_ffn``) is one forward launch per group that saves the
-inputs, four statistics per row and, with the final LayerNorm, the pre-LN output; and two backward
-launches (row programs, then a deterministic reduction of the parameter gradients). Registered as
+makes runs repeatable, CUDA-graph capture works), or takes the caller's (``seed``), and the kernels
+regenerate their Philox keep masks in the backward (``kernels.encoder_ffn.ffn_dropout_masks``
+materialises them); the reference path draws torch masks. The Triton path
+(``dmd_fast.kernels.encoder_ffn``) is one forward launch per group that saves the inputs, four
+statistics per row and, with the final LayerNorm, the pre-LN output; and two backward launches (row
+programs, then a deterministic reduction of the parameter gradients). Registered as
 ``dmd_fast::encoder_ffn_fwd`` / ``dmd_fast::encoder_ffn_bwd`` with fake kernels and autograd; eager
 calls run the same bodies through an autograd twin (``dmd_fast/ops/registration.py``).
 """
@@ -24,7 +25,7 @@ from torch import Tensor
 from dmd_fast import validation as check
 from dmd_fast.ops.backend import resolve_backend
 from dmd_fast.ops.registration import define_op
-from dmd_fast.ops.seed import draw_seed
+from dmd_fast.ops.seed import check_seed, op_seed, refuse_seed_on_reference
 from dmd_fast.reference.encoder_ffn import encoder_ffn_block as reference
 
 OP = "encoder_ffn_block"
@@ -253,6 +254,7 @@ def encoder_ffn_block_grouped(
     relu_dropout: float | Sequence[float] = 0.0,
     eps: float = 1e-5,
     generator: torch.Generator | None = None,
+    seed: Tensor | None = None,
     backend: str = "auto",
 ) -> list[Tensor]:
     """G post-attention blocks of one width E in one launch (per problem: x (T, B, E) the layer's input,
@@ -261,7 +263,9 @@ def encoder_ffn_block_grouped(
 
     ``res_dropout`` / ``relu_dropout``: a float in [0, 1) or G of them (residual dropout on both residual
     branches, ReLU dropout on the hidden); ``generator``: source of the dropout seed (default: torch's
-    generator for the device). Returns G outputs (T, B, E), contiguous."""
+    generator for the device); ``seed``: instead of a draw, an int64 [seed, offset] tensor of shape (2,)
+    on the device (e.g. a row of ``ops.seed.draw_seeds``), not with ``generator``, Triton backend only.
+    Returns G outputs (T, B, E), contiguous."""
     lists = dict(w_o=w_o, b_o=b_o, ln1_w=ln1_w, ln1_b=ln1_b, w_1=w_1, b_1=b_1, w_2=w_2, b_2=b_2)
     if (lnf_w is None) != (lnf_b is None):
         _fail(
@@ -276,7 +280,9 @@ def encoder_ffn_block_grouped(
     eps = check.positive(eps, "eps")
     xs, os = list(xs), list(os)
     check.generator(generator, "generator", xs[0].device)
+    check_seed(seed, generator, xs[0].device, OP)
     if resolve_backend(backend, xs[0].device, OP) == "reference":
+        refuse_seed_on_reference(seed, OP)
         finals = (lists.get("lnf_w"), lists.get("lnf_b"))
         outs = []
         for g, (x, o) in enumerate(zip(xs, os)):
@@ -292,6 +298,6 @@ def encoder_ffn_block_grouped(
         check.interpreter_dtype(xs[0].dtype, "xs", OP)
     del E
     final = [list(lnf_w), list(lnf_b)] if lnf_w is not None else [[], []]
-    seed = draw_seed(generator, xs[0].device) if max(res_p + relu_p) > 0 else None
+    seed = op_seed(seed, generator, xs[0].device, max(res_p + relu_p) > 0)
     out = fwd_op(xs, os, *(list(lists[n]) for n in PARAMS), *final, seed, res_p, relu_p, float(eps))
     return out[: len(xs)]
