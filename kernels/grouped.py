@@ -16,6 +16,8 @@ reused, and kept for the life of the process.
 
 from __future__ import annotations
 
+import array
+import itertools
 import struct
 from collections import OrderedDict
 
@@ -168,11 +170,18 @@ def _captured_table(rows, device, what) -> torch.Tensor:
         )
     host = chunk[_ARENA["used"] : _ARENA["used"] + n]
     _ARENA["used"] += n
-    host.copy_(torch.tensor(rows, dtype=torch.int64).view(-1))  # CPU only
+    host.copy_(_host_rows(rows).view(-1))  # CPU only
     dev = torch.empty((len(rows), len(rows[0])), dtype=torch.int64, device=device)
     dev.view(-1).copy_(host, non_blocking=True)  # captured: a copy node that reads `host` on each replay
     _CAPTURED.append((host, dev))
     return dev
+
+
+def _host_rows(rows: list[list[int]]) -> torch.Tensor:
+    """int64 (G, width) CPU tensor of ``rows`` through one packed buffer (about half the host time of
+    ``torch.tensor`` on nested lists, which a grouped launch pays whenever its pointers change)."""
+    flat = bytearray(array.array("q", itertools.chain.from_iterable(rows)))
+    return torch.frombuffer(flat, dtype=torch.int64).view(len(rows), -1)
 
 
 def descriptor_table(rows: list[list[int]], device, what: str = "grouped launch") -> torch.Tensor:
@@ -183,7 +192,7 @@ def descriptor_table(rows: list[list[int]], device, what: str = "grouped launch"
     key = (str(device), tuple(tuple(r) for r in rows))
     entry = _CACHE.get(key)
     if entry is None:
-        host = torch.tensor(rows, dtype=torch.int64)
+        host = _host_rows(rows)
         if cuda:
             _arena_ready()
             host = host.pin_memory()
