@@ -114,7 +114,9 @@ def test_train_step_launches_and_no_host_sync():
     assert c.triton.count("loss_terms_bwd_kernel") == 1
     # the margin loss: one launch each way
     assert c.triton.count("margin_loss_fwd_kernel") == c.triton.count("margin_loss_bwd_kernel") == 1
-    assert len(c.triton) == 9 * per_direction + 2 + 6 + 3 + 2
+    # the heads: three levels of grouped linears, one launch each way per level
+    assert c.triton.count("linear_fwd_kernel") == c.triton.count("linear_bwd_kernel") == 3
+    assert len(c.triton) == 9 * per_direction + 2 + 6 + 3 + 2 + 6
 
 
 def test_fused_layers_take_residual_and_relu_dropout(monkeypatch):
