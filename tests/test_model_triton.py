@@ -62,11 +62,13 @@ def test_grouped_fused_layers_equal_separate_and_reference():
 
 
 def test_grouped_unfused_layers_equal_separate_bitwise(monkeypatch):
-    """Without the fused layers (e.g. residual dropout > 0), grouped attention launches only: the same
-    kernels in the same order as separate encoders, so bitwise equal."""
+    """Without the fused layers (e.g. residual dropout > 0) and the grouped heads, grouped attention
+    launches only: the same kernels in the same order as separate encoders, so bitwise equal."""
+    import dmd_fast.model.dmd as dmd_mod
     import dmd_fast.nn.grouped as grouped
 
     monkeypatch.setattr(grouped, "fused_layers_apply", lambda encoders: False)
+    monkeypatch.setattr(dmd_mod, "grouped_heads_apply", lambda x: False)
     cfg = get_preset("tiny").replace(attn_dropout=0.0, text_dropout=0.0, output_dropout=0.0)
     (out_s, g_s), (out_g, g_g), _ = _grouped_vs_separate(cfg)
     for k in out_s:

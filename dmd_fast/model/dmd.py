@@ -13,7 +13,7 @@ from torch import nn
 
 from dmd_fast import validation as check
 from dmd_fast.model.config import DMDConfig
-from dmd_fast.model.heads import MODALITIES, grouped_heads
+from dmd_fast.model.heads import MODALITIES, grouped_heads, grouped_heads_apply
 from dmd_fast.nn.grouped import run_encoders_grouped
 from dmd_fast.nn.transformer import TransformerEncoder
 from dmd_fast.ops.backend import check_backend_name
@@ -220,7 +220,7 @@ class DMD(nn.Module):
         s_r = {m: getattr(self, f"encoder_s_{m}")(recon[m]) for m in MODALITIES}
         s_seq = {m: s[m].permute(2, 0, 1) for m in MODALITIES}  # (T', B, d)
         c_seq = {m: c_feat[m].permute(2, 0, 1) for m in MODALITIES}
-        if self.grouped and not torch.is_autocast_enabled(text.device.type):
+        if self.grouped and grouped_heads_apply(text):
             # encoders first, then every head level by level in grouped linear launches (model/heads.py)
             c_att = [h[-1] for h in self._run(self._self_attentions(), [(c_seq[m], None, None) for m in MODALITIES])]
             c_fusion = torch.cat(c_att, dim=1)

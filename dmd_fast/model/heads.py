@@ -17,6 +17,12 @@ from dmd_fast.ops.linear_grouped import linear_grouped
 MODALITIES = ("l", "v", "a")
 
 
+def grouped_heads_apply(x) -> bool:
+    """Whether the grouped path runs the heads here: not under autocast (the eager heads follow
+    autocast's casts; the grouped op takes one dtype)."""
+    return not torch.is_autocast_enabled(x.device.type)
+
+
 def grouped_heads(dmd, c_seq: dict, s_seq: dict, c_feat: dict, c_fusion, last_h: dict) -> dict:
     """The head outputs of ``DMD.forward``: logits/repr of the homogeneous and heterogeneous heads,
     ``logits_c``, ``output_logit``, and the ``proj_s_*`` / ``c_*_sim`` projections."""
