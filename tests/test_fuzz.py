@@ -32,6 +32,7 @@ from dmd_fast.ops.attention import attention_weights, cross_modal_attention, cro
 from dmd_fast.ops.encoder_embed import encoder_embedding_grouped
 from dmd_fast.ops.encoder_ffn import encoder_ffn_block_grouped
 from dmd_fast.ops.graph_distill import graph_distill
+from dmd_fast.ops.linear_grouped import linear_grouped
 from dmd_fast.ops.loss_terms import loss_terms
 from dmd_fast.ops.margin_loss import margin_loss
 from dmd_fast.parity import FixtureError, run_parity
@@ -1358,6 +1359,36 @@ def _margin_case(rng):
     return Case("margin_loss", arg, value, valid, run)
 
 
+def _linear_case(rng):
+    g = torch.Generator().manual_seed(rng.randrange(1 << 30))
+    x, w, b = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((4, 6), (3, 6), (3,)))
+    pools = {
+        "xs": (["ok", "strided"], [None, "1d", "k_mismatch", "fp32", "empty"]),
+        "ws": (["ok"], [None, "3d", "fp32"]),
+        "bs": (["ok"], [None, "n_mismatch", "two"]),
+    }
+    arg = rng.choice(list(pools))
+    value, valid = pick(rng, *pools[arg])
+    xs, ws, bs = [x], [w], [b]
+    if arg == "xs":
+        xs = {"ok": [x], "strided": [x.t().contiguous().t()], None: None, "1d": [x[0]], "k_mismatch": [x[:, :5]],
+              "fp32": [x.float()], "empty": [x[:0]]}[value]  # fmt: skip
+    elif arg == "ws":
+        ws = {"ok": [w], None: None, "3d": [w[None]], "fp32": [w.float()]}[value]
+    else:
+        bs = {"ok": [b], None: None, "n_mismatch": [b[:2]], "two": [b, b]}[value]
+
+    def run():
+        if not valid:
+            names = {"n_mismatch": "bs", "two": "bs", "k_mismatch": "ws"}
+            expect_error(lambda: linear_grouped(xs, ws, bs, backend="triton"), names.get(value, arg))
+            return
+        got = linear_grouped(xs, ws, bs, backend="triton")[0]
+        close(got, torch.nn.functional.linear(xs[0], ws[0], bs[0]), rtol=1e-12, atol=1e-14, what="linear_grouped")
+
+    return Case("linear_grouped", arg, value, valid, run)
+
+
 PLAN = [
     (_attention_case, 90),
     (_grouped_case, 30),
@@ -1377,6 +1408,7 @@ PLAN = [
     (_grad_sum_case, 12),
     (_loss_terms_case, 16),
     (_margin_case, 12),
+    (_linear_case, 12),
     (_embed_case, 30),
     (_ffn_case, 20),
 ]

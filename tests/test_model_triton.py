@@ -62,11 +62,13 @@ def test_grouped_fused_layers_equal_separate_and_reference():
 
 
 def test_grouped_unfused_layers_equal_separate_bitwise(monkeypatch):
-    """Without the fused layers (e.g. residual dropout > 0), grouped attention launches only: the same
-    kernels in the same order as separate encoders, so bitwise equal."""
+    """Without the fused layers (e.g. residual dropout > 0) and the grouped heads, grouped attention
+    launches only: the same kernels in the same order as separate encoders, so bitwise equal."""
+    import dmd_fast.model.dmd as dmd_mod
     import dmd_fast.nn.grouped as grouped
 
     monkeypatch.setattr(grouped, "fused_layers_apply", lambda encoders: False)
+    monkeypatch.setattr(dmd_mod, "grouped_heads_apply", lambda x: False)
     cfg = get_preset("tiny").replace(attn_dropout=0.0, text_dropout=0.0, output_dropout=0.0)
     (out_s, g_s), (out_g, g_g), _ = _grouped_vs_separate(cfg)
     for k in out_s:
@@ -114,7 +116,9 @@ def test_train_step_launches_and_no_host_sync():
     assert c.triton.count("loss_terms_bwd_kernel") == 1
     # the margin loss: one launch each way
     assert c.triton.count("margin_loss_fwd_kernel") == c.triton.count("margin_loss_bwd_kernel") == 1
-    assert len(c.triton) == 9 * per_direction + 2 + 6 + 3 + 2
+    # the heads: three levels of grouped linears, one launch each way per level
+    assert c.triton.count("linear_fwd_kernel") == c.triton.count("linear_bwd_kernel") == 3
+    assert len(c.triton) == 9 * per_direction + 2 + 6 + 3 + 2 + 6
 
 
 def test_fused_layers_take_residual_and_relu_dropout(monkeypatch):

@@ -4,8 +4,8 @@ Counted as ``dmd_fast.bench.launches`` counts (ATen ops at dispatch plus Triton 
 warm-up step), each attributed to a part:
 
 - forward: the innermost ``nn.Module`` method on the Python stack (``self`` in a frame), named by its
-  qualified name in the system and mapped to a part by :func:`part_of` (or a ``LAYER_FUNCTIONS``
-  frame: the grouped encoders' fused layers);
+  qualified name in the system and mapped to a part by :func:`part_of` (or a ``FUNCTION_PARTS``
+  frame: the grouped encoders' fused layers, the grouped heads);
 - backward: the autograd node that runs the op (``torch._C._current_autograd_node``). Nodes are
   tagged in the forward with the part that created them (a ``TorchFunctionMode`` sees each torch call
   above autograd; module hooks tag the nodes of custom autograd functions, e.g. the fused ops); a node
@@ -49,7 +49,8 @@ PARTS = (
     "gradient accumulation",
     "clip",
 )
-LAYER_FUNCTIONS = {"_run_fused"}  # module-less code that runs encoder layers (nn/grouped.py's fused path)
+# module-less code that runs a part: nn/grouped.py's fused layers, model/heads.py's grouped heads
+FUNCTION_PARTS = {"_run_fused": "encoder layers", "grouped_heads": "heads"}
 ACCUMULATION, CLIP, LOSSES = "gradient accumulation", "clip", "losses + glue"
 _LAYER = re.compile(r"\.layers\.\d+")
 
@@ -92,8 +93,8 @@ class _Attribution:
             me = frame.f_locals.get("self")
             if me is not None and id(me) in self.names:
                 return part_of(self.names[id(me)])
-            if frame.f_code.co_name in LAYER_FUNCTIONS:
-                return "encoder layers"
+            if frame.f_code.co_name in FUNCTION_PARTS:
+                return FUNCTION_PARTS[frame.f_code.co_name]
             frame = frame.f_back
         return LOSSES
 

@@ -66,6 +66,8 @@ LAUNCHERS = (  # (module, function): the host functions that end in a Triton lau
     ("dmd_fast.kernels.loss_terms", "loss_terms_bwd"),
     ("dmd_fast.kernels.margin_loss", "margin_fwd"),
     ("dmd_fast.kernels.margin_loss", "margin_bwd"),
+    ("dmd_fast.kernels.linear_grouped", "linear_fwd_grouped"),
+    ("dmd_fast.kernels.linear_grouped", "linear_bwd_grouped"),
 )
 
 

@@ -113,10 +113,11 @@ def dmd_kernels() -> list[tuple]:
     import dmd_fast.kernels.encoder_ffn as kf
     import dmd_fast.kernels.encoder_in_proj as kp
     import dmd_fast.kernels.graph_distill as kg
+    import dmd_fast.kernels.linear_grouped as kn
     import dmd_fast.kernels.loss_terms as kl
     import dmd_fast.kernels.margin_loss as km
 
-    return [(m, n) for m in (ka, ke, kp, kf, kg, kl, km) for n in sorted(vars(m)) if n.endswith("_kernel")]
+    return [(m, n) for m in (ka, ke, kp, kf, kg, kl, km, kn) for n in sorted(vars(m)) if n.endswith("_kernel")]
 
 
 def step_launch_counts(

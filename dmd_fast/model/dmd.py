@@ -13,11 +13,10 @@ from torch import nn
 
 from dmd_fast import validation as check
 from dmd_fast.model.config import DMDConfig
+from dmd_fast.model.heads import MODALITIES, grouped_heads, grouped_heads_apply
 from dmd_fast.nn.grouped import run_encoders_grouped
 from dmd_fast.nn.transformer import TransformerEncoder
 from dmd_fast.ops.backend import check_backend_name
-
-MODALITIES = ("l", "v", "a")
 
 
 def _conv(cin, cout, k):
@@ -217,11 +216,19 @@ class DMD(nn.Module):
         origin = {"l": self.proj_l(x_l), "v": self.proj_v(x_v), "a": self.proj_a(x_a)}  # (B, d, T')
         s = {m: getattr(self, f"encoder_s_{m}")(origin[m]) for m in MODALITIES}
         c_feat = {m: self.encoder_c(origin[m]) for m in MODALITIES}
-        c_sim = {m: getattr(self, f"align_c_{m}")(self.flatten_channel_major(c_feat[m])) for m in MODALITIES}
         recon = {m: getattr(self, f"decoder_{m}")(torch.cat([s[m], c_feat[m]], dim=1)) for m in MODALITIES}
         s_r = {m: getattr(self, f"encoder_s_{m}")(recon[m]) for m in MODALITIES}
         s_seq = {m: s[m].permute(2, 0, 1) for m in MODALITIES}  # (T', B, d)
         c_seq = {m: c_feat[m].permute(2, 0, 1) for m in MODALITIES}
+        if self.grouped and grouped_heads_apply(text):
+            # encoders first, then every head level by level in grouped linear launches (model/heads.py)
+            c_att = [h[-1] for h in self._run(self._self_attentions(), [(c_seq[m], None, None) for m in MODALITIES])]
+            c_fusion = torch.cat(c_att, dim=1)
+            h = self.hetero_branch(s_seq)
+            last_h = {m: h[m][-1] for m in MODALITIES}
+            out = grouped_heads(self, c_seq, s_seq, c_feat, c_fusion, last_h)
+            return self._with_features(out, origin, s_seq, c_seq, s_r, recon, last_h)
+        c_sim = {m: getattr(self, f"align_c_{m}")(self.flatten_channel_major(c_feat[m])) for m in MODALITIES}
 
         out = {}
         for m in MODALITIES:  # homogeneous heads on time-major flattened c
@@ -232,13 +239,7 @@ class DMD(nn.Module):
             out[f"repr_{m}_homo"] = repr_low
         proj_s = {m: getattr(self, f"proj_cosine_{m}")(self.flatten_time_major(s_seq[m])) for m in MODALITIES}
 
-        c_att = [
-            h[-1]
-            for h in self._run(
-                [getattr(self, f"self_attentions_c_{m}") for m in MODALITIES],
-                [(c_seq[m], None, None) for m in MODALITIES],
-            )
-        ]
+        c_att = [h[-1] for h in self._run(self._self_attentions(), [(c_seq[m], None, None) for m in MODALITIES])]
         c_fusion = torch.cat(c_att, dim=1)
         c_proj = self.proj2_c(F.dropout(F.relu(self.proj1_c(c_fusion)), p=c.output_dropout, training=self.training))
         logits_c = self.out_layer_c(c_proj + c_fusion)
@@ -261,12 +262,21 @@ class DMD(nn.Module):
         out["output_logit"] = self.out_layer(z_proj)
         out["logits_c"] = logits_c
         for m in MODALITIES:
+            out[f"c_{m}_sim"] = c_sim[m]
+            out[f"proj_s_{m}"] = proj_s[m]
+        return self._with_features(out, origin, s_seq, c_seq, s_r, recon, last_h)
+
+    def _self_attentions(self) -> list:
+        return [getattr(self, f"self_attentions_c_{m}") for m in MODALITIES]
+
+    @staticmethod
+    def _with_features(out, origin, s_seq, c_seq, s_r, recon, last_h) -> dict:
+        """``out`` with the per-modality features every loss reads."""
+        for m in MODALITIES:
             out[f"origin_{m}"] = origin[m]
             out[f"s_{m}"] = s_seq[m]
             out[f"c_{m}"] = c_seq[m]
             out[f"s_{m}_r"] = s_r[m]
             out[f"recon_{m}"] = recon[m]
-            out[f"c_{m}_sim"] = c_sim[m]
-            out[f"proj_s_{m}"] = proj_s[m]
             out[f"last_h_{m}"] = last_h[m]
         return out
