@@ -88,7 +88,7 @@ say "parity rc $PARITY_RC"
 say "GPU tests"
 # files with GPU-tier tests, newest / least-verified first so a cut-off loses the well-trodden sweeps
 # (tests/test_bench_lib.py checks that every file with a GPU test is listed here)
-GPU_TEST_FILES="tests/test_loss_terms.py tests/test_margin_loss.py tests/test_encoder_in_proj.py tests/test_graphed_step.py tests/test_graph_distill.py tests/test_convergence.py tests/test_attention.py"
+GPU_TEST_FILES="tests/test_linear_grouped.py tests/test_loss_terms.py tests/test_margin_loss.py tests/test_encoder_in_proj.py tests/test_graphed_step.py tests/test_graph_distill.py tests/test_convergence.py tests/test_attention.py"
 # shellcheck disable=SC2086
 timeout -k 10 "$(cap 150 140)" $PY -m pytest -q $GPU_TEST_FILES -m gpu -p no:cacheprovider \
     --durations=15 > "$OUTDIR/tests.log" 2>&1
