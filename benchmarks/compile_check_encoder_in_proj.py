@@ -33,22 +33,38 @@ def _cuobjdump():
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
-def runtime_signature(fn, dt, *, i64=("desc", "pdesc"), fp32_ptrs=(), fp32=("eps",), fixed=None):
+def runtime_signature(fn, dt, *, i64=("desc", "pdesc"), fp32_ptrs=(), fp32=("eps",), fixed=None, ptrs=None):
     """(sig, consts, attrs) as a launch specialises ``fn``: pointers 16-byte aligned, ``like`` in the
-    input dtype ``dt``, ``i64`` / ``fp32_ptrs`` pointers, ``fp32`` float scalars, other scalars i32;
-    ``fixed`` {name: value}: arguments a launch passes as constants (a unit stride, a None pointer)."""
-    fixed = fixed or {}
+    input dtype ``dt``, ``i64`` / ``fp32_ptrs`` pointers, ``ptrs`` {name: element type} other typed
+    pointers, ``fp32`` float scalars, other scalars i32; ``fixed`` {name: value}: arguments a launch
+    passes as constants (a unit stride, a None pointer)."""
+    fixed, ptrs = fixed or {}, ptrs or {}
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if fn.params[i].is_constexpr or name in fixed:
             sig[name] = "constexpr"
         elif name == "like":
             sig[name] = f"*{dt}"
+        elif name in ptrs:
+            sig[name] = f"*{ptrs[name]}"
         else:
             sig[name] = "*i64" if name in i64 else "*fp32" if name in fp32_ptrs else "fp32" if name in fp32 else "i32"
         if sig[name].startswith("*"):
             attrs[(i,)] = [["tt.divisibility", 16]]
     return sig, {k: v for k, v in fixed.items() if k in fn.arg_names}, attrs
+
+
+def resources_row(row: dict, build) -> dict:
+    """``row`` with the blocks and sm_90 resources of ``build()`` → (fn, sig, consts, attrs, warps,
+    {block name: size}), or with the error that stopped it (the sweep goes on)."""
+    try:
+        fn, sig, consts, attrs, warps, blocks = build()
+        row.update(blocks, warps=warps)
+        row.update(sm90_resources(fn, sig, consts, attrs, warps))
+    except Exception as e:  # report, do not stop the sweep
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+        row["ok"] = False
+    return row
 
 
 def sm90_resources(fn, sig, consts, attrs, warps) -> dict:

@@ -15,7 +15,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compile_check_encoder_in_proj import DTYPES, cli_sweep, runtime_signature, sm90_resources  # noqa: E402
+from compile_check_encoder_in_proj import DTYPES, cli_sweep, resources_row, runtime_signature  # noqa: E402
 
 KERNELS = ("fwd", "bwd")
 
@@ -28,18 +28,15 @@ def compile_one(cfg):
     from dmd_fast.kernels import linear_grouped as kn
 
     role, dt = cfg
-    row = dict(kernel=role, E=0, E_PAD=0, dtype=dt)
-    try:
+
+    def build():
         BM, BN, BK, warps = kn.blocks()
         fn = kn.linear_fwd_kernel if role == "fwd" else kn.linear_bwd_kernel
         consts = dict(BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, PRECISION="ieee", ACC=tl.float32)
         sig, _, attrs = runtime_signature(fn, dt, i64=("desc",), fp32=())
-        row.update(BM=BM, BN=BN, warps=warps)
-        row.update(sm90_resources(fn, sig, consts, attrs, warps))
-    except Exception as e:  # report, do not stop the sweep
-        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
-        row["ok"] = False
-    return row
+        return fn, sig, consts, attrs, warps, dict(BM=BM, BN=BN)
+
+    return resources_row(dict(kernel=role, E=0, E_PAD=0, dtype=dt), build)
 
 
 def main(argv=None):

@@ -15,7 +15,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compile_check_encoder_in_proj import cli_sweep, runtime_signature, sm90_resources  # noqa: E402
+from compile_check_encoder_in_proj import cli_sweep, resources_row, runtime_signature  # noqa: E402
 
 KERNELS = ("fwd", "bwd")
 ROWS = (16, 48, 64)  # N up to MAX_ROWS; 48: DMD at batch 16 (3 rows per sample)
@@ -31,21 +31,16 @@ def compile_one(cfg):
 
     role, N, dt = cfg
     n_pad, bd, warps = km.config(N)
-    row = dict(kernel=role, E=N, E_PAD=n_pad, dtype=dt)
-    try:
+
+    def build():
         fn = km.margin_loss_fwd_kernel if role == "fwd" else km.margin_loss_bwd_kernel
         acc = tl.float64 if dt == "fp64" else tl.float32
         consts = dict(N_PAD=n_pad, BLOCK_D=bd, PRECISION="ieee", ACC=acc)
-        sig, _, attrs = runtime_signature(fn, dt, i64=(), fp32=())
-        for name in ("f_ptr", "y_ptr", "out", "g_ptr", "df_ptr"):
-            if name in sig:
-                sig[name] = f"*{dt}"
-        row.update(BM=n_pad, BN=bd, warps=warps)
-        row.update(sm90_resources(fn, sig, consts, attrs, warps))
-    except Exception as e:  # report, do not stop the sweep
-        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
-        row["ok"] = False
-    return row
+        typed = {n: dt for n in ("f_ptr", "y_ptr", "out", "g_ptr", "df_ptr")}
+        sig, _, attrs = runtime_signature(fn, dt, i64=(), fp32=(), ptrs=typed)
+        return fn, sig, consts, attrs, warps, dict(BM=n_pad, BN=bd)
+
+    return resources_row(dict(kernel=role, E=N, E_PAD=n_pad, dtype=dt), build)
 
 
 def main(argv=None):
