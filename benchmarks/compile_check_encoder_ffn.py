@@ -47,9 +47,9 @@ def compile_one(cfg):
                           DROPOUT=role.endswith("drop"))  # fmt: skip
         row.update(BM=bm, BN=bn, warps=warps)
         no_seed = role != "reduce" and not consts["DROPOUT"]  # launched with seed_ptr=None: a constexpr
-        fixed = {"seed_ptr": None} if no_seed else None
+        fixed = {"seed_ptr": None, "keep": None} if no_seed else None  # keep: the backward's ReLU mask
         sig, c2, attrs = runtime_signature(
-            fn, dt, i64=("desc", "seed_ptr"), fp32_ptrs=("stats", "scratch", "work"), fixed=fixed
+            fn, dt, i64=("desc", "seed_ptr"), fp32_ptrs=("stats", "scratch", "work"), fixed=fixed, ptrs={"keep": "i8"}
         )
         consts.update(c2)
         row.update(sm90_resources(fn, sig, consts, attrs, warps))

@@ -31,7 +31,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .encoder_ffn_dropout import RELU, RES1, RES2, drop_threshold, f64_bits, ffn_drop, ffn_dropout_masks, keep_scale
+from .encoder_ffn_dropout import (
+    RELU,
+    RES1,
+    RES2,
+    drop_threshold,
+    f64_bits,
+    ffn_drop,
+    ffn_dropout_masks,
+    ffn_keep,
+    keep_scale,
+)
 from .grouped import DescriptorLayout, desc_i32, desc_problem, desc_ptr, descriptor_table
 from .host_math import cdiv, next_pow2
 
@@ -125,6 +135,16 @@ def _dropout_args(desc, seed_ptr, DROPOUT: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
+def _kept(b_v, DROPOUT: tl.constexpr, keep, row0, o_m, m_m, o_f, m_f, F: tl.constexpr, scale):
+    """b_v (BLOCK_M, BLOCK_F), hidden columns o_f of rows o_m, with the ReLU dropout read from ``keep``."""
+    if DROPOUT:
+        b_k = tl.load(keep + (row0 + o_m).to(tl.int64)[:, None] * F + o_f[None, :], mask=m_m[:, None] & m_f[None, :],
+                      other=0)
+        b_v = tl.where(b_k != 0, b_v * scale, 0.)
+    return b_v
+
+
+@triton.jit
 def _hidden(b_h, p_w1, p_b1, f0, o_e, m_e, E: tl.constexpr, F: tl.constexpr, BLOCK_F: tl.constexpr,
             PRECISION: tl.constexpr, ACC: tl.constexpr):
     """Hidden columns [f0, f0 + BLOCK_F): pre-activation u = h W1ᵀ + b1 (BLOCK_M, BLOCK_F) in ACC."""
@@ -214,13 +234,15 @@ def encoder_ffn_fwd_kernel(
 
 @triton.jit(do_not_specialize=["steps"])
 def encoder_ffn_bwd_kernel(
-    desc, like, stats, scratch, work, seed_ptr, steps,
+    desc, like, stats, scratch, work, keep, seed_ptr, steps,
     E: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr,
     FINAL: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, DROPOUT: tl.constexpr,
 ):
     """Grid (cdiv(max N, steps · BLOCK_M), G). Rows [r_lo, r_lo + steps · BLOCK_M) of the problem: writes dx,
     do (contiguous (T, B, E)) and scratch row rb0 + program (``grad_columns``). ``work`` (rows, 2, E) holds
-    h and dz between the phases ((rows, 3, E) with DROPOUT: dz = D_res2(dy) for fc2, dy for the residual)."""
+    h and dz between the phases ((rows, 3, E) with DROPOUT: dz = D_res2(dy) for fc2, dy for the residual).
+    With DROPOUT, ``keep`` int8 (rows, 4E) holds the ReLU dropout's keep mask, drawn once before phase 1 (the
+    hidden loops read it: Philox inside them made phase 1 spill on sm_90); None without."""
     F: tl.constexpr = 4 * E
     EE: tl.constexpr = E * E
     WS: tl.constexpr = (3 if DROPOUT else 2) * E  # `work` row stride
@@ -273,6 +295,19 @@ def encoder_ffn_bwd_kernel(
         tl.store(p_work + E, b_dz.to(work.dtype.element_ty), mask=m_me)
         if DROPOUT:
             tl.store(p_work + 2 * E, b_dy.to(work.dtype.element_ty), mask=m_me)
+    # phase 0's vector gradients leave the registers before phase 1
+    tl.store(p_part + 9 * EE + 3 * E + F + o_e, b_db2, mask=m_e)
+    tl.store(p_part + 9 * EE + 4 * E + F + o_e, b_dgf, mask=m_e)
+    tl.store(p_part + 9 * EE + 5 * E + F + o_e, b_dbef, mask=m_e)
+    if DROPOUT:  # phase 0b: the ReLU dropout's keep mask of this program's rows → `keep`
+        for m0 in range(r_lo, r_hi, BLOCK_M):
+            o_m = m0 + o_i
+            m_m = o_m < r_hi
+            for f0 in range(0, F, BLOCK_F):
+                o_f = f0 + tl.arange(0, BLOCK_F)
+                b_keep = ffn_keep(dr[0], dr[1], RELU, o_m, f0, BLOCK_F, dr[3])
+                tl.store(keep + (row0 + o_m).to(tl.int64)[:, None] * F + o_f[None, :], b_keep.to(tl.int8),
+                         mask=m_m[:, None] & (o_f < F)[None, :])
     tl.debug_barrier()  # phase 1 reads dz rows written by other threads of this program
 
     # phase 1, row blocks: the hidden's gradient into h, LN1's backward → dx, do; h to `work`
@@ -297,7 +332,7 @@ def encoder_ffn_bwd_kernel(
                                          PRECISION, ACC)
             b_da = _rows_dot(tl.zeros((BLOCK_M, BLOCK_F), dtype=ACC), p_h_rows + E, m_m, p_w2, F, 1, o_f, m_f, like, E,
                              BLOCK_K, PRECISION, ACC)
-            b_du = tl.where(b_u > 0., ffn_drop(b_da, DROPOUT, dr[0], dr[1], RELU, o_m, f0, BLOCK_F, dr[3], dr[5]), 0.)
+            b_du = tl.where(b_u > 0., _kept(b_da, DROPOUT, keep, row0, o_m, m_m, o_f, m_f, F, dr[5]), 0.)
             # (BLOCK_F, E_PAD): W1[f0 + j, k]
             b_w1 = tl.load(p_w1 + o_f[:, None] * E + o_e[None, :], mask=m_f[:, None] & m_e[None, :], other=0.)
             b_dh = tl.dot(b_du.to(like.dtype.element_ty), b_w1, b_dh, input_precision=PRECISION, out_dtype=ACC)
@@ -321,9 +356,6 @@ def encoder_ffn_bwd_kernel(
     tl.store(p_part + c_vec + o_e, b_dbo, mask=m_e)
     tl.store(p_part + c_vec + E + o_e, b_dg1, mask=m_e)
     tl.store(p_part + c_vec + 2 * E + o_e, b_dbe1, mask=m_e)
-    tl.store(p_part + c_vec + 3 * E + F + o_e, b_db2, mask=m_e)
-    tl.store(p_part + c_vec + 4 * E + F + o_e, b_dgf, mask=m_e)
-    tl.store(p_part + c_vec + 5 * E + F + o_e, b_dbef, mask=m_e)
     tl.debug_barrier()  # phase 2 reads `work` and dx rows written by other threads of this program
 
     # phase 2a, Wo's columns: dWo = Σ D_res1(dx1)ᵀ o over this program's rows
@@ -361,11 +393,11 @@ def encoder_ffn_bwd_kernel(
             b_u, _, _ = _hidden_rows(p_h_rows, m_m, p_w1, p_b1, f0, like, E, F, BLOCK_M, BLOCK_F, BLOCK_K, PRECISION,
                                      ACC)
             b_u = tl.where(m_m[:, None], b_u, 0.)
-            b_a = ffn_drop(tl.maximum(b_u, 0.), DROPOUT, dr[0], dr[1], RELU, o_m, f0, BLOCK_F, dr[3], dr[5])
+            b_a = _kept(tl.maximum(b_u, 0.), DROPOUT, keep, row0, o_m, m_m, o_f, m_f, F, dr[5])
             b_a = b_a.to(like.dtype.element_ty)
             b_da = _rows_dot(tl.zeros((BLOCK_M, BLOCK_F), dtype=ACC), p_h_rows + E, m_m, p_w2, F, 1, o_f, m_f, like, E,
                              BLOCK_K, PRECISION, ACC)
-            b_du = tl.where(b_u > 0., ffn_drop(b_da, DROPOUT, dr[0], dr[1], RELU, o_m, f0, BLOCK_F, dr[3], dr[5]), 0.)
+            b_du = tl.where(b_u > 0., _kept(b_da, DROPOUT, keep, row0, o_m, m_m, o_f, m_f, F, dr[5]), 0.)
             b_dul = b_du.to(like.dtype.element_ty)
             b_dw1 = tl.dot(tl.trans(b_dul), b_h, b_dw1, input_precision=PRECISION, out_dtype=ACC)
             b_dw2 = tl.dot(tl.trans(b_dz), b_a, b_dw2, input_precision=PRECISION, out_dtype=ACC)
@@ -426,10 +458,12 @@ _GPU_BLOCKS = {
     ("bwd", "fp32"): {16: (16, 32, 4), 32: (16, 32, 4), 64: (16, 16, 8), 128: (16, 16, 8)},
     ("bwd", "16"): {16: (16, 32, 4), 32: (16, 32, 4), 64: (16, 32, 4), 128: (16, 16, 8)},
 }
-_DROPOUT_BLOCKS = {  # where the dropout variants need other blocks (the rest spill a little: see README)
+_DROPOUT_BLOCKS = {  # where the dropout variants need other blocks to stay free of spills
     ("fwd", "fp32"): {32: (32, 32, 4)},
-    ("bwd", "fp32"): {64: (16, 32, 8)},
-    ("bwd", "16"): {128: (16, 32, 8)},
+    ("bwd", "16"): {128: (16, 16, 4)},
+}
+_DROPOUT_RAGGED_BLOCKS = {  # the same for E < E_PAD (the column masks change the register budget)
+    ("bwd", "16"): {128: (16, 16, 8)},
 }
 _REDUCE_BLOCKS = (16, 256, 4)
 _INTERP_BLOCKS = (64, 128, 4)
@@ -444,8 +478,11 @@ def block_config(role: str, E: int, dtype: torch.dtype, dropout: bool = False) -
     if _INTERPRETING:
         return _INTERP_BLOCKS
     cls = "16" if dtype in (torch.float16, torch.bfloat16) else "fp32"
-    if dropout and e_pad(E) in _DROPOUT_BLOCKS.get((role, cls), {}):
-        return _DROPOUT_BLOCKS[(role, cls)][e_pad(E)]
+    if dropout:
+        table = _DROPOUT_RAGGED_BLOCKS if E < e_pad(E) else {}
+        for t in (table, _DROPOUT_BLOCKS):
+            if e_pad(E) in t.get((role, cls), {}):
+                return t[(role, cls)][e_pad(E)]
     return _GPU_BLOCKS[(role, cls)][e_pad(E)]
 
 
@@ -534,10 +571,11 @@ def ffn_bwd_grouped(douts, xs, os_, params, stats, pres, *, final: bool, seed=No
     acc = acc_dtype(dtype)
     scratch = torch.empty((rb0, C), dtype=stats.dtype, device=device)  # every program writes its whole row
     work = torch.empty((row0, 3 if drop else 2, E), dtype=stats.dtype, device=device)
+    keep = torch.empty((row0, 4 * E), dtype=torch.int8, device=device) if drop else None
     desc = descriptor_table(rows, device, "grouped encoder FFN block backward")
     if max_n:
         encoder_ffn_bwd_kernel[(cdiv(max_n, steps * bm), G)](
-            desc, xs[0], stats, scratch, work, seed if drop else None, steps,
+            desc, xs[0], stats, scratch, work, keep, seed if drop else None, steps,
             E=E, E_PAD=e_pad(E), BLOCK_M=bm, BLOCK_F=bf, BLOCK_K=block_k(E), FINAL=bool(final), PRECISION="ieee",
             ACC=acc, DROPOUT=drop, num_warps=warps)
     br, bc, rwarps = _INTERP_REDUCE if _INTERPRETING else _REDUCE_BLOCKS
