@@ -169,15 +169,24 @@ def _predict(args) -> int:
 
 
 def _export(args) -> int:
-    from dmd_fast.inference.export import export_model, save_exported
+    from dmd_fast.inference.export import export_model, save_aoti, save_exported
     from dmd_fast.inference.loading import load_model
     from dmd_fast.train.trainer import pick_device
 
-    model = load_model(args.checkpoint, backend=args.backend, device=pick_device(args.device))
-    program = export_model(model, batch_size=args.batch_size)
-    meta = save_exported(program, args.out, model, args.batch_size)
+    if args.aoti and args.backend == "triton":
+        raise ValueError(
+            "--aoti: expected --backend reference (or auto), got triton; AOTInductor cannot compile the Triton "
+            "backend's grouped launchers (export without --aoti to keep them as custom ops)"
+        )
+    backend = "reference" if args.aoti else args.backend
+    model = load_model(args.checkpoint, backend=backend, device=pick_device(args.device))
+    program = export_model(model, batch_size=args.batch_size, dynamic_batch=args.dynamic_batch)
+    save = save_aoti if args.aoti else save_exported
+    meta = save(program, args.out, model, args.batch_size, dynamic_batch=args.dynamic_batch)
+    batch = "any batch size" if args.dynamic_batch else f"batch size {args.batch_size}"
+    kind = "AOTInductor package" if args.aoti else "torch.export program"
     print(
-        f"dmd-fast export: {args.out} (preset {model.config.name}, batch size {args.batch_size}, backend "
+        f"dmd-fast export: {args.out} ({kind}, preset {model.config.name}, {batch}, backend "
         f"{meta['backend']}, {meta['device']}, torch {meta['torch']}); load with dmd_fast.load_exported"
     )
     return 0
@@ -313,10 +322,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(func=_predict)
 
-    e = sub.add_parser("export", help="torch.export the pruned inference forward of a trained model (.pt2)")
+    e = sub.add_parser(
+        "export", help="torch.export (or AOTInductor-compile) the pruned inference forward of a trained model (.pt2)"
+    )
     e.add_argument("--checkpoint", required=True, help="a dmd-fast checkpoint (OUT/best.pt or OUT/last.pt)")
     e.add_argument("--out", required=True, metavar="MODEL.pt2")
     e.add_argument("--batch-size", type=int, default=1, help="the program's static batch size (default 1)")
+    e.add_argument(
+        "--dynamic-batch", action="store_true", help="accept any batch size 1..4096 instead of --batch-size only"
+    )
+    e.add_argument(
+        "--aoti",
+        action="store_true",
+        help="compile the program with AOTInductor into a self-contained package (reference backend; a C++ "
+        "build: minutes on a small CPU)",
+    )
     e.add_argument(
         "--backend",
         default="auto",

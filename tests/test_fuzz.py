@@ -1120,6 +1120,7 @@ _CLI_BAD = [
     (["bench", "--rep-ms", "nan"], "--rep-ms"),
     (["bench", "--rep-ms", "inf"], "--rep-ms"),
     (["bench", "--rep-ms", "0"], "--rep-ms"),
+    (["export", "--checkpoint", "c", "--out", "m.pt2", "--batch-size", "x"], "--batch-size"),
 ]
 _CLI_RUNTIME = [
     "out_file",
@@ -1132,6 +1133,8 @@ _CLI_RUNTIME = [
     "parity_missing",
     "parity_bad",
     "bench_device",
+    "export_batch",
+    "export_aoti_triton",
 ]
 
 
@@ -1173,6 +1176,14 @@ def _cli_case(rng):
             "parity_missing": (["parity", "--fixture", str(tmp / "none.pt")], "none.pt"),
             "parity_bad": (["parity", "--fixture", str(f)], str(f)),
             "bench_device": (["bench", "--quick", "--device", "tpu", "--out", str(tmp / "b")], "--device"),
+            "export_batch": (
+                ["export", "--checkpoint", best, "--out", str(tmp / "m.pt2"), "--batch-size", "0"],
+                "--batch-size",
+            ),
+            "export_aoti_triton": (
+                ["export", "--checkpoint", best, "--out", str(tmp / "m.pt2"), "--aoti", "--backend", "triton"],
+                "--aoti",
+            ),
         }[kind]
         assert main(argv) == 2
         err = capsys.readouterr().err

@@ -9,7 +9,10 @@ Providers (one model's weights shared by all):
 - ``ours_cudagraph``: the Triton backend replayed from a CUDA graph captured per batch size (static
   input buffers; the timed call copies the inputs in and replays): GPU only;
 - ``exported``: the ``torch.export`` program of the inference forward (``dmd_fast.load_exported``;
-  Triton backend on CUDA, reference backend on the CPU).
+  Triton backend on CUDA, reference backend on the CPU);
+- ``aoti``: that program (reference backend, dynamic batch) compiled once by AOTInductor into a package
+  (``dmd-fast export --aoti``) and reused at every batch size; its first row's first call includes the
+  compilation (minutes on a small CPU).
 
 Each row: p50/p90/p99/mean/std of per-call latency (each call isolated, device synchronised) over
 >= 200 timed calls after warm-up (``--quick`` on the CPU may time fewer: the row says how many),
@@ -43,6 +46,7 @@ PROVIDERS = {
     "ours_eager": "dmd_fast Triton backend, eager DMD.predict",
     "ours_cudagraph": "dmd_fast Triton backend, DMD.predict replayed from a CUDA graph per batch size",
     "exported": "torch.export program of the inference forward (Triton backend on CUDA, reference on CPU)",
+    "aoti": "AOTInductor package of the reference inference forward (dynamic batch, compiled once)",
 }
 GPU_ONLY = {"ref_compile_ro": "CUDA graphs need a GPU", "ours_cudagraph": "CUDA graphs need a GPU"}
 
@@ -80,6 +84,7 @@ class Models:
 
         torch.manual_seed(0)
         self.ref = DMD(cfg, backend="reference").to(device).eval()
+        self.aoti = None  # (loaded package, compile seconds, batch it was traced at), built on first use
         self.ours = None
         self.ours_reason = None
         if device.type == "cuda" or interpreter_enabled():
@@ -144,7 +149,31 @@ def build(provider: str, models: Models, cfg, B: int, device, sets) -> Built:
             loaded = load_exported(path)
         export_s = time.perf_counter() - t0
         return Built(_no_grad(loaded), extra={"export_and_load_s": round(export_s, 2), "backend": model.backend})
+    if provider == "aoti":
+        return _aoti(models, B)
     raise ValueError(f"provider: expected one of {sorted(PROVIDERS)}, got {provider!r}")
+
+
+def _aoti(models: Models, B: int) -> Built:
+    """The AOTInductor package of the reference model, compiled at the first batch size asked for."""
+    import tempfile
+
+    from dmd_fast.inference.export import export_model, load_exported, save_aoti
+
+    if models.aoti is None:
+        t0 = time.perf_counter()
+        program = export_model(models.ref, batch_size=B, dynamic_batch=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model.pt2")
+            save_aoti(program, path, models.ref, B, dynamic_batch=True)
+            loaded = load_exported(path)  # the package's library is loaded: the file may go
+        models.aoti = (loaded, time.perf_counter() - t0, B)
+        first_ms = models.aoti[1] * 1e3
+    else:
+        first_ms = None
+    loaded, compile_s, traced_at = models.aoti
+    extra = {"export_and_compile_s": round(compile_s, 1), "compiled_at_batch": traced_at, "backend": "reference"}
+    return Built(_no_grad(loaded), first_ms=first_ms, extra=extra, dispatch_countable=False)
 
 
 def _kernels(built: Built, args, device) -> dict:
