@@ -378,17 +378,16 @@ def in_proj_bwd_grouped(dqs, dks, dvs, xs, sources, ln_ws, ln_bs, ws, stats, *, 
     """Backward of :func:`in_proj_fwd_grouped` in 2 launches; dqs, dks, dvs: G entries each, None for
     a zero gradient; ``dres`` / ``dres_src``: None, or the gradients of the copies of xs (G) / of the
     sources (flat, in source order), None entries zero, added into dx / ds.
-    Returns lists dxs, dss (None for self-attention problems, a pair for a pair of sources),
-    dln_ws, dln_bs, dws, dbs."""
+    Returns lists dxs, dss (None for self-attention problems, a pair for a pair of sources), and the
+    parameters' gradients stacked over the group: dln_w (G, E), dln_b (G, E), dW (G, 3E, E), db (G, 3E)."""
     G, E = len(xs), xs[0].shape[2]
     dtype, device = xs[0].dtype, xs[0].device
     dxs = [_empty(x.shape, dtype, device) for x in xs]
     dss = [None if s is None else tuple(_empty(t.shape, dtype, device) for t in s) if isinstance(s, tuple)
            else _empty(s.shape, dtype, device) for s in sources]
-    dln_ws = [_empty((E,), dtype, device) for _ in range(G)]
-    dln_bs = [_empty((E,), dtype, device) for _ in range(G)]
-    dws = [_empty((3 * E, E), dtype, device) for _ in range(G)]
-    dbs = [_empty((3 * E,), dtype, device) for _ in range(G)]
+    # the parameters' gradients of all problems: one (G, ...) tensor per kind (returned as such)
+    dln_w_all, dln_b_all, dw_all, db_all = (_empty((G, *s), dtype, device) for s in ((E,), (E,), (3 * E, E), (3 * E,)))
+    dln_ws, dln_bs, dws, dbs = (t.unbind(0) for t in (dln_w_all, dln_b_all, dw_all, db_all))
     segs = _segments(xs, sources)
     ins, s_xe = _last_stride([t for _, t, _ in segs])
     ws = [w.contiguous() for w in ws]
@@ -429,4 +428,4 @@ def in_proj_bwd_grouped(dqs, dks, dvs, xs, sources, ln_ws, ln_bs, ws, stats, *, 
     pdesc = descriptor_table(red, device, "grouped encoder in-projection reduction")
     encoder_in_proj_bwd_reduce_kernel[(cdiv(3 * E * E + 5 * E, bc), G)](
         pdesc, xs[0], scratch, E=E, BLOCK_R=br, BLOCK_C=bc, ACC=acc, num_warps=rwarps)
-    return dxs, dss, dln_ws, dln_bs, dws, dbs
+    return dxs, dss, dln_w_all, dln_b_all, dw_all, db_all

@@ -103,7 +103,8 @@ def _fwd_backward(ctx, grads):
 
     cols = grad_columns(xs[0].shape[2])
     names = PARAMS + (FINAL_PARAMS if final else ())
-    per_param = [[flat[g, c : c + _numel(s)].view(s) for g in range(G)] for c, s in (cols[n] for n in names)]
+    # per parameter: one (G, *shape) view of its columns, unbound into G views (2 calls, not 2 per problem)
+    per_param = [list(flat[:, c : c + _numel(s)].view(G, *s).unbind(0)) for c, s in (cols[n] for n in names)]
     if not final:
         per_param += [None, None]
     return (dxs, dos, *per_param, None, None, None, None)

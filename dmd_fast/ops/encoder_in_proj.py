@@ -110,7 +110,7 @@ def _fwd_backward(ctx, grads):
     dqkv = grads[:G], grads[G : 2 * G], grads[2 * G : 3 * G]
     d = bwd_op.inner(ctx, *dqkv, xs, sources, ln_w, ln_b, in_w, saved[-1], dres, dres_src)
     o = G + n_src
-    dln_w, dln_b, dw, db = (d[o + i * G : o + (i + 1) * G] for i in range(4))
+    dln_w, dln_b, dw, db = (list(t.unbind(0)) for t in d[o : o + 4])  # (G, ...) each → G views
     return d[:G], d[G:o], None, dln_w, dln_b, dw, db, None, None, None
 
 
@@ -127,7 +127,8 @@ def _bwd(
     dres: list[Tensor | None],
     dres_src: list[Tensor | None],
 ) -> list[Tensor]:
-    """Backward in 2 launches: [dx_0 .., ds of each cross-modal problem .., dln_w .., dln_b .., dW .., db ..];
+    """Backward in 2 launches: [dx_0 .., ds of each cross-modal problem .., dln_w (G, E), dln_b (G, E),
+    dW (G, 3E, E), db (G, 3E)] (the parameters' gradients stacked: one output each, no aliasing views);
     ``dres`` / ``dres_src``: the gradients of the copies of xs / of the sources ([] without copies),
     added into dx / ds in the kernel."""
     from dmd_fast.kernels.encoder_in_proj import in_proj_bwd_grouped as launch
@@ -135,15 +136,15 @@ def _bwd(
     dxs, dss, dgs, dbetas, dws, dbs = launch(
         dqs, dks, dvs, xs, sources, ln_w, ln_b, in_w, stats, dres=dres or None, dres_src=dres_src or None
     )
-    return dxs + [t for d in dss for t in _as_tuple(d)] + dgs + dbetas + dws + dbs
+    return dxs + [t for d in dss for t in _as_tuple(d)] + [dgs, dbetas, dws, dbs]
 
 
 def _bwd_fake(dqs, dks, dvs, xs, sources, ln_w, ln_b, in_w, stats, dres, dres_src):
     return (
         [x.new_empty(x.shape) for x in xs]
         + [t.new_empty(t.shape) for s in sources for t in _as_tuple(s)]
-        + [t.new_empty(t.shape) for t in (*ln_w, *ln_b, *in_w)]
-        + [w.new_empty(w.shape[0]) for w in in_w]
+        + [t[0].new_empty((len(t), *t[0].shape)) for t in (ln_w, ln_b, in_w)]
+        + [in_w[0].new_empty((len(in_w), in_w[0].shape[0]))]
     )
 
 
