@@ -1,6 +1,7 @@
 """Grouped linear layers in Triton: G independent y_g = x_g W_gᵀ + b_g in one launch each way.
 
-Per problem g: x (M, K) any strides, W (N, K) any strides, b (N,); y (M, N) contiguous. DMD's heads
+Per problem g: x (M, K) any strides, W (N, K) any strides, b (N,); y (M, N) contiguous; dy (M, N) with a unit
+column stride and any row stride. DMD's heads
 (M = the batch, K up to T'·d, N from 1 to T'·d) run one group per level of the head chains.
 
 - Forward, one launch: ``linear_fwd_kernel``, grid (tiles, G): a program owns a (BLOCK_M, BLOCK_N) tile
@@ -78,7 +79,7 @@ def linear_bwd_kernel(
     M, N, K = desc_i32(desc, C_M), desc_i32(desc, C_N), desc_i32(desc, C_K)
     n_kb = tl.cdiv(K, BLOCK_K)
     t = tl.program_id(0)
-    p_dy = desc_ptr(desc, C_DY, like)  # contiguous (M, N)
+    p_dy, s_dym, _ = _slot2(desc, C_DY, like)  # (M, N), unit column stride, any row stride (a column slice)
     if tl.program_id(2) == 0:
         if t >= tl.cdiv(M, BLOCK_M) * n_kb:
             return
@@ -90,7 +91,7 @@ def linear_bwd_kernel(
         for n0 in range(0, N, BLOCK_N):
             o_n = n0 + tl.arange(0, BLOCK_N)
             m_n = o_n < N
-            b_dy = tl.load(p_dy + o_m.to(tl.int64)[:, None] * N + o_n[None, :], mask=m_m[:, None] & m_n[None, :],
+            b_dy = tl.load(p_dy + o_m.to(tl.int64)[:, None] * s_dym + o_n[None, :], mask=m_m[:, None] & m_n[None, :],
                            other=0.)
             b_w = tl.load(p_w + o_n.to(tl.int64)[:, None] * s_wn + o_k[None, :] * s_wk,
                           mask=m_n[:, None] & m_k[None, :], other=0.)
@@ -110,7 +111,7 @@ def linear_bwd_kernel(
         for m0 in range(0, M, BLOCK_M):
             o_m = m0 + tl.arange(0, BLOCK_M)
             m_m = o_m < M
-            b_dy = tl.load(p_dy + o_m.to(tl.int64)[:, None] * N + o_n[None, :], mask=m_m[:, None] & m_n[None, :],
+            b_dy = tl.load(p_dy + o_m.to(tl.int64)[:, None] * s_dym + o_n[None, :], mask=m_m[:, None] & m_n[None, :],
                            other=0.)
             b_x = tl.load(p_x + o_m.to(tl.int64)[:, None] * s_xm + o_k[None, :] * s_xk,
                           mask=m_m[:, None] & m_k[None, :], other=0.)
@@ -158,8 +159,10 @@ def linear_fwd_grouped(xs, ws, bs):
 
 
 def linear_bwd_grouped(dys, xs, ws):
-    """One launch: (dxs (M, K), dws (N, K), dbs (N,)), contiguous; dys contiguous (M, N)."""
+    """One launch: (dxs (M, K), dws (N, K), dbs (N,)), contiguous; dys (M, N), any row stride (copied
+    when their column stride is not 1)."""
     like = xs[0]
+    dys = [dy if dy.stride(1) == 1 or dy.shape[1] <= 1 else dy.contiguous() for dy in dys]
     dxs = [_empty(x.shape, like.dtype, like.device) for x in xs]
     dws = [_empty(w.shape, like.dtype, like.device) for w in ws]
     dbs = [_empty((w.shape[0],), like.dtype, like.device) for w in ws]

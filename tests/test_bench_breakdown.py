@@ -22,6 +22,12 @@ def test_every_kernel_has_a_part_and_the_total_is_the_launch_count(tiny_breakdow
             assert key.split(" | ")[0] in bd.PARTS, key
 
 
+def test_tiny_step_kernel_count_is_pinned():
+    """Exact: a kernel more or less per mini-batch (tiny preset, B=2, Triton backend) is a change to explain
+    (the mosi-unaligned B=16 figure is in benchmarks/results, from python -m dmd_fast.bench.launches)."""
+    assert step_launch_counts("tiny", 2, backends=("triton",))["backends"]["triton"]["kernels"] == 280
+
+
 def test_parts_land_where_they_belong(tiny_breakdown):
     ref, tri = (tiny_breakdown["backends"][b]["parts"] for b in ("reference", "triton"))
     # the fused GD op: 1 forward launch + 1 backward launch per unit, nothing else

@@ -48,6 +48,31 @@ def test_outputs_and_gradients_equal_f_linear_fp64():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_output_gradients_of_any_row_stride_are_read_in_place():
+    """Outputs concatenated (the gates before their sigmoid): each dy is a column slice of one gradient,
+    (M, N) with row stride ΣN, and a broadcast dy has row stride 0; read in place, no copy kernel."""
+    xs, ws, bs = _problems(seed=2)
+    ys = linear_grouped(xs, ws, bs, backend="triton")
+    rs = [F.linear(x, w, b) for x, w, b in zip(xs, ws, bs)]
+    leaves = xs + ws + bs
+    M = 16
+    live = [i for i, (m, _, _) in enumerate(SHAPES) if m == M]
+    cat_w = torch.randn(M, sum(SHAPES[i][2] for i in live), dtype=torch.float64, device=DEV)
+    row_w = torch.randn(SHAPES[4][2], dtype=torch.float64, device=DEV)  # problem 4's dy: row_w broadcast
+
+    def loss(outs):
+        return (torch.cat([outs[i] for i in live], dim=1) * cat_w).sum() + (outs[4] * row_w).sum()
+
+    with count_launches(*KERNELS) as c:
+        got = torch.autograd.grad(loss(ys), leaves, allow_unused=True)
+    want = torch.autograd.grad(loss(rs), leaves, allow_unused=True)
+    assert "aten.clone.default" not in map(str, c.aten_ops) and "aten.copy_.default" not in map(str, c.aten_ops)
+    for a, b in zip(got, want):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_problems_without_an_output_gradient_get_none_and_one_launch_each_way():
     xs, ws, bs = _problems(seed=1)
     with count_launches(*KERNELS) as c:

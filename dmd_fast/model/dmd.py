@@ -17,6 +17,7 @@ from dmd_fast.model.heads import MODALITIES, grouped_heads, grouped_heads_apply
 from dmd_fast.nn.grouped import run_encoders_grouped
 from dmd_fast.nn.transformer import TransformerEncoder
 from dmd_fast.ops.backend import check_backend_name
+from dmd_fast.ops.linear_grouped import linear_grouped
 
 
 def _conv(cin, cout, k):
@@ -195,8 +196,14 @@ class DMD(nn.Module):
         )  # (1, B, d) each
         c_fusion = torch.cat([h[-1] for h in c_att], dim=1)  # (B, 3d)
         h = self.hetero_branch(s_seq, last_row=True)  # {m: (1, B, 2d)}
-        gates = [torch.sigmoid(getattr(self, f"weight_{m}")(h[m][-1])) for m in MODALITIES]
-        z = torch.cat(gates + [torch.sigmoid(self.weight_c(c_fusion))], dim=1)  # (B, 9d)
+        if self.grouped and grouped_heads_apply(c_fusion):  # the four gates in one grouped launch, one sigmoid
+            mods = [getattr(self, f"weight_{m}") for m in MODALITIES] + [self.weight_c]
+            xs = [h[m][-1] for m in MODALITIES] + [c_fusion]
+            a = linear_grouped(xs, [m.weight for m in mods], [m.bias for m in mods], backend=self.backend)
+            z = torch.sigmoid(torch.cat(a, dim=1))  # (B, 9d)
+        else:
+            gates = [torch.sigmoid(getattr(self, f"weight_{m}")(h[m][-1])) for m in MODALITIES]
+            z = torch.cat(gates + [torch.sigmoid(self.weight_c(c_fusion))], dim=1)  # (B, 9d)
         return self.out_layer(self.proj2(F.relu(self.proj1(z))) + z)
 
     @torch.no_grad()

@@ -45,7 +45,7 @@ def grouped_heads(dmd, c_seq: dict, s_seq: dict, c_feat: dict, c_fusion, last_h:
         + [dmd.flatten_channel_major(c_feat[m]) for m in M],
     )  # fmt: skip
     repr_low = [F.relu(t) for t in a[0:3]]
-    z = torch.cat([torch.sigmoid(t) for t in a[7:11]], dim=1)  # (B, 9d): the gates l, v, a, c
+    z = torch.sigmoid(torch.cat(a[7:11], dim=1))  # (B, 9d): the gates l, v, a, c (one sigmoid: same values)
     b = run(
         [f"proj2_{m}_low" for m in M] + ["proj2_c"] + [f"proj2_{m}_high" for m in M] + ["proj1"],
         [drop(t) for t in repr_low] + [drop(F.relu(a[3]))] + [drop(F.relu(t)) for t in a[4:7]] + [z],

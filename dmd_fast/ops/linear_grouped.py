@@ -44,7 +44,7 @@ def _fwd_backward(ctx, grads):
     live = [g for g in range(G) if grads[g] is not None]  # problems whose output got no gradient: none
     out = [[None] * G for _ in range(3)]
     if live:
-        dys = [grads[g].contiguous() for g in live]
+        dys = [grads[g] for g in live]  # any strides: the kernel reads them (gate slices of a concatenation)
         d = bwd_op.inner(ctx, dys, [saved[g] for g in live], [saved[G + g] for g in live])
         n = len(live)
         for j, g in enumerate(live):
