@@ -1,8 +1,8 @@
 """Compile every fused encoder FFN-block kernel configuration for Hopper (sm_90) on the CPU; read resources.
 
 As ``compile_check_encoder_in_proj.py`` (whose compile-and-read helper and sweep it uses): one row per
-(kernel, E, dtype, final LayerNorm, dropout) with blocks, warps, registers, STACK and LOCAL (spill) bytes, shared
-memory and the matrix instructions. Exits 1 on any spill, compile error or shared-memory overflow.
+(kernel, E, dtype, final LayerNorm, dropout, pair output) with blocks, warps, registers, STACK and LOCAL (spill)
+bytes, shared memory and the matrix instructions. Exits 1 on any spill, compile error or shared-memory overflow.
 
     python benchmarks/compile_check_encoder_ffn.py [--quick] [--jobs N]
 
@@ -19,7 +19,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compile_check_encoder_in_proj import DTYPES, EMBED_DIMS, runtime_signature, sm90_resources, sweep  # noqa: E402
 
-KERNELS = ("fwd", "fwd_final", "fwd_drop", "fwd_final_drop", "bwd", "bwd_final", "bwd_drop", "bwd_final_drop", "reduce")
+KERNELS = (
+    "fwd", "fwd_final", "fwd_drop", "fwd_final_drop", "fwd_final_pair", "fwd_final_drop_pair",
+    "bwd", "bwd_final", "bwd_drop", "bwd_final_drop", "reduce",
+)  # fmt: skip
 
 
 def compile_one(cfg):
@@ -41,10 +44,12 @@ def compile_one(cfg):
         else:
             kind = role.split("_")[0]
             fn = kf.encoder_ffn_fwd_kernel if kind == "fwd" else kf.encoder_ffn_bwd_kernel
-            bm, bn, warps = kf.block_config(kind, E, torch_dt, role.endswith("drop"))
+            drop = "drop" in role
+            bm, bn, warps = kf.block_config(kind, E, torch_dt, drop)
             consts = dict(E=E, E_PAD=kf.e_pad(E), BLOCK_M=bm, BLOCK_F=bn, BLOCK_K=kf.block_k(E),
-                          FINAL="final" in role, PRECISION="ieee", ACC=tl.float32,
-                          DROPOUT=role.endswith("drop"))  # fmt: skip
+                          FINAL="final" in role, PRECISION="ieee", ACC=tl.float32, DROPOUT=drop)  # fmt: skip
+            if kind == "fwd":  # _pair: out rows of stride 2E (the halves of a memory encoder's input)
+                consts["OUT_ROW"] = 2 * E if role.endswith("pair") else E
         row.update(BM=bm, BN=bn, warps=warps)
         no_seed = role != "reduce" and not consts["DROPOUT"]  # launched with seed_ptr=None: a constexpr
         fixed = {"seed_ptr": None, "keep": None} if no_seed else None  # keep: the backward's ReLU mask

@@ -189,9 +189,9 @@ def _ln_backward(b_dv, b_hat, b_rstd, b_g, E: tl.constexpr):
 def encoder_ffn_fwd_kernel(
     desc, like, stats, seed_ptr, eps,
     E: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr,
-    FINAL: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, DROPOUT: tl.constexpr,
+    FINAL: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, DROPOUT: tl.constexpr, OUT_ROW: tl.constexpr,
 ):
-    """Grid (cdiv(max N, BLOCK_M), G). Writes out (contiguous (T, B, E)), stats (rows, 4) and, FINAL, pre."""
+    """Grid (cdiv(max N, BLOCK_M), G). Writes out ((T, B, E) rows of stride OUT_ROW: E, or 2E), stats (rows, 4) and, FINAL, pre."""
     F: tl.constexpr = 4 * E
     desc = desc_problem(desc, tl.program_id(1), C_W)
     N = desc_i32(desc, C_N)
@@ -229,7 +229,9 @@ def encoder_ffn_fwd_kernel(
         tl.store(p_st + 2, b_meanf.to(stats.dtype.element_ty), mask=m_m)
         tl.store(p_st + 3, b_rstdf.to(stats.dtype.element_ty), mask=m_m)
         b_y = b_yhat * _vec(desc, C_GF, like, o_e, m_e, ACC)[None, :] + _vec(desc, C_BEF, like, o_e, m_e, ACC)[None, :]
-    tl.store(desc_ptr(desc, C_OUT, like) + o_rows, b_y.to(like.dtype.element_ty), mask=m_me)
+    # out: T·B rows of stride OUT_ROW (E, or 2E for a half of a contiguous (T, B, 2E) pair output)
+    o_out = o_m.to(tl.int64)[:, None] * OUT_ROW + o_e[None, :]
+    tl.store(desc_ptr(desc, C_OUT, like) + o_out, b_y.to(like.dtype.element_ty), mask=m_me)
 
 
 @triton.jit(do_not_specialize=["steps"])
@@ -511,15 +513,20 @@ def _unit_last(ts) -> list:
 
 
 def ffn_fwd_grouped(xs, os_, params, *, final: bool, eps=1e-5, seed=None, res_p=None, relu_p=None, block_m=None,
-                    block_f=None):
+                    block_f=None, pair=False):
     """One launch for G problems of one E. xs, os_ (T, B, E) any strides (last-dim 1 or copied);
     params: G dicts of ``grad_columns`` names → tensors (lnf_* only when ``final``); seed: int64
     [seed, offset] on the device (dropout), res_p / relu_p: G dropout probabilities or None. Returns outs
-    (contiguous (T, B, E)), stats (rows, 4) and pres (the pre-LN outputs; empty list unless final)."""
+    (contiguous (T, B, E); with ``pair``, G / 2 contiguous (T, B, 2E), problems 2i and 2i + 1 (one shape)
+    side by side), stats (rows, 4) and pres (the pre-LN outputs; empty list unless final)."""
     E = xs[0].shape[2]
     dtype, device = xs[0].dtype, xs[0].device
     xs, os_ = _unit_last(xs), _unit_last(os_)
-    outs = [_empty(x.shape, dtype, device) for x in xs]
+    if pair:
+        pairs = [_empty((*xs[i].shape[:2], 2 * E), dtype, device) for i in range(0, len(xs), 2)]
+        outs = [half for t in pairs for half in (t[..., :E], t[..., E:])]  # kernel rows of stride 2E
+    else:
+        outs = [_empty(x.shape, dtype, device) for x in xs]
     pres = [_empty(x.shape, dtype, device) for x in xs] if final else []
     rows, row0 = [], 0
     for g, (x, o, out, p, dc) in enumerate(zip(xs, os_, outs, params, _drop_cols(res_p, relu_p, len(xs)))):
@@ -530,6 +537,8 @@ def ffn_fwd_grouped(xs, os_, params, *, final: bool, eps=1e-5, seed=None, res_p=
         row0 += N
     stats = _empty((row0, 4), stats_dtype(dtype), device)
     max_n = max(x.shape[0] * x.shape[1] for x in xs)
+    if pair:
+        outs = pairs
     if max_n == 0:
         return outs, stats, pres
     desc = descriptor_table(rows, device, "grouped encoder FFN block")
@@ -539,7 +548,7 @@ def ffn_fwd_grouped(xs, os_, params, *, final: bool, eps=1e-5, seed=None, res_p=
     encoder_ffn_fwd_kernel[(cdiv(max_n, bm), len(rows))](
         desc, xs[0], stats, seed if drop else None, float(eps),
         E=E, E_PAD=e_pad(E), BLOCK_M=bm, BLOCK_F=bf, BLOCK_K=block_k(E), FINAL=bool(final), PRECISION="ieee",
-        ACC=acc_dtype(dtype), DROPOUT=drop, num_warps=warps)
+        ACC=acc_dtype(dtype), DROPOUT=drop, OUT_ROW=2 * E if pair else E, num_warps=warps)
     return outs, stats, pres
 
 

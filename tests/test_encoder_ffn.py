@@ -193,6 +193,47 @@ def test_torch_compile_fullgraph():
     compare(got, want, 0.0, "compiled output")
 
 
+@pytest.mark.parametrize("dropout", [False, True], ids=["no_dropout", "dropout"])
+@pytest.mark.parametrize("final", [False, True], ids=["layer", "last_layer"])
+def test_pair_outputs_are_the_concatenation_written_in_place(final, dropout):
+    """pair_outputs: problems 2i, 2i + 1 write the halves of one (T, B, 2E) output (the memory encoders'
+    inputs): bitwise the concatenation of the unpaired outputs, the same gradients for the halves of
+    its gradient (read in place), no concatenation kernel; the reference backend concatenates."""
+    E = 30
+    shapes = ((5, 3), (5, 3), (4, 2), (4, 2))
+    problems = [make_problem(E, T, B, 40 + i, final) for i, (T, B) in enumerate(shapes)]
+    g = torch.Generator().manual_seed(7)
+    dpairs = [torch.randn(T, B, 2 * E, generator=g, dtype=torch.float64).to(DEV) for T, B in shapes[::2]]
+    dsplit = [h for d in dpairs for h in (d[..., :E], d[..., E:])]
+    kw = dict(res_dropout=0.2, relu_dropout=0.3) if dropout else {}
+    seed = draw_seed(None, DEV) if dropout else None
+    with count_launches(*[(kf, n) for n in sorted(vars(kf)) if n.endswith("_kernel")]) as c:
+        pairs, grads = run(problems, final, "triton", dpairs, pair_outputs=True, seed=seed, **kw)
+    assert "aten.cat.default" not in map(str, c.aten_ops) and "aten.copy_.default" not in map(str, c.aten_ops)
+    outs, grads_1 = run(problems, final, "triton", dsplit, seed=seed, **kw)
+    assert [tuple(t.shape) for t in pairs] == [(5, 3, 2 * E), (4, 2, 2 * E)] and all(t.is_contiguous() for t in pairs)
+    for i, pair in enumerate(pairs):
+        assert torch.equal(pair, torch.cat(outs[2 * i : 2 * i + 2], dim=2)), i
+    compare(grads, grads_1, 0.0, "gradient")
+    if not dropout:
+        ref, grads_r = run(problems, final, "reference", dpairs, pair_outputs=True)
+        compare(pairs, ref, 1e-11, "reference output")
+        compare(grads, grads_r, 1e-10, "reference gradient")
+
+
+def test_pair_outputs_torch_compile_fullgraph():
+    problems = [make_problem(30, 4, 2, 50 + i, True) for i in range(2)]
+
+    def fn(*lists):
+        return encoder_ffn_block_grouped(*lists, pair_outputs=True, backend="triton")
+
+    lists = [[p[n] for p in problems] for n in names(True)]
+    want = fn(*lists)
+    got = torch.compile(fn, fullgraph=True, backend="eager")(*lists)
+    assert len(got) == 1 and got[0].shape == (4, 2, 60)
+    compare(got, want, 0.0, "compiled output")
+
+
 def _bad(case):
     p = make_problem(30, 4, 2, 0, False)
     lists = {n: [p[n]] for n in names(False)}
@@ -224,6 +265,14 @@ def _bad(case):
         kw = dict(lnf_w=[p["ln1_w"]])
     elif case == "eps":
         kw = dict(eps=-1.0)
+    elif case == "pair_outputs_odd":
+        kw = dict(pair_outputs=True)
+    elif case == "pair_outputs_shapes":
+        q = make_problem(30, 5, 2, 1, False)
+        lists = {n: [p[n], q[n]] for n in names(False)}
+        kw = dict(pair_outputs=True)
+    elif case == "pair_outputs_type":
+        kw = dict(pair_outputs="yes")
     args = [lists["x"], lists["o"], *(lists[n] for n in PARAMS)]
     return args, kw
 
@@ -242,6 +291,9 @@ BAD = {
     "generator": "generator",
     "lnf_b": "lnf_b",
     "eps": "eps",
+    "pair_outputs_odd": "pair_outputs",
+    "pair_outputs_shapes": "pair_outputs",
+    "pair_outputs_type": "pair_outputs",
 }
 
 

@@ -408,6 +408,8 @@ def _ffn_case(rng):
         "seed": (SEEDS_OK, SEEDS_BAD),
         "generator": ([None, "cpu"], ["x"]),
         "eps": ([1e-5], [0.0, NAN, "1e-5"]),
+        # True is valid only for an even group of equal shapes: the second group's shapes differ
+        "pair_outputs": ([False], [True, "yes", 1]),
     }
     arg = rng.choice(list(pools) + [None])
     value, valid = pick(rng, *pools[arg]) if arg else (None, True)
@@ -419,7 +421,7 @@ def _ffn_case(rng):
         os_ = [torch.randn(T, B, E, generator=g, dtype=torch.float64) for T, B in shapes]
         params = list(zip(*[_ffn_params(g, E, torch.float64) for _ in range(G)]))
         kw = dict(backend="triton")
-        if arg in ("res_dropout", "relu_dropout", "eps"):
+        if arg in ("res_dropout", "relu_dropout", "eps", "pair_outputs"):
             kw[arg] = value
         kw.update(random_args(arg, value))
 

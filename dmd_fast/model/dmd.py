@@ -142,12 +142,14 @@ class DMD(nn.Module):
             if x.device != weight.device:
                 raise ValueError(f"{name}: on {x.device}, expected the model's device {weight.device}")
 
-    def _run(self, encoders, streams, last_row=False):
+    def _run(self, encoders, streams, last_row=False, pair_outputs=False):
         """Independent encoders: grouped launches, or one after another (as upstream). ``last_row``: the
-        last layer computes only the last query row, each output is (1, B, E)."""
+        last layer computes only the last query row, each output is (1, B, E); ``pair_outputs``: encoders
+        2i and 2i + 1 side by side along E, (T, B, 2E) each (written so by the fused kernels)."""
         if self.grouped:
-            return run_encoders_grouped(encoders, streams, last_row=last_row)
-        return [enc(*stream, last_row=last_row) for enc, stream in zip(encoders, streams)]
+            return run_encoders_grouped(encoders, streams, last_row=last_row, pair_outputs=pair_outputs)
+        outs = [enc(*stream, last_row=last_row) for enc, stream in zip(encoders, streams)]
+        return [torch.cat(outs[i : i + 2], dim=2) for i in range(0, len(outs), 2)] if pair_outputs else outs
 
     @staticmethod
     def flatten_channel_major(x):
@@ -164,10 +166,12 @@ class DMD(nn.Module):
         s_seq[m] (T'_m, B, d) → {m: (T'_m, B, 2d)} (grouped launches unless the backend is the reference);
         ``last_row``: the memory encoders' last layer computes only the last row, {m: (1, B, 2d)}."""
         pairs = [(tgt, src) for tgt, srcs in (("l", "av"), ("a", "lv"), ("v", "la")) for src in srcs]
-        cross = self._run(
-            [getattr(self, f"trans_{t}_with_{s}") for t, s in pairs], [(s_seq[t], s_seq[s], s_seq[s]) for t, s in pairs]
+        # the memory encoders' inputs (l, a, v): each target's two cross-modal outputs side by side
+        mem_in = self._run(
+            [getattr(self, f"trans_{t}_with_{s}") for t, s in pairs],
+            [(s_seq[t], s_seq[s], s_seq[s]) for t, s in pairs],
+            pair_outputs=True,
         )
-        mem_in = [torch.cat([cross[2 * i], cross[2 * i + 1]], dim=2) for i in range(3)]  # l, a, v
         mem = self._run(
             [self.trans_l_mem, self.trans_a_mem, self.trans_v_mem], [(x, None, None) for x in mem_in], last_row=last_row
         )

@@ -109,7 +109,7 @@ def _embed_group(encoders, streams, backend, seed):
     return xs, sources
 
 
-def _run_fused(encoders, streams, last_row):
+def _run_fused(encoders, streams, last_row, pair_outputs):
     """The fused path of :func:`run_encoders_grouped` (see the module doc)."""
     from dmd_fast.ops.attention import cross_modal_attention_grouped
     from dmd_fast.ops.encoder_ffn import encoder_ffn_block_grouped
@@ -176,15 +176,18 @@ def _run_fused(encoders, streams, last_row):
             relu_dropout=[layer.relu_dropout if layer.training else 0.0 for layer in layers],
             eps=layers[0].layer_norms[1].eps,
             seed=seed[2 + 2 * i],
+            pair_outputs=pair_outputs and last,  # the last layer writes each pair side by side
             backend=backend,
         )
     return xs
 
 
-def run_encoders_grouped(encoders, streams, last_row=False):
+def run_encoders_grouped(encoders, streams, last_row=False, pair_outputs=False):
     """encoders: G TransformerEncoders of one shape; streams: G tuples (x_in, x_in_k, x_in_v), the
     last two None for self-attention, all sequence-first (T, B, E). Returns G outputs (Tq, B, E), or
-    with ``last_row=True`` (last layer computes only the last query row) G outputs (1, B, E)."""
+    with ``last_row=True`` (last layer computes only the last query row) G outputs (1, B, E); with
+    ``pair_outputs`` (G even) G / 2 outputs, encoders 2i and 2i + 1 side by side along E (the fused
+    path's last kernel writes them so, the other path concatenates)."""
     from dmd_fast.ops.attention import cross_modal_attention_grouped
 
     if not encoders or len(encoders) != len(streams):
@@ -193,8 +196,10 @@ def run_encoders_grouped(encoders, streams, last_row=False):
             f"{len(encoders)} encoders and {len(streams)} streams"
         )
     _check_groupable(encoders)
+    if pair_outputs and len(encoders) % 2:
+        raise ValueError(f"pair_outputs: expected an even number of encoders, got {len(encoders)}")
     if fused_layers_apply(encoders):
-        return _run_fused(encoders, streams, last_row)
+        return _run_fused(encoders, streams, last_row, pair_outputs)
     xs, sources = [], []
     for enc, (x_in, k_in, v_in) in zip(encoders, streams):
         xs.append(enc.embed(x_in))
@@ -218,4 +223,5 @@ def run_encoders_grouped(encoders, streams, last_row=False):
             if layer.self_attn.record_weights:  # visualisation path, as the ungrouped layer does
                 layer.self_attn.head_averaged_weights(*problem, offset_causal=offset_causal)
         xs = [layer.finish(x[-1:] if lr else x, o) for layer, x, o in zip(layers, xs, outs)]
-    return [enc.layer_norm(x) for enc, x in zip(encoders, xs)]
+    outs = [enc.layer_norm(x) for enc, x in zip(encoders, xs)]
+    return [torch.cat(outs[i : i + 2], dim=2) for i in range(0, len(outs), 2)] if pair_outputs else outs

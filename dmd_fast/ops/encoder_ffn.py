@@ -62,31 +62,51 @@ def _fwd(
     res_p: list[float],
     relu_p: list[float],
     eps: float,
+    pair: bool,
 ) -> list[Tensor]:
     """[out_0 .. out_{G-1}, stats (rows, 4), pre_0 .. pre_{G-1} (only with the final LayerNorm)];
     lnf_w / lnf_b: [] (no final LayerNorm) or G tensors; seed: int64 [seed, offset] or None (no dropout);
-    res_p, relu_p: G dropout probabilities."""
+    res_p, relu_p: G dropout probabilities. ``pair``: problems 2i and 2i + 1 write the two halves of one
+    (T, B, 2E) output, so the G outputs are G / 2 pairs side by side (no concatenation kernel)."""
     from dmd_fast.kernels.encoder_ffn import ffn_fwd_grouped as launch
 
     final = bool(lnf_w)
     params = _param_dicts((w_o, b_o, ln1_w, ln1_b, w_1, b_1, w_2, b_2, lnf_w, lnf_b), final)
-    outs, stats, pres = launch(xs, os_, params, final=final, eps=eps, seed=seed, res_p=res_p, relu_p=relu_p)
+    outs, stats, pres = launch(xs, os_, params, final=final, eps=eps, seed=seed, res_p=res_p, relu_p=relu_p, pair=pair)
     return outs + [stats] + pres
 
 
-def _fwd_fake(xs, os_, w_o, b_o, ln1_w, ln1_b, w_1, b_1, w_2, b_2, lnf_w, lnf_b, seed, res_p, relu_p, eps):
+def _fwd_fake(xs, os_, w_o, b_o, ln1_w, ln1_b, w_1, b_1, w_2, b_2, lnf_w, lnf_b, seed, res_p, relu_p, eps, pair):
     rows = sum(x.shape[0] * x.shape[1] for x in xs)
     sdt = torch.float64 if xs[0].dtype == torch.float64 else torch.float32
     pres = [x.new_empty(x.shape) for x in xs] if lnf_w else []
-    return [x.new_empty(x.shape) for x in xs] + [xs[0].new_empty((rows, 4), dtype=sdt)] + pres
+    if pair:
+        outs = [x.new_empty((*x.shape[:2], 2 * x.shape[2])) for x in xs[::2]]
+    else:
+        outs = [x.new_empty(x.shape) for x in xs]
+    return outs + [xs[0].new_empty((rows, 4), dtype=sdt)] + pres
 
 
 def _fwd_setup(ctx, inputs, output):
-    *tensor_lists, seed, ctx.res_p, ctx.relu_p, ctx.eps = inputs
+    *tensor_lists, seed, ctx.res_p, ctx.relu_p, ctx.eps, ctx.pair = inputs
     ctx.G, ctx.final = len(tensor_lists[0]), bool(tensor_lists[-1])
-    G = ctx.G
-    ctx.mark_non_differentiable(*output[G:])
-    ctx.save_for_backward(*(t for ts in tensor_lists for t in ts), seed, *output[G:])
+    n_out = ctx.G // 2 if ctx.pair else ctx.G
+    ctx.mark_non_differentiable(*output[n_out:])
+    ctx.save_for_backward(*(t for ts in tensor_lists for t in ts), seed, *output[n_out:])
+
+
+def _output_grads(grads, xs, pair: bool) -> list:
+    """Per problem gradient of its output (zeros for None); with ``pair``, the halves of each pair's
+    (T, B, 2E) gradient (views: the kernel reads rows of any stride)."""
+    if not pair:
+        return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, xs)]
+    E, douts = xs[0].shape[2], []
+    for i, g in enumerate(grads):
+        if g is None:
+            douts += [torch.zeros_like(xs[2 * i]), torch.zeros_like(xs[2 * i + 1])]
+        else:
+            douts += [g[..., :E], g[..., E:]]
+    return douts
 
 
 def _fwd_backward(ctx, grads):
@@ -95,7 +115,7 @@ def _fwd_backward(ctx, grads):
     lists = [saved[i * G : (i + 1) * G] for i in range(n_lists)]
     seed, stats, pres = saved[n_lists * G], saved[n_lists * G + 1], saved[n_lists * G + 2 :]
     xs, os_ = lists[0], lists[1]
-    douts = [torch.zeros_like(x) if g is None else g for g, x in zip(grads[:G], xs)]
+    douts = _output_grads(grads[: G // 2 if ctx.pair else G], xs, ctx.pair)
     lnf = (lists[10], lists[11]) if final else ([], [])
     res = bwd_op.inner(ctx, douts, xs, os_, *lists[2:10], *lnf, stats, pres, seed, ctx.res_p, ctx.relu_p)
     dxs, dos, flat = res[:G], res[G : 2 * G], res[2 * G]
@@ -107,7 +127,7 @@ def _fwd_backward(ctx, grads):
     per_param = [list(flat[:, c : c + _numel(s)].view(G, *s).unbind(0)) for c, s in (cols[n] for n in names)]
     if not final:
         per_param += [None, None]
-    return (dxs, dos, *per_param, None, None, None, None)
+    return (dxs, dos, *per_param, None, None, None, None, None)
 
 
 def _numel(shape) -> int:
@@ -215,6 +235,22 @@ def _check_group(xs, os_, lists: dict) -> int:
     return E
 
 
+def _check_pairs(pair_outputs, xs) -> None:
+    if not isinstance(pair_outputs, bool):
+        _fail(TypeError, f"pair_outputs: expected a bool, got {type(pair_outputs).__name__}")
+    if not pair_outputs:
+        return
+    if len(xs) % 2:
+        _fail(ValueError, f"pair_outputs: expected an even number of problems (pairs side by side), got {len(xs)}")
+    for i in range(0, len(xs), 2):
+        if xs[i].shape != xs[i + 1].shape:
+            _fail(
+                ValueError,
+                f"pair_outputs: problems {i} and {i + 1} write one (T, B, 2E) output, so their shapes must agree; "
+                f"got {tuple(xs[i].shape)} and {tuple(xs[i + 1].shape)}",
+            )
+
+
 def _probabilities(p, name: str, G: int) -> list[float]:
     """A float or G floats, each in [0, 1) → G floats."""
     if isinstance(p, Tensor) or not isinstance(p, (Sequence, int, float)) or isinstance(p, (str, bytes)):
@@ -256,6 +292,7 @@ def encoder_ffn_block_grouped(
     eps: float = 1e-5,
     generator: torch.Generator | None = None,
     seed: Tensor | None = None,
+    pair_outputs: bool = False,
     backend: str = "auto",
 ) -> list[Tensor]:
     """G post-attention blocks of one width E in one launch (per problem: x (T, B, E) the layer's input,
@@ -266,7 +303,9 @@ def encoder_ffn_block_grouped(
     branches, ReLU dropout on the hidden); ``generator``: source of the dropout seed (default: torch's
     generator for the device); ``seed``: instead of a draw, an int64 [seed, offset] tensor of shape (2,)
     on the device (e.g. a row of ``ops.seed.draw_seeds``), not with ``generator``, Triton backend only.
-    Returns G outputs (T, B, E), contiguous."""
+    Returns G outputs (T, B, E), contiguous; with ``pair_outputs`` (G even, problems 2i and 2i + 1 of one
+    shape) G / 2 outputs (T, B, 2E), ``torch.cat([out_2i, out_2i+1], dim=2)``, written in place by the
+    kernel (the memory encoders' inputs)."""
     lists = dict(w_o=w_o, b_o=b_o, ln1_w=ln1_w, ln1_b=ln1_b, w_1=w_1, b_1=b_1, w_2=w_2, b_2=b_2)
     if (lnf_w is None) != (lnf_b is None):
         _fail(
@@ -277,6 +316,7 @@ def encoder_ffn_block_grouped(
         lists.update(lnf_w=lnf_w, lnf_b=lnf_b)
     E = _check_group(xs, os, lists)
     G = len(xs)
+    _check_pairs(pair_outputs, xs)
     res_p, relu_p = _probabilities(res_dropout, "res_dropout", G), _probabilities(relu_dropout, "relu_dropout", G)
     eps = check.positive(eps, "eps")
     xs, os = list(xs), list(os)
@@ -294,11 +334,13 @@ def encoder_ffn_block_grouped(
                     x, o, *(lists[n][g] for n in PARAMS), *lnf, eps=eps, **masks, res_p=res_p[g], relu_p=relu_p[g]
                 )
             )
+        if pair_outputs:
+            return [torch.cat(outs[2 * i : 2 * i + 2], dim=2) for i in range(G // 2)]
         return outs
     if xs[0].device.type == "cpu":
         check.interpreter_dtype(xs[0].dtype, "xs", OP)
     del E
     final = [list(lnf_w), list(lnf_b)] if lnf_w is not None else [[], []]
     seed = op_seed(seed, generator, xs[0].device, max(res_p + relu_p) > 0)
-    out = fwd_op(xs, os, *(list(lists[n]) for n in PARAMS), *final, seed, res_p, relu_p, float(eps))
-    return out[: len(xs)]
+    out = fwd_op(xs, os, *(list(lists[n]) for n in PARAMS), *final, seed, res_p, relu_p, float(eps), pair_outputs)
+    return out[: G // 2 if pair_outputs else G]
